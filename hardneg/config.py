@@ -1,0 +1,267 @@
+"""Typed run configuration: YAML in (``safe_load``), validated, one error per bad field.
+
+Every section is a pydantic model that forbids unknown keys. ``load_config`` reads a
+YAML file, applies ``section.key=value`` overrides (the CLI's flags end up here) and
+raises one ``ConfigError`` listing every bad field by its dotted path, with the
+allowed values where there is a fixed set.
+
+Example::
+
+    cfg = load_config("examples/quickstart.yaml", {"mine.num_negatives": 5})
+    cfg.mine.num_negatives  # 5
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hardneg.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class StorageConfig(Section):
+    """Where ``s3://`` paths go. Credentials come only from the standard AWS chain."""
+
+    endpoint_url: Optional[str] = Field(None, description="S3 endpoint for MinIO, moto or on-prem stores.")
+    region: Optional[str] = Field(None, description="S3 region; the AWS chain's default when unset.")
+
+
+class CorpusConfig(Section):
+    """The corpus: one table (Parquet or JSONL, a file, a folder or a glob; local or s3://)."""
+
+    path: Optional[str] = None
+    id_column: str = "id"
+    text_column: str = "text"
+    lat_column: str = "lat"
+    lon_column: str = "lon"
+    group_column: str = "group"
+    drop_invalid: bool = Field(False, description="Drop invalid rows (and count them) instead of failing.")
+
+
+class QueriesConfig(Section):
+    """Queries with their positives: either (a) pairs of texts or (b) ids into the corpus."""
+
+    path: Optional[str] = None
+    format: Literal["pairs", "queries"] = "pairs"
+    anchor_column: str = "anchor"
+    positive_column: str = "positive"
+    query_id_column: str = "query_id"
+    query_column: str = "query"
+    positive_ids_column: str = "positive_ids"
+
+
+class ModelConfig(Section):
+    """The encoder: a local transformers / sentence-transformers directory or checkpoint."""
+
+    path: Optional[str] = Field(None, description="Model directory; the packaged all-MiniLM-L6-v2 when unset.")
+    max_length: Optional[int] = Field(None, ge=8, le=32768, description="Token limit; the model's own when unset.")
+    pooling: Optional[Literal["mean", "cls", "max", "lasttoken"]] = Field(
+        None, description="Pooling; read from the model's sentence-transformers config when unset."
+    )
+    normalize: bool = True
+    query_prompt: str = Field("", description="Text prepended to every query before embedding.")
+    trust_remote_code: bool = False
+
+
+class EmbedConfig(Section):
+    """The embedding stage: Ray Data tokenize tasks feeding a pool of Encoder actors."""
+
+    batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
+    block_size: int = Field(2048, ge=1, description="Texts per tokenize task; length-sorted inside.")
+    dtype: Literal["float16", "float32"] = Field("float32", description="Stored embedding dtype.")
+    num_actors: Optional[int] = Field(None, ge=1, description="Encoder actors; one per GPU, or 1 on CPU, when unset.")
+    gpus_per_actor: Optional[float] = Field(None, ge=0, description="0 on CPU; 1 when the cluster has GPUs.")
+    cpus_per_actor: Optional[float] = Field(None, gt=0, description="CPUs (and torch threads) per actor.")
+    autocast: Literal["bfloat16", "float16", "none"] = Field("bfloat16", description="Autocast dtype on GPU.")
+
+
+class IndexConfig(Section):
+    """The search backend over the corpus embeddings."""
+
+    backend: Literal["exact", "flat", "ivf", "ivfpq", "hnsw"] = Field(
+        "exact", description="exact: torch chunked matmul; flat/ivf/ivfpq/hnsw: faiss."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    chunk_size: int = Field(65536, ge=1, description="Corpus rows per matmul chunk of the exact backend.")
+    query_batch_size: int = Field(4096, ge=1, description="Queries searched at once.")
+    num_shards: int = Field(1, ge=1, description="Corpus shards, each held by a Ray actor; 1 searches in-process.")
+    nlist: Optional[int] = Field(None, ge=1, description="IVF lists; about 4*sqrt(N) when unset.")
+    nprobe: int = Field(16, ge=1)
+    pq_m: int = Field(16, ge=1, description="IVF-PQ sub-quantizers; must divide the dimension.")
+    pq_bits: int = Field(8, ge=1, le=16)
+    hnsw_m: int = Field(32, ge=2)
+    ef_construction: int = Field(200, ge=1)
+    ef_search: int = Field(128, ge=1)
+    recall_sample: int = Field(1000, ge=0, description="Queries checked against exact search for recall@k.")
+
+
+class MineConfig(Section):
+    """The miners. Names follow sentence-transformers' ``mine_hard_negatives`` where the meaning is the same."""
+
+    miner: Literal["similarity", "geographic", "mixed"] = "similarity"
+    num_negatives: int = Field(3, ge=1)
+    range_min: int = Field(0, ge=0, description="Skip the first range_min candidates.")
+    range_max: Optional[int] = Field(None, ge=1, description="Consider candidates up to this rank; range_min + 10*num_negatives + 10 when unset.")
+    max_score: Optional[float] = None
+    min_score: Optional[float] = None
+    absolute_margin: Optional[float] = Field(None, description="Keep a negative only if score < positive_score - margin.")
+    relative_margin: Optional[float] = Field(
+        None, ge=0, lt=1, description="Keep a negative only if score < positive_score * (1 - margin)."
+    )
+    sampling_strategy: Literal["top", "random", "weighted"] = "top"
+    weighted_temperature: float = Field(0.05, gt=0, description="Softmax temperature of weighted sampling.")
+    exclude_duplicate_texts: bool = Field(True, description="Drop candidates whose text equals a positive's.")
+    on_short: Literal["keep", "drop"] = Field("keep", description="Queries with fewer negatives than asked.")
+    cross_encoder: Optional[str] = Field(None, description="Cross-encoder model dir to rescore candidates.")
+    cross_encoder_batch_size: int = Field(32, ge=1)
+    # geographic
+    min_km: float = Field(0.0, ge=0, description="Items closer than this are the same place, never negatives.")
+    max_km: float = Field(20037.6, gt=0, description="Negatives lie no farther than this.")
+    geo_negatives: Optional[int] = Field(None, ge=0, description="Mixed mode: how many negatives the geographic miner gives.")
+    # output
+    format: Literal["default", "triplet", "n-tuple", "labeled-pair"] = "default"
+    batches: bool = Field(False, description="Compose batches so each anchor's negatives share its batch.")
+    batch_size: int = Field(32, ge=2)
+    seed: int = 12
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "MineConfig":
+        if self.range_max is not None and self.range_max <= self.range_min:
+            raise ValueError(f"range_max ({self.range_max}) must be greater than range_min ({self.range_min})")
+        if self.max_km <= self.min_km:
+            raise ValueError(f"max_km ({self.max_km}) must be greater than min_km ({self.min_km})")
+        return self
+
+    def candidate_depth(self) -> int:
+        """How many neighbours to fetch per query: range_max, or enough to survive the filters."""
+        if self.range_max is not None:
+            return self.range_max
+        return self.range_min + self.num_negatives * 10 + 10
+
+
+class TrainConfig(Section):
+    """The trainer and the re-mining loop."""
+
+    epochs: int = Field(2, ge=1)
+    remine_every: int = Field(1, ge=0, description="Re-mine every N epochs; 0 never re-mines.")
+    asynchronous: bool = Field(False, description="Re-mine on spare actors while training continues.")
+    batch_size: int = Field(32, ge=2)
+    learning_rate: float = Field(2e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    temperature: float = Field(0.05, gt=0)
+    learnable_scale: bool = False
+    symmetric: bool = False
+    negatives_per_row: int = Field(1, ge=0, description="Mined negatives used per row in the loss.")
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    max_steps_per_epoch: Optional[int] = Field(None, ge=1)
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Held-out share of the queries for evaluation.")
+    eval_k: int = Field(10, ge=1)
+    seed: int = 12
+
+
+class RayConfig(Section):
+    """How to reach Ray. Unset address: RAY_ADDRESS when set, else a local instance."""
+
+    address: Optional[str] = None
+    num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of a local instance.")
+    object_store_memory: Optional[int] = Field(None, ge=78643200)
+
+
+class RunConfig(Section):
+    """A whole run: embed -> index -> mine (-> train -> re-mine) into ``run_dir``."""
+
+    run_dir: Optional[str] = None
+    corpus: CorpusConfig = CorpusConfig()
+    queries: QueriesConfig = QueriesConfig()
+    model: ModelConfig = ModelConfig()
+    embed: EmbedConfig = EmbedConfig()
+    index: IndexConfig = IndexConfig()
+    mine: MineConfig = MineConfig()
+    train: TrainConfig = TrainConfig()
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {path}: unknown key; allowed keys: {_allowed_keys(item['loc'])}")
+        else:
+            got = item.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {path}: {item['msg']}{shown}")
+    return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+def _allowed_keys(loc: tuple) -> str:
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            break
+        model = field.annotation
+    return ", ".join(model.model_fields)
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``dotted='a.b'``, creating sections as needed."""
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"invalid config override {dotted}: {part} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_config(data: dict, source: str = "(dict)", overrides: Optional[dict] = None) -> RunConfig:
+    """Validate a config mapping (plus dotted overrides) into a ``RunConfig``."""
+    data = dict(data or {})
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(data, dotted, value)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[dict] = None) -> RunConfig:
+    """Read a YAML config (local or s3://) with ``yaml.safe_load`` and validate it.
+
+    Args:
+        path: the YAML file; ``None`` starts from the defaults.
+        overrides: ``{"mine.num_negatives": 5, ...}``; ``None`` values are ignored.
+    """
+    data: dict = {}
+    if path is not None:
+        from hardneg import storage
+
+        try:
+            text = storage.read_text(path)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
+    return parse_config(data, source=str(path) if path else "(defaults)", overrides=overrides)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (what ``run.yaml`` holds)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

