@@ -49,3 +49,18 @@ def _quiet_ray_data() -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("HARDNEG_PROGRESS", "1") == "1"
     ctx.print_on_execution_start = False
+
+
+def get(refs):
+    """``ray.get`` that re-raises hardneg's own errors from tasks as they were raised (no Ray traceback)."""
+    import ray
+
+    from hardneg.errors import HardnegError
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as err:
+        cause = err.cause if hasattr(err, "cause") else None
+        if isinstance(cause, HardnegError):
+            raise type(cause)(*cause.args) from None
+        raise

@@ -118,7 +118,7 @@ def list_table_files(path: str) -> list[Location]:
         found = [loc.path]
     else:
         raise InputError(f"{path}: no such file or folder")
-    files = [p for p in found if p.endswith(TABLE_SUFFIXES)]
+    files = [p for p in found if p.endswith(TABLE_SUFFIXES) and posixpath.basename(p) != MANIFEST]
     if not files:
         raise InputError(f"{path}: no Parquet (.parquet) or JSON lines (.jsonl/.json/.ndjson) files found")
     return [Location(loc.fs, p) for p in files]
@@ -132,7 +132,11 @@ def read_table_file(loc: Location, columns: Optional[Sequence[str]] = None) -> p
                 return pq.read_table(handle, columns=list(columns) if columns else None)
         with loc.fs.open(loc.path, "rb") as handle:
             table = pa_json.read_json(handle)
-    except (pa.ArrowInvalid, OSError) as err:
+    except pa.ArrowInvalid as err:
+        if loc.path.endswith(".parquet"):
+            raise InputError(f"{loc.url}: cannot be read as Parquet: {err}") from None
+        table = _read_json_lines_strictly(loc, columns, err)
+    except OSError as err:
         raise InputError(f"{loc.url}: cannot be read as a table: {err}") from None
     if columns:
         missing = [c for c in columns if c not in table.column_names]
@@ -140,6 +144,28 @@ def read_table_file(loc: Location, columns: Optional[Sequence[str]] = None) -> p
             return table  # the caller reports missing columns with the file's name
         table = table.select(list(columns))
     return table
+
+
+def _read_json_lines_strictly(loc: Location, columns: Optional[Sequence[str]], arrow_error: Exception) -> pa.Table:
+    """Re-read JSON lines that Arrow rejected, to name the row and column at fault."""
+    rows = []
+    with loc.fs.open(loc.path, "r", encoding="utf-8") as handle:
+        for number, line in enumerate(handle):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise InputError(f"{loc.url}: row {len(rows)} (line {number + 1}): not valid JSON: {err}") from None
+    for column in columns or sorted({key for row in rows for key in row}):
+        kinds = [(index, type(row.get(column))) for index, row in enumerate(rows) if row.get(column) is not None]
+        for index, kind in kinds:
+            if kind is not kinds[0][1]:
+                raise InputError(
+                    f"{loc.url}: row {index}, column {column}: {kind.__name__} value where earlier rows hold "
+                    f"{kinds[0][1].__name__} (a {'text' if kinds[0][1] is str else 'column'} must have one type)"
+                )
+    raise InputError(f"{loc.url}: cannot be read as JSON lines: {arrow_error}")
 
 
 def read_table(path: str, columns: Optional[Sequence[str]] = None) -> pa.Table:

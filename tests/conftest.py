@@ -88,3 +88,23 @@ def tiny_model_path(tmp_path_factory, packaged_model_path):
     path = str(tmp_path_factory.mktemp("tiny_model"))
     Encoder(BertModel(config).eval(), tokenizer, "mean", True, 64).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def real_pairs():
+    """Real (anchor, positive) pairs: docstrings of installed packages (see bench/corpora.py)."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(TESTS_DIR), "bench"))
+    from corpora import docstring_pairs
+
+    return docstring_pairs(("email", "http", "asyncio", "logging", "unittest", "json", "xml", "urllib", "importlib", "numpy"))
+
+
+def write_jsonl(path, rows):
+    import json
+
+    with open(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    return str(path)

@@ -1,0 +1,164 @@
+"""Corpus validation at the door: every bad row is named by file, row and column.
+
+Rules: the id and text columns exist; ids are not null and unique across all
+files; text is a non-empty string. A rejected corpus writes nothing. With
+``drop_invalid`` the bad rows (and the second and later copies of a duplicate id)
+are dropped instead and counted in the summary.
+
+Each file is scanned by its own Ray task; only 64-bit id hashes and the numbers
+of bad rows come back to the driver, never the text.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hardneg.config import CorpusConfig
+from hardneg.errors import InputError
+from hardneg.ray_runtime import get
+from hardneg.storage import Location, list_table_files, read_table_file
+
+logger = logging.getLogger(__name__)
+
+MAX_REPORTED = 10
+
+
+@dataclass
+class FileScan:
+    """What one file's scan found: its rows, its bad rows and the hashes of its ids."""
+
+    loc: Location
+    num_rows: int
+    problems: list[tuple[int, str, str]]  # (row, column, what is wrong)
+    bad_rows: np.ndarray
+    id_hashes: np.ndarray
+
+
+@dataclass
+class ValidatedCorpus:
+    """A corpus that passed validation: its files, the rows to drop in each, and counts."""
+
+    files: list[Location]
+    drop_rows: list[np.ndarray]
+    num_rows: int
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_valid(self) -> int:
+        return self.num_rows - sum(self.dropped.values())
+
+
+def text_problems(texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Per row: '' if the text is fine, else what is wrong with it."""
+    out = np.full(len(texts), "", dtype=object)
+    if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+        values = texts.to_pylist()
+        for row, value in enumerate(values):
+            if value is None:
+                out[row] = "null text"
+            elif not isinstance(value, str):
+                out[row] = f"text is {type(value).__name__}, not a string"
+            elif not value.strip():
+                out[row] = "empty text"
+        return out
+    null = pc.is_null(texts).to_numpy(zero_copy_only=False)
+    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts.fill_null(""))), 0).to_numpy(zero_copy_only=False)
+    out[empty] = "empty text"
+    out[null] = "null text"
+    return out
+
+
+def hash_ids(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Stable 64-bit hashes of ids (ints and strings hash apart: 1 and '1' are different ids)."""
+    values = pd.Series(ids.to_pandas(), dtype=object).map(lambda v: f"{type(v).__name__}:{v}")
+    return pd.util.hash_pandas_object(values, index=False).to_numpy(np.uint64)
+
+
+def scan_file(loc: Location, cfg: CorpusConfig) -> FileScan:
+    """Scan one corpus file against the rules (runs in a Ray task)."""
+    table = read_table_file(loc, [cfg.id_column, cfg.text_column])
+    missing = [c for c in (cfg.id_column, cfg.text_column) if c not in table.column_names]
+    if missing:
+        raise InputError(
+            f"{loc.url}: missing column(s) {', '.join(missing)} (corpus.id_column={cfg.id_column!r}, "
+            f"corpus.text_column={cfg.text_column!r}); columns found: {', '.join(table.column_names)}"
+        )
+    ids, texts = table.column(cfg.id_column), table.column(cfg.text_column)
+    problems = []
+    null_ids = np.flatnonzero(pc.is_null(ids).to_numpy(zero_copy_only=False))
+    problems += [(int(row), cfg.id_column, "null id") for row in null_ids]
+    text_issue = text_problems(texts)
+    problems += [(int(row), cfg.text_column, text_issue[row]) for row in np.flatnonzero(text_issue != "")]
+    problems.sort()
+    bad = np.unique(np.array([row for row, _, _ in problems], dtype=np.int64))
+    return FileScan(loc, table.num_rows, problems, bad, hash_ids(ids))
+
+
+def validate_corpus(cfg: CorpusConfig, path: str | None = None) -> ValidatedCorpus:
+    """Scan every file of the corpus (Ray tasks) and fail on the first bad rows, or drop them.
+
+    Raises:
+        InputError: naming file, row and column of up to ten bad rows.
+    """
+    import ray
+
+    path = path or cfg.path
+    if not path:
+        raise InputError("corpus.path is not set")
+    files = list_table_files(path)
+    scan = ray.remote(scan_file).options(num_cpus=1, max_retries=2)
+    scans = get([scan.remote(loc, cfg) for loc in files])
+    return _judge(scans, cfg)
+
+
+def _judge(scans: list[FileScan], cfg: CorpusConfig) -> ValidatedCorpus:
+    drop = [scan.bad_rows for scan in scans]
+    dropped = {"invalid": int(sum(len(rows) for rows in drop))}
+    problems = [f"{scan.loc.url}: row {row}, column {col}: {what}" for scan in scans for row, col, what in scan.problems]
+    duplicates = _duplicate_rows(scans, drop)
+    dropped["duplicate_id"] = int(sum(len(rows) for rows in duplicates))
+    for scan, dup_rows in zip(scans, duplicates):
+        if len(dup_rows):
+            ids = read_table_file(scan.loc, [cfg.id_column]).column(cfg.id_column)
+            problems += [
+                f"{scan.loc.url}: row {row}, column {cfg.id_column}: duplicate id {ids[int(row)].as_py()!r}"
+                for row in dup_rows[:MAX_REPORTED]
+            ]
+    if problems and not cfg.drop_invalid:
+        shown = "\n  ".join(problems[:MAX_REPORTED])
+        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+        raise InputError(
+            f"invalid corpus ({len(problems)} problem(s)); nothing was written:\n  {shown}{more}\n"
+            "Fix the rows, or pass --drop-invalid (corpus.drop_invalid: true) to drop and count them."
+        )
+    drop_rows = [np.union1d(bad, dup) for bad, dup in zip(drop, duplicates)]
+    total = int(sum(scan.num_rows for scan in scans))
+    if problems:
+        logger.warning("dropping %d invalid row(s) of %d: %s", sum(map(len, drop_rows)), total, dropped)
+    if total - sum(map(len, drop_rows)) == 0:
+        raise InputError("the corpus has no valid rows")
+    return ValidatedCorpus([scan.loc for scan in scans], drop_rows, total, dropped)
+
+
+def _duplicate_rows(scans: list[FileScan], bad: list[np.ndarray]) -> list[np.ndarray]:
+    """Rows whose id already appeared earlier (in file order, then row order), bad rows aside."""
+    hashes, owners = [], []
+    for index, scan in enumerate(scans):
+        keep = np.ones(scan.num_rows, dtype=bool)
+        keep[bad[index]] = False
+        rows = np.flatnonzero(keep)
+        hashes.append(scan.id_hashes[rows])
+        owners.append(np.stack([np.full(len(rows), index), rows], axis=1))
+    all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    all_owners = np.concatenate(owners) if owners else np.zeros((0, 2), np.int64)
+    _, first = np.unique(all_hashes, return_index=True)
+    repeated = np.ones(len(all_hashes), dtype=bool)
+    repeated[first] = False
+    dup_owners = all_owners[repeated]
+    return [np.sort(dup_owners[dup_owners[:, 0] == index, 1]) for index in range(len(scans))]

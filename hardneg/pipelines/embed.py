@@ -1,0 +1,226 @@
+"""Embed a corpus with Ray Data: read -> tokenize (CPU tasks) -> Encoder actors -> Parquet shards.
+
+The driver holds neither texts nor vectors: files are read by Ray tasks, token
+ids flow as Arrow blocks to a pool of Encoder actors (one GPU each when the
+cluster has GPUs), and the actors' output is written by Ray as Parquet shards
+with ``id`` and ``embedding`` (fixed-size list). ``MANIFEST.json`` is written
+last, so a crash leaves no readable partial output.
+
+Example::
+
+    summary = embed_corpus(load_config(overrides={"corpus.path": "corpus.jsonl"}), "out/embeddings")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from hardneg import storage
+from hardneg.config import EmbedConfig, ModelConfig, RunConfig
+from hardneg.corpus import ValidatedCorpus, validate_corpus
+from hardneg.encoder import Encoder, default_model_path, model_fingerprint, read_pooling_spec
+
+logger = logging.getLogger(__name__)
+
+_tokenizers: dict[tuple, Any] = {}
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many Encoder actors, and what each one holds."""
+
+    num_actors: int
+    num_gpus: float
+    num_cpus: float
+    torch_threads: int
+
+
+def plan_actors(cfg: EmbedConfig) -> ActorPlan:
+    """Defaults from the cluster: one actor per GPU; on CPU one actor using every CPU for torch."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    num_gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    if cfg.num_actors:
+        num_actors = cfg.num_actors
+    elif num_gpus > 0:
+        num_actors = max(1, int(gpus // num_gpus))
+    else:
+        num_actors = 1
+    num_cpus = cfg.cpus_per_actor or 1.0
+    # A CPU actor runs torch on the cores it shares with the tokenizer tasks; Ray would pin it to
+    # num_cpus threads (OMP_NUM_THREADS), which on a small machine halves throughput.
+    threads = int(cfg.cpus_per_actor) if cfg.cpus_per_actor else max(1, cpus // num_actors)
+    return ActorPlan(num_actors, float(num_gpus), float(num_cpus), threads)
+
+
+def _tokenizer(model_path: str, trust_remote_code: bool):
+    key = (model_path, trust_remote_code)
+    if key not in _tokenizers:
+        from transformers import AutoTokenizer
+
+        _tokenizers[key] = AutoTokenizer.from_pretrained(model_path, local_files_only=True, trust_remote_code=trust_remote_code)
+    return _tokenizers[key]
+
+
+def read_corpus_file(spec: dict, id_column: str, text_column: str) -> pa.Table:
+    """Read one corpus file's id and text columns, minus the rows validation dropped."""
+    loc = storage.Location(spec["fs"], spec["path"])
+    table = storage.read_table_file(loc, [id_column, text_column])
+    if len(spec["drop_rows"]):
+        keep = np.ones(table.num_rows, dtype=bool)
+        keep[spec["drop_rows"]] = False
+        table = table.filter(pa.array(keep))
+    return pa.table({"id": table.column(id_column), "text": table.column(text_column).cast(pa.string())})
+
+
+def tokenize_block(block: pa.Table, model_path: str, max_length: int, prefix: str, trust_remote_code: bool) -> pa.Table:
+    """Tokenize a block (CPU task) and sort it by length, so the actor's batches carry little padding."""
+    tokenizer = _tokenizer(model_path, trust_remote_code)
+    texts = block.column("text").to_pylist()
+    if prefix:
+        texts = [prefix + text for text in texts]
+    token_ids = tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
+    order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
+    return pa.table({
+        "id": block.column("id").take(pa.array(order)),
+        "input_ids": pa.array([token_ids[i] for i in order], type=pa.list_(pa.int32())),
+    })
+
+
+def embedding_array(vectors: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
+    """(n, d) numpy -> Arrow fixed_size_list<float16|float32>[d]."""
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.dtype(dtype)).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+
+
+class EncoderActor:
+    """A Ray Data callable class: token-id blocks in, ``id`` + ``embedding`` blocks out."""
+
+    def __init__(self, model: ModelConfig, embed: EmbedConfig, model_path: str, torch_threads: int):
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(torch_threads)
+        self.encoder = Encoder.load(
+            model_path, model.pooling, model.normalize, model.max_length, model.trust_remote_code, device
+        )
+        self.batch_size = embed.batch_size
+        self.dtype = embed.dtype
+        self.autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(embed.autocast) if device == "cuda" else None
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        token_lists = block.column("input_ids").to_pylist()
+        vectors = self.encoder.encode_tokens(token_lists, batch_size=self.batch_size, autocast=self.autocast)
+        return pa.table({"id": block.column("id"), "embedding": embedding_array(vectors, self.dtype)})
+
+
+def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, prefix: str = ""):
+    """Ray Dataset of (id, text) -> Ray Dataset of (id, embedding). Lazy; nothing runs yet."""
+    import ray
+
+    spec = read_pooling_spec(model_path)
+    plan = plan_actors(embed)
+    max_length = model.max_length or spec.max_seq_length or 512
+    logger.info("embedding with %d Encoder actor(s), %.0f GPU and %d torch thread(s) each", plan.num_actors, plan.num_gpus, plan.torch_threads)
+    tokens = ds.map_batches(
+        tokenize_block,
+        batch_size=embed.block_size,
+        batch_format="pyarrow",
+        fn_kwargs={"model_path": model_path, "max_length": max_length, "prefix": prefix, "trust_remote_code": model.trust_remote_code},
+        num_cpus=1,
+    )
+    return tokens.map_batches(
+        EncoderActor,
+        batch_size=None,
+        batch_format="pyarrow",
+        fn_constructor_kwargs={"model": model, "embed": embed, "model_path": model_path, "torch_threads": plan.torch_threads},
+        compute=ray.data.ActorPoolStrategy(size=plan.num_actors),
+        num_gpus=plan.num_gpus,
+        num_cpus=plan.num_cpus,
+        max_restarts=3,
+        max_task_retries=3,
+    )
+
+
+def corpus_dataset(corpus: ValidatedCorpus, id_column: str, text_column: str):
+    """A Ray Dataset of (id, text), one read task per validated file."""
+    import ray
+
+    specs = [{"fs": loc.fs, "path": loc.path, "drop_rows": rows} for loc, rows in zip(corpus.files, corpus.drop_rows)]
+
+    def read(batch: dict) -> pa.Table:
+        return read_corpus_file(specs[int(batch["file"][0])], id_column, text_column)
+
+    files = ray.data.from_items([{"file": index} for index in range(len(specs))], override_num_blocks=len(specs))
+    return files.map_batches(read, batch_size=1, batch_format="numpy", num_cpus=1)
+
+
+def write_embeddings(ds, out: storage.Location) -> int:
+    """Write the (id, embedding) dataset as Parquet shards under ``out``; returns rows written."""
+    import pyarrow.parquet as pq
+
+    ds.write_parquet(out.path, filesystem=out.arrow_fs())
+    rows = 0
+    for path in out.fs.find(out.path):
+        if path.endswith(".parquet"):
+            with out.fs.open(path, "rb") as handle:
+                rows += pq.ParquetFile(handle).metadata.num_rows
+    return rows
+
+
+def embed_corpus(cfg: RunConfig, output: str, corpus: Optional[ValidatedCorpus] = None) -> dict:
+    """Validate, embed and commit a corpus into ``output``. Returns the manifest.
+
+    Raises:
+        InputError: the corpus is invalid (nothing is written).
+        StorageError: ``output`` is already committed.
+    """
+    started = time.perf_counter()
+    out = storage.resolve(output)
+    if storage.is_committed(out):
+        raise storage.StorageError(f"{out.url} is already committed; choose a new output path")
+    corpus = corpus or validate_corpus(cfg.corpus)
+    model_path = cfg.model.path or default_model_path()
+    storage.prepare_output(out)
+    ds = embed_tables(corpus_dataset(corpus, cfg.corpus.id_column, cfg.corpus.text_column), cfg.model, cfg.embed, model_path)
+    rows = write_embeddings(ds, out)
+    if rows != corpus.num_valid:
+        raise storage.StorageError(f"{out.url}: wrote {rows} rows, expected {corpus.num_valid}; not committed")
+    seconds = time.perf_counter() - started
+    manifest = embeddings_manifest(cfg, model_path, rows, seconds, corpus)
+    storage.commit(out, manifest)
+    return manifest
+
+
+def embeddings_manifest(cfg: RunConfig, model_path: str, rows: int, seconds: float, corpus: ValidatedCorpus) -> dict:
+    spec = read_pooling_spec(model_path)
+    from transformers import AutoConfig
+
+    dim = int(AutoConfig.from_pretrained(model_path, local_files_only=True).hidden_size)
+    return {
+        "kind": "embeddings",
+        "model": model_path,
+        "model_hash": model_fingerprint(model_path),
+        "pooling": cfg.model.pooling or spec.pooling,
+        "normalize": cfg.model.normalize,
+        "max_length": cfg.model.max_length or spec.max_seq_length,
+        "dim": dim,
+        "dtype": cfg.embed.dtype,
+        "rows": rows,
+        "input_rows": corpus.num_rows,
+        "dropped": corpus.dropped,
+        "corpus": cfg.corpus.path,
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(rows / max(seconds, 1e-9), 1),
+        "hostname": os.uname().nodename,
+    }

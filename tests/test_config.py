@@ -1,0 +1,48 @@
+"""Config: YAML in with safe_load, one error per bad field, named by its path."""
+
+import pytest
+
+from hardneg.cli import build_parser, overrides_from
+from hardneg.config import load_config, parse_config
+from hardneg.errors import ConfigError
+
+
+def test_unknown_key_names_path_and_allowed_keys():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"embed": {"batchsize": 3}})
+    assert "embed.batchsize: unknown key; allowed keys: batch_size, block_size" in str(err.value)
+
+
+def test_bad_values_are_all_reported_with_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"embed": {"dtype": "int8", "batch_size": 0}, "index": {"backend": "annoy"}})
+    message = str(err.value)
+    assert "embed.dtype: Input should be 'float16' or 'float32' (got 'int8')" in message
+    assert "embed.batch_size: Input should be greater than or equal to 1 (got 0)" in message
+    assert "index.backend: Input should be 'exact', 'flat', 'ivf', 'ivfpq' or 'hnsw'" in message
+
+
+def test_yaml_is_safe_loaded(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("run_dir: !!python/object/apply:os.system ['echo owned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(path))
+
+
+def test_cli_flags_override_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("mine:\n  num_negatives: 3\nembed:\n  batch_size: 16\n")
+    args = build_parser().parse_args(["run", str(path), "--num-negatives", "7", "--embed-batch-size", "8", "--no-model-normalize"])
+    cfg = load_config(args.config, overrides_from(args))
+    assert (cfg.mine.num_negatives, cfg.embed.batch_size, cfg.model.normalize) == (7, 8, False)
+
+
+def test_embed_flags_use_bare_names():
+    args = build_parser().parse_args(["embed", "c.jsonl", "out", "--model", "/m", "--batch-size", "4", "--dtype", "float16", "--no-normalize", "--drop-invalid"])
+    overrides = overrides_from(args)
+    assert overrides == {"model.path": "/m", "embed.batch_size": 4, "embed.dtype": "float16", "model.normalize": False, "corpus.drop_invalid": True}
+
+
+def test_range_max_must_exceed_range_min():
+    with pytest.raises(ConfigError, match="range_max \\(3\\) must be greater than range_min \\(5\\)"):
+        parse_config({"mine": {"range_min": 5, "range_max": 3}})

@@ -1,0 +1,79 @@
+"""Bad corpora fail at the door with file, row and column; nothing is written."""
+
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_jsonl
+
+from hardneg import storage
+from hardneg.config import parse_config
+from hardneg.corpus import validate_corpus
+from hardneg.errors import InputError
+from hardneg.pipelines.embed import embed_corpus
+
+
+def corpus_cfg(path, **extra):
+    return parse_config({"corpus": {"path": str(path), **extra}}).corpus
+
+
+def test_duplicate_ids_name_both_files_rows(ray_session, tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"id": 1, "text": "one"}, {"id": 2, "text": "two"}])
+    write_jsonl(tmp_path / "b.jsonl", [{"id": 3, "text": "three"}, {"id": 2, "text": "two again"}])
+    with pytest.raises(InputError, match=r"b\.jsonl: row 1, column id: duplicate id 2"):
+        validate_corpus(corpus_cfg(tmp_path))
+
+
+def test_missing_columns_are_named(ray_session, tmp_path):
+    write_jsonl(tmp_path / "c.jsonl", [{"doc_id": 1, "body": "x"}])
+    with pytest.raises(InputError, match=r"c\.jsonl: missing column\(s\) id, text .*columns found: doc_id, body"):
+        validate_corpus(corpus_cfg(tmp_path))
+    ok = validate_corpus(corpus_cfg(tmp_path, id_column="doc_id", text_column="body"))
+    assert ok.num_valid == 1
+
+
+def test_empty_and_null_text(ray_session, tmp_path):
+    pq.write_table(pa.table({"id": ["a", "b", "c", "d"], "text": ["fine", "", None, "   "]}), tmp_path / "c.parquet")
+    with pytest.raises(InputError) as err:
+        validate_corpus(corpus_cfg(tmp_path))
+    message = str(err.value)
+    assert "c.parquet: row 1, column text: empty text" in message
+    assert "c.parquet: row 2, column text: null text" in message
+    assert "c.parquet: row 3, column text: empty text" in message
+    assert "nothing was written" in message
+
+
+def test_non_string_text(ray_session, tmp_path):
+    write_jsonl(tmp_path / "c.jsonl", [{"id": 1, "text": "ok"}, {"id": 2, "text": 42}])
+    with pytest.raises(InputError, match=r"c\.jsonl: row 1, column text: int value where earlier rows hold str"):
+        validate_corpus(corpus_cfg(tmp_path))
+
+
+def test_null_id(ray_session, tmp_path):
+    pq.write_table(pa.table({"id": pa.array([1, None], pa.int64()), "text": ["a", "b"]}), tmp_path / "c.parquet")
+    with pytest.raises(InputError, match=r"c\.parquet: row 1, column id: null id"):
+        validate_corpus(corpus_cfg(tmp_path))
+
+
+def test_rejected_corpus_writes_nothing(ray_session, tiny_model_path, tmp_path):
+    write_jsonl(tmp_path / "c.jsonl", [{"id": 1, "text": "a"}, {"id": 1, "text": "b"}])
+    cfg = parse_config({"corpus": {"path": str(tmp_path / "c.jsonl")}, "model": {"path": tiny_model_path}})
+    with pytest.raises(InputError, match="duplicate id 1"):
+        embed_corpus(cfg, str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_drop_invalid_drops_and_counts(ray_session, tiny_model_path, tmp_path):
+    rows = [{"id": 1, "text": "a"}, {"id": 1, "text": "dup"}, {"id": 2, "text": ""}, {"id": 3, "text": "c"}]
+    write_jsonl(tmp_path / "c.jsonl", rows)
+    cfg = parse_config({"corpus": {"path": str(tmp_path / "c.jsonl"), "drop_invalid": True}, "model": {"path": tiny_model_path}})
+    manifest = embed_corpus(cfg, str(tmp_path / "out"))
+    assert manifest["rows"] == 2 and manifest["dropped"] == {"invalid": 1, "duplicate_id": 1}
+    assert sorted(storage.read_table(str(tmp_path / "out")).column("id").to_pylist()) == [1, 3]
+
+
+def test_no_corpus_files(ray_session, tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match="no Parquet"):
+        validate_corpus(corpus_cfg(tmp_path))

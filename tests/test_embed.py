@@ -1,0 +1,77 @@
+"""The embed pipeline: Ray Data -> Encoder actors -> committed Parquet shards."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_jsonl
+
+from hardneg import storage
+from hardneg.config import parse_config
+from hardneg.errors import StorageError
+from hardneg.pipelines.embed import embed_corpus
+
+
+def read_embeddings(path):
+    table = storage.read_table(str(path))
+    return table.column("id").to_pylist(), np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+
+
+def test_embeddings_equal_sentence_transformers(ray_session, real_pairs, packaged_model_path, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    texts = sorted({pair["anchor"] for pair in real_pairs})[:2000]
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"id": i, "text": t} for i, t in enumerate(texts)])
+    cfg = parse_config({"corpus": {"path": corpus}, "embed": {"block_size": 512}})
+    manifest = embed_corpus(cfg, str(tmp_path / "out"))
+
+    assert manifest["rows"] == len(texts) and manifest["dim"] == 384 and manifest["pooling"] == "mean"
+    ids, vectors = read_embeddings(tmp_path / "out")
+    assert sorted(ids) == list(range(len(texts)))
+    expected = SentenceTransformer(packaged_model_path, device="cpu").encode(texts, normalize_embeddings=True, batch_size=64)
+    cosine = np.sum(vectors * expected[ids], axis=1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(expected[ids], axis=1)
+    assert cosine.min() >= 0.9999
+    on_disk = json.loads((tmp_path / "out" / "MANIFEST.json").read_text())
+    assert on_disk["rows"] == len(texts) and on_disk["model_hash"] == manifest["model_hash"]
+
+
+def test_float16_shards_and_committed_output_is_never_overwritten(ray_session, tiny_model_path, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": f"d{i}", "text": f"document number {i}"} for i in range(50)])
+    cfg = parse_config({"corpus": {"path": corpus}, "model": {"path": tiny_model_path}, "embed": {"dtype": "float16"}})
+    embed_corpus(cfg, str(tmp_path / "out"))
+    table = storage.read_table(str(tmp_path / "out"))
+    assert str(table.schema.field("embedding").type) == "fixed_size_list<element: halffloat>[32]"
+    assert sorted(table.column("id").to_pylist()) == sorted(f"d{i}" for i in range(50))
+    with pytest.raises(StorageError, match="already committed"):
+        embed_corpus(cfg, str(tmp_path / "out"))
+
+
+def test_partial_output_without_manifest_is_redone(ray_session, tiny_model_path, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": i, "text": f"text {i}"} for i in range(20)])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale-half-written.parquet").write_bytes(b"garbage")
+    cfg = parse_config({"corpus": {"path": corpus}, "model": {"path": tiny_model_path}})
+    manifest = embed_corpus(cfg, str(out))
+    assert manifest["rows"] == 20
+    assert not (out / "stale-half-written.parquet").exists()
+    assert storage.read_table(str(out)).num_rows == 20
+
+
+def test_s3_round_trip(ray_session, s3_storage, tiny_model_path, tmp_path):
+    import boto3
+
+    rows = [{"id": i, "text": f"passage {i} about topic {i % 7}"} for i in range(60)]
+    s3 = boto3.client("s3", endpoint_url=s3_storage, region_name="us-east-1")
+    body = "\n".join(json.dumps(row) for row in rows).encode()
+    s3.put_object(Bucket="hardneg-test", Key="corpus/part-0.jsonl", Body=body[: len(body) // 2].rsplit(b"\n", 1)[0])
+    s3.put_object(Bucket="hardneg-test", Key="corpus/part-1.jsonl", Body=body[len(body[: len(body) // 2].rsplit(b"\n", 1)[0]) + 1 :])
+    cfg = parse_config({"corpus": {"path": "s3://hardneg-test/corpus/"}, "model": {"path": tiny_model_path}})
+    manifest = embed_corpus(cfg, "s3://hardneg-test/runs/emb")
+    assert manifest["rows"] == 60
+    assert storage.is_committed("s3://hardneg-test/runs/emb")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="hardneg-test", Prefix="runs/emb/")["Contents"]]
+    assert "runs/emb/MANIFEST.json" in keys
+    table = storage.read_table("s3://hardneg-test/runs/emb/")
+    assert sorted(table.column("id").to_pylist()) == list(range(60))
