@@ -1,0 +1,1 @@
+"""The trainer: InfoNCE losses, the Ray Train loop, retrieval metrics."""
