@@ -19,13 +19,13 @@ from typing import Any, Callable, Optional, Sequence
 
 from pydantic import BaseModel
 
-from hardneg.config import RunConfig, load_config
+from hardneg.config import RunConfig, load_config, parse_config
 from hardneg.errors import HardnegError
 
 logger = logging.getLogger("hardneg")
 
 SECTIONS = {name: field.annotation for name, field in RunConfig.model_fields.items() if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
-RENAMED = {"model.path": "model"}
+RENAMED = {"model.path": "model", "index.backend": "index", "corpus.path": "corpus", "queries.path": "queries"}
 
 
 def _flag_type(annotation: Any) -> tuple[Optional[Callable], Optional[list], bool]:
@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--config", help="YAML config file")
     add_config_flags(embed, ["model", "embed", "corpus", "storage", "ray"])
 
+    mine = commands.add_parser("mine", help="embed -> index -> mine INPUT into the run directory OUTPUT")
+    mine.add_argument("input", help="pairs (anchor, positive) or queries file; the corpus for --miner geographic")
+    mine.add_argument("output", help="run directory (local or s3://); the Parquet goes to OUTPUT/rounds/00000/mined")
+    mine.add_argument("--config", help="YAML config file")
+    add_config_flags(mine, ["mine", "index", "queries", "corpus", "model", "embed", "storage", "ray"])
+
     run = commands.add_parser("run", help="embed -> index -> mine into a run directory")
     run.add_argument("config", help="YAML config file (local or s3://)")
     add_config_flags(run, ["corpus", "queries", "mine", "index", "embed", "model", "storage", "ray"])
@@ -111,16 +117,28 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from hardneg.pipelines.run import run_pipeline
+def cmd_mine(args: argparse.Namespace) -> int:
+    overrides = overrides_from(args)
+    overrides["run_dir"] = args.output
+    cfg = load_config(args.config, overrides)
+    where = "corpus.path" if cfg.mine.miner == "geographic" else "queries.path"
+    return _run_round(parse_config(cfg.model_dump(mode="json"), overrides={where: args.input}))
 
-    cfg = load_config(args.config, overrides_from(args))
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run_round(load_config(args.config, overrides_from(args)))
+
+
+def _run_round(cfg: RunConfig) -> int:
+    from hardneg.pipelines.run import run_round
+    from hardneg.summary import round_summary
+
     _start(cfg)
-    print(run_pipeline(cfg))
+    print(round_summary(run_round(cfg)))
     return 0
 
 
-COMMANDS = {"embed": cmd_embed, "run": cmd_run}
+COMMANDS = {"embed": cmd_embed, "mine": cmd_mine, "run": cmd_run}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

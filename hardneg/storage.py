@@ -129,7 +129,10 @@ def read_table_file(loc: Location, columns: Optional[Sequence[str]] = None) -> p
     try:
         if loc.path.endswith(".parquet"):
             with loc.fs.open(loc.path, "rb") as handle:
-                return pq.read_table(handle, columns=list(columns) if columns else None)
+                parquet = pq.ParquetFile(handle)
+                names = parquet.schema_arrow.names
+                # Missing columns are the caller's to report, with the file's name.
+                return parquet.read(columns=[c for c in columns if c in names] if columns else None)
         with loc.fs.open(loc.path, "rb") as handle:
             table = pa_json.read_json(handle)
     except pa.ArrowInvalid as err:

@@ -14,3 +14,36 @@ def embed_summary(manifest: dict, output: str) -> str:
         f"  output        : {output}",
     ]
     return "\n".join(lines)
+
+
+def _dist(d: dict) -> str:
+    if not d:
+        return "-"
+    return f"mean {d['mean']:.3f}  p5 {d['p5']:.3f}  p50 {d['p50']:.3f}  p95 {d['p95']:.3f}"
+
+
+def round_summary(manifest: dict) -> str:
+    """Queries, negatives, score distributions, filters, recall, per-stage time and rows/s, outputs."""
+    f = manifest["figures"]
+    removed = ", ".join(f"{name} {count:,}" for name, count in f["removed"].items() if count) or "none"
+    recall = f.get("recall")
+    recall_line = (f"recall@{recall['k']} {recall['recall']:.4f} against exact search on {recall['queries']:,} queries"
+                   if recall else "exact search (recall 1.0)")
+    lines = [
+        f"hardneg: round {manifest['round']} done (encoder {manifest['encoder']}, {manifest['model']})",
+        f"  queries          : {f['queries']:,} ({f['rows']:,} rows, corpus {manifest['counts']['corpus']:,})",
+        f"  negatives/query  : {f['negatives_per_query']:.2f} ({f['short_queries']:,} queries short, "
+        f"{f['queries_without_negatives']:,} with none)",
+        f"  positive scores  : {_dist(f['positive_scores'])}",
+        f"  negative scores  : {_dist(f['negative_scores'])}",
+        f"  removed by filter: {removed} (of {f['candidates_per_query']} candidates per query)",
+        f"  false negatives  : {f['negatives_equal_to_positive_text']} negatives equal a positive's text",
+        f"  index            : {recall_line}",
+        "  stage            :   seconds      rows      rows/s",
+    ]
+    for name, stage in manifest["stages"].items():
+        lines.append(f"    {name:<15}: {stage['seconds']:9.2f} {stage['rows']:9,} {stage['rows_per_second']:11,.0f}")
+    lines.append(f"  total            : {manifest['seconds']:.1f} s")
+    for name, url in manifest["outputs"].items():
+        lines.append(f"  {name + ' parquet':<17}: {url}")
+    return "\n".join(lines)

@@ -178,8 +178,10 @@ def write_embeddings(ds, out: storage.Location) -> int:
     return rows
 
 
-def embed_corpus(cfg: RunConfig, output: str, corpus: Optional[ValidatedCorpus] = None) -> dict:
+def embed_corpus(cfg: RunConfig, output: str, corpus: Optional[ValidatedCorpus] = None, prefix: str = "") -> dict:
     """Validate, embed and commit a corpus into ``output``. Returns the manifest.
+
+    ``prefix`` goes before every text (a query prompt such as ``"query: "``).
 
     Raises:
         InputError: the corpus is invalid (nothing is written).
@@ -192,7 +194,7 @@ def embed_corpus(cfg: RunConfig, output: str, corpus: Optional[ValidatedCorpus] 
     corpus = corpus or validate_corpus(cfg.corpus)
     model_path = cfg.model.path or default_model_path()
     storage.prepare_output(out)
-    ds = embed_tables(corpus_dataset(corpus, cfg.corpus.id_column, cfg.corpus.text_column), cfg.model, cfg.embed, model_path)
+    ds = embed_tables(corpus_dataset(corpus, cfg.corpus.id_column, cfg.corpus.text_column), cfg.model, cfg.embed, model_path, prefix)
     rows = write_embeddings(ds, out)
     if rows != corpus.num_valid:
         raise storage.StorageError(f"{out.url}: wrote {rows} rows, expected {corpus.num_valid}; not committed")

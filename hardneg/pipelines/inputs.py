@@ -1,0 +1,211 @@
+"""Prepare a run's inputs once: the corpus to embed and the queries with their positives.
+
+Two input shapes (``queries.format``):
+
+- ``pairs``: a table of ``anchor``/``positive`` texts, as ``mine_hard_negatives`` takes. The
+  corpus is the unique positives plus the optional extra corpus (``corpus.path``); ids are
+  content hashes (``t`` + 16 hex digits), so they are stable across runs and rounds. A query
+  is a unique anchor; its positives are every positive paired with it.
+- ``queries``: ``query_id``, ``query``, ``positive_ids`` (a list of corpus ids) over a corpus
+  with ids (``corpus.path``).
+
+Prepared tables are committed under ``RUN_DIR/inputs/`` (``corpus/`` for pairs only,
+``queries/``) and reused by every round. The driver keeps only ids, texts and groups.
+
+Example::
+
+    inputs = prepare_inputs(cfg, storage.resolve(cfg.run_dir))
+    inputs.corpus_cfg.path      # what the embed stage reads
+    inputs.queries.num_rows     # unique queries
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hardneg import storage
+from hardneg.config import CorpusConfig, RunConfig
+from hardneg.corpus import MAX_REPORTED, ValidatedCorpus, text_problems, validate_corpus
+from hardneg.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+QUERIES_SCHEMA = pa.schema([("query_id", pa.string()), ("query", pa.string()), ("positive_ids", pa.list_(pa.string()))])
+
+
+@dataclass
+class Inputs:
+    """What every round mines from.
+
+    Attributes:
+        corpus_cfg: the corpus as the embed stage reads it (id/text/group columns named).
+        corpus: the validated corpus files.
+        queries: ``query_id``, ``query``, ``positive_ids`` (one row per unique query).
+    """
+
+    corpus_cfg: CorpusConfig
+    corpus: ValidatedCorpus
+    queries: pa.Table
+
+
+def text_id(text: str) -> str:
+    """A content id for a text: ``t`` + 16 hex digits of blake2b (what pairs input uses as corpus ids)."""
+    return "t" + hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
+    """Build (or reuse) the committed ``inputs/`` of a run directory.
+
+    Raises:
+        InputError: a bad row, naming file, row and column; nothing is committed.
+    """
+    queries_dir = run_dir.join("inputs", "queries")
+    if cfg.queries.format == "pairs":
+        corpus_dir = run_dir.join("inputs", "corpus")
+        if not storage.is_committed(corpus_dir) or not storage.is_committed(queries_dir):
+            corpus, queries = _from_pairs(cfg)
+            _commit_table(corpus_dir, corpus, {"kind": "corpus", "source": cfg.queries.path, "extra_corpus": cfg.corpus.path})
+            _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path})
+        corpus_cfg = CorpusConfig(path=corpus_dir.url, id_column="id", text_column="text", group_column="group")
+        validated = validate_corpus(corpus_cfg)
+    else:
+        if not cfg.corpus.path:
+            raise InputError("queries.format=queries needs corpus.path (the corpus the positive_ids refer to)")
+        corpus_cfg = cfg.corpus
+        validated = validate_corpus(corpus_cfg)
+        if not storage.is_committed(queries_dir):
+            queries = _from_queries(cfg, load_corpus(validated, corpus_cfg).column("id"))
+            _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path})
+    queries = storage.read_table(queries_dir.url)
+    return Inputs(corpus_cfg, validated, queries)
+
+
+def load_corpus(corpus: ValidatedCorpus, cfg: CorpusConfig) -> pa.Table:
+    """``id`` (string), ``text`` and, when the corpus has it, ``group`` of every valid row, in file order."""
+    tables = []
+    for loc, drop in zip(corpus.files, corpus.drop_rows):
+        table = storage.read_table_file(loc, [cfg.id_column, cfg.text_column, cfg.group_column])
+        if len(drop):
+            keep = np.ones(table.num_rows, dtype=bool)
+            keep[drop] = False
+            table = table.filter(pa.array(keep))
+        columns = {"id": table.column(cfg.id_column).cast(pa.string()), "text": table.column(cfg.text_column).cast(pa.string())}
+        if cfg.group_column in table.column_names:
+            columns["group"] = table.column(cfg.group_column).cast(pa.string())
+        tables.append(pa.table(columns))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _commit_table(out: storage.Location, table: pa.Table, manifest: dict) -> None:
+    storage.prepare_output(out)
+    storage.write_parquet(table, out.join("part-00000.parquet"))
+    storage.commit(out, {**manifest, "rows": table.num_rows})
+
+
+def _read_checked(path: str, columns: list[str], what: str) -> list[tuple[storage.Location, pa.Table]]:
+    """Each file of ``path`` with ``columns``, failing with file + column when one is missing."""
+    out = []
+    for loc in storage.list_table_files(path):
+        table = storage.read_table_file(loc, columns)
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise InputError(
+                f"{loc.url}: missing column(s) {', '.join(missing)} for {what}; columns found: {', '.join(table.column_names)}"
+            )
+        out.append((loc, table))
+    return out
+
+
+def _text_errors(loc: storage.Location, table: pa.Table, columns: list[str]) -> list[str]:
+    errors = []
+    for column in columns:
+        issues = text_problems(table.column(column))
+        errors += [f"{loc.url}: row {row}, column {column}: {issues[row]}" for row in np.flatnonzero(issues != "")]
+    return errors
+
+
+def _raise_if(errors: list[str], what: str) -> None:
+    if errors:
+        more = f"\n  ... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
+        raise InputError(f"invalid {what} ({len(errors)} problem(s)); nothing was written:\n  " + "\n  ".join(errors[:MAX_REPORTED]) + more)
+
+
+def _from_pairs(cfg: RunConfig) -> tuple[pa.Table, pa.Table]:
+    """(corpus, queries) from anchor/positive pairs plus the optional extra corpus."""
+    q = cfg.queries
+    if not q.path:
+        raise InputError("queries.path is not set (the pairs file: columns anchor, positive)")
+    files = _read_checked(q.path, [q.anchor_column, q.positive_column], "queries.format=pairs")
+    _raise_if([e for loc, t in files for e in _text_errors(loc, t, [q.anchor_column, q.positive_column])], "pairs")
+    anchors = [a for _, t in files for a in t.column(q.anchor_column).to_pylist()]
+    positives = [p for _, t in files for p in t.column(q.positive_column).to_pylist()]
+
+    texts = list(dict.fromkeys(positives))
+    ids = [text_id(text) for text in texts]
+    corpus = pa.table({"id": ids, "text": texts})
+    if cfg.corpus.path:
+        extra = load_corpus(validate_corpus(cfg.corpus), cfg.corpus).select(["id", "text"])
+        new = pc.invert(pc.is_in(extra.column("text"), value_set=pa.array(texts)))
+        corpus = pa.concat_tables([corpus, extra.filter(new)])
+
+    positives_of: dict[str, list[str]] = {}
+    for anchor, positive in zip(anchors, positives):
+        ids_of = positives_of.setdefault(anchor, [])
+        positive_id = text_id(positive)
+        if positive_id not in ids_of:
+            ids_of.append(positive_id)
+    queries = pa.table({
+        "query_id": [text_id(anchor) for anchor in positives_of],
+        "query": list(positives_of),
+        "positive_ids": list(positives_of.values()),
+    }, schema=QUERIES_SCHEMA)
+    logger.info("pairs: %d rows, %d unique queries, corpus %d texts", len(anchors), queries.num_rows, corpus.num_rows)
+    return corpus, queries
+
+
+def _from_queries(cfg: RunConfig, corpus_ids: pa.ChunkedArray) -> pa.Table:
+    """Queries with ids into the corpus, every positive id checked against the corpus."""
+    q = cfg.queries
+    if not q.path:
+        raise InputError("queries.path is not set (columns query_id, query, positive_ids)")
+    known = set(corpus_ids.to_pylist())
+    errors, tables, seen = [], [], set()
+    for loc, table in _read_checked(q.path, [q.query_id_column, q.query_column, q.positive_ids_column], "queries.format=queries"):
+        errors += _text_errors(loc, table, [q.query_column])
+        qids = table.column(q.query_id_column).cast(pa.string()).to_pylist()
+        lists = table.column(q.positive_ids_column).to_pylist()
+        for row, (qid, positive_ids) in enumerate(zip(qids, lists)):
+            where = f"{loc.url}: row {row}"
+            if qid is None:
+                errors.append(f"{where}, column {q.query_id_column}: null query id")
+            elif qid in seen:
+                errors.append(f"{where}, column {q.query_id_column}: duplicate query id {qid!r}")
+            seen.add(qid)
+            if not isinstance(positive_ids, list) or not positive_ids:
+                errors.append(f"{where}, column {q.positive_ids_column}: expected a non-empty list of corpus ids, got {positive_ids!r}")
+                continue
+            unknown = [p for p in positive_ids if str(p) not in known]
+            if unknown:
+                errors.append(f"{where}, column {q.positive_ids_column}: id {unknown[0]!r} is not in the corpus")
+        tables.append(pa.table({
+            "query_id": qids,
+            "query": table.column(q.query_column).cast(pa.string()),
+            "positive_ids": [[str(p) for p in (ids or [])] for ids in lists],
+        }, schema=QUERIES_SCHEMA))
+    _raise_if(errors, "queries")
+    return pa.concat_tables(tables)
+
+
+def group_codes(groups: Optional[pa.ChunkedArray], num_rows: int) -> np.ndarray:
+    """int64 code per row for ``group`` values (``-1``: no group)."""
+    if groups is None:
+        return np.full(num_rows, -1, dtype=np.int64)
+    codes = pc.dictionary_encode(groups.combine_chunks()).indices.fill_null(-1)
+    return codes.to_numpy(zero_copy_only=False).astype(np.int64)

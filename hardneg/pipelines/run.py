@@ -1,0 +1,154 @@
+"""One round of the run directory: embed -> index -> mine -> write, each stage committed on its own.
+
+::
+
+    RUN_DIR/run.yaml                      the resolved config of the first run
+    RUN_DIR/inputs/{corpus,queries}/      prepared once, reused by every round
+    RUN_DIR/rounds/NNNNN/embeddings/      corpus embeddings (embed stage)
+    RUN_DIR/rounds/NNNNN/query_embeddings/
+    RUN_DIR/rounds/NNNNN/index/           index manifest (and a faiss index when single-shard)
+    RUN_DIR/rounds/NNNNN/mined/           the mined table (DESIGN.md schema)
+    RUN_DIR/rounds/NNNNN/<format>/        the triplet / n-tuple / labeled-pair view, when asked
+    RUN_DIR/rounds/NNNNN/MANIFEST.json    written last: the round exists once it does
+
+A stage whose folder is committed is not redone, so a re-run after a crash resumes; a folder
+without its MANIFEST.json is cleared and redone. A committed round is returned as it is.
+
+Example::
+
+    manifest = run_round(load_config("examples/quickstart.yaml"))
+    manifest["figures"]["negatives_per_query"]
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+from hardneg import storage
+from hardneg.config import CorpusConfig, RunConfig, dump_config
+from hardneg.errors import ConfigError
+from hardneg.pipelines.embed import embed_corpus
+from hardneg.pipelines.inputs import prepare_inputs
+from hardneg.pipelines.mine import figures, mine_queries, mined_table, write_parts
+from hardneg.pipelines.views import view_table
+
+logger = logging.getLogger(__name__)
+
+
+def round_dir(run_dir: str, round_index: int) -> storage.Location:
+    return storage.resolve(run_dir).join("rounds", f"{round_index:05d}")
+
+
+def run_round(cfg: RunConfig, round_index: int = 0, model_path: Optional[str] = None, encoder: str = "base") -> dict:
+    """Make round ``round_index`` of ``cfg.run_dir`` (resuming its committed stages); returns its manifest.
+
+    Args:
+        model_path: the encoder that embeds this round (a checkpoint dir); ``cfg.model.path`` when None.
+        encoder: the checkpoint id written into the rows and the manifest.
+    """
+    if not cfg.run_dir:
+        raise ConfigError("run_dir is not set (the folder, local or s3://, that holds the rounds)")
+    run_dir = storage.resolve(cfg.run_dir)
+    here = round_dir(cfg.run_dir, round_index)
+    if storage.is_committed(here):
+        logger.info("round %d is already committed: %s", round_index, here.url)
+        return storage.read_manifest(here)
+    if not storage.exists(run_dir.join("run.yaml")):
+        storage.write_text(run_dir.join("run.yaml"), dump_config(cfg))
+    if model_path:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path})})
+
+    started = time.perf_counter()
+    stages: dict[str, dict] = {}
+    inputs = prepare_inputs(cfg, run_dir)
+    stages["prepare_inputs"] = _stage(started, inputs.queries.num_rows)
+
+    embeddings = _embed(cfg.model_copy(update={"corpus": inputs.corpus_cfg}), here.join("embeddings"), inputs.corpus)
+    stages["embed_corpus"] = {"seconds": embeddings["seconds"], "rows": embeddings["rows"], "rows_per_second": embeddings["rows_per_second"]}
+    queries_cfg = CorpusConfig(path=run_dir.join("inputs", "queries").url, id_column="query_id", text_column="query")
+    query_embeddings = _embed(cfg.model_copy(update={"corpus": queries_cfg}), here.join("query_embeddings"), None, cfg.model.query_prompt)
+    stages["embed_queries"] = {"seconds": query_embeddings["seconds"], "rows": query_embeddings["rows"],
+                               "rows_per_second": query_embeddings["rows_per_second"]}
+
+    mined_dir = here.join("mined")
+    if storage.is_committed(mined_dir):
+        mined_manifest = storage.read_manifest(mined_dir)
+    else:
+        mined_manifest = _mine(cfg, inputs, here, round_index, encoder)
+    stages.update(mined_manifest["stages"])
+    outputs = {"mined": mined_dir.url}
+    if cfg.mine.format != "default":
+        outputs[cfg.mine.format] = _view(cfg, mined_dir, here.join(cfg.mine.format))
+
+    manifest = {
+        "kind": "round",
+        "round": round_index,
+        "encoder": encoder,
+        "model": embeddings["model"],
+        "model_hash": embeddings["model_hash"],
+        "inputs": {"queries": cfg.queries.path, "corpus": cfg.corpus.path, "format": cfg.queries.format},
+        "config": cfg.model_dump(mode="json"),
+        "counts": {"corpus": embeddings["rows"], "queries": query_embeddings["rows"], "rows": mined_manifest["rows"]},
+        "stages": stages,
+        "figures": mined_manifest["figures"],
+        "outputs": outputs,
+        "seconds": round(sum(stage["seconds"] for stage in stages.values()), 3),
+    }
+    storage.commit(here, manifest)
+    return manifest
+
+
+def _stage(started: float, rows: int) -> dict:
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 3), "rows": int(rows), "rows_per_second": round(rows / max(seconds, 1e-9), 1)}
+
+
+def _embed(cfg: RunConfig, out: storage.Location, corpus, prefix: str = "") -> dict:
+    if storage.is_committed(out):
+        logger.info("reusing committed embeddings %s", out.url)
+        return storage.read_manifest(out)
+    return embed_corpus(cfg, out.url, corpus, prefix)
+
+
+def _view(cfg: RunConfig, mined_dir: storage.Location, out: storage.Location) -> str:
+    """Write and commit the ``mine.format`` view of the committed mined table (once)."""
+    if not storage.is_committed(out):
+        view = view_table(storage.read_table(mined_dir.url), cfg.mine.format, cfg.mine.num_negatives)
+        storage.prepare_output(out)
+        write_parts(view, out)
+        storage.commit(out, {"kind": "view", "format": cfg.mine.format, "rows": view.num_rows})
+    return out.url
+
+
+def _mine(cfg: RunConfig, inputs, here: storage.Location, round_index: int, encoder: str) -> dict:
+    """Search + mine + write the mined table (and its view), committing index/, mined/ and the view."""
+    started = time.perf_counter()
+    mined = mine_queries(cfg, inputs, here.join("embeddings").url, here.join("query_embeddings").url)
+    t = mined["timings"]
+    table = mined_table(mined, inputs.queries, cfg, round_index, encoder)
+    index_dir = here.join("index")
+    if not storage.is_committed(index_dir):  # the index is rebuilt from the embeddings, its figures kept once
+        storage.prepare_output(index_dir)
+        storage.commit(index_dir, {"kind": "index", **cfg.index.model_dump(mode="json"), "seconds": round(t["index"], 3),
+                                   "recall": mined["recall"]})
+    write_started = time.perf_counter()
+    mined_dir = storage.prepare_output(here.join("mined"))
+    parts = write_parts(table, mined_dir)
+    queries = inputs.queries.num_rows
+    stages = {
+        "index": {"seconds": round(t["index"], 3), "rows": len(mined["view"].ids),
+                  "rows_per_second": round(len(mined["view"].ids) / max(t["index"], 1e-9), 1)},
+        "search": {"seconds": round(t["search"], 3), "rows": queries, "rows_per_second": round(queries / max(t["search"], 1e-9), 1)},
+        "mine": {"seconds": round(t["prepare"] + t["mine"], 3), "rows": queries,
+                 "rows_per_second": round(queries / max(t["prepare"] + t["mine"], 1e-9), 1)},
+        "write": _stage(write_started, table.num_rows),
+    }
+    manifest = {
+        "kind": "mined", "round": round_index, "encoder": encoder, "rows": table.num_rows, "parts": parts,
+        "figures": figures(table, mined, cfg.mine.num_negatives), "stages": stages,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    storage.commit(mined_dir, manifest)
+    return manifest
