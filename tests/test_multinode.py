@@ -69,7 +69,7 @@ def test_three_node_cluster_gives_the_single_node_result(ray_session, tiny_model
 
 @pytest.mark.slow
 def test_losing_a_worker_node_mid_embed_loses_and_duplicates_nothing(ray_session, tiny_model_path, tmp_path):
-    expected_ids = write_corpus(str(tmp_path / "corpus"), files=8)
+    expected_ids = write_corpus(str(tmp_path / "corpus"), files=16)  # enough blocks to still be running at the kill
     report = embed_on_cluster(str(tmp_path / "corpus"), tiny_model_path, tmp_path, "--kill-node")
     assert report["killed"] is not None  # the node of an Encoder actor was removed after the first shard
     ids, vectors = read_embeddings(tmp_path / "multi")
