@@ -99,9 +99,11 @@ def _setup_logging(verbose: bool) -> None:
 def _start(cfg: RunConfig) -> None:
     from hardneg import storage
     from hardneg.ray_runtime import init_ray
+    from hardneg.resources import describe, plan_resources
 
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_memory)
+    logger.info("resources:\n  %s", describe(plan_resources(cfg)).replace("\n", "\n  "))
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -26,40 +25,16 @@ from hardneg import storage
 from hardneg.config import EmbedConfig, ModelConfig, RunConfig
 from hardneg.corpus import ValidatedCorpus, validate_corpus
 from hardneg.encoder import Encoder, default_model_path, model_fingerprint, read_pooling_spec
+from hardneg.resources import ResourcePlan, plan_resources
 
 logger = logging.getLogger(__name__)
 
 _tokenizers: dict[tuple, Any] = {}
 
 
-@dataclass(frozen=True)
-class ActorPlan:
-    """How many Encoder actors, and what each one holds."""
-
-    num_actors: int
-    num_gpus: float
-    num_cpus: float
-    torch_threads: int
-
-
-def plan_actors(cfg: EmbedConfig) -> ActorPlan:
-    """Defaults from the cluster: one actor per GPU; on CPU one actor using every CPU for torch."""
-    import ray
-
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
-    num_gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if gpus else 0.0)
-    if cfg.num_actors:
-        num_actors = cfg.num_actors
-    elif num_gpus > 0:
-        num_actors = max(1, int(gpus // num_gpus))
-    else:
-        num_actors = 1
-    num_cpus = cfg.cpus_per_actor or 1.0
-    # A CPU actor runs torch on the cores it shares with the tokenizer tasks; Ray would pin it to
-    # num_cpus threads (OMP_NUM_THREADS), which on a small machine halves throughput.
-    threads = int(cfg.cpus_per_actor) if cfg.cpus_per_actor else max(1, cpus // num_actors)
-    return ActorPlan(num_actors, float(num_gpus), float(num_cpus), threads)
+def plan_actors(cfg: EmbedConfig) -> ResourcePlan:
+    """The Encoder actor pool for ``cfg`` on the running cluster (see ``hardneg.resources.plan_resources``)."""
+    return plan_resources(RunConfig(embed=cfg))
 
 
 def _tokenizer(model_path: str, trust_remote_code: bool):
@@ -131,7 +106,7 @@ def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, pr
     spec = read_pooling_spec(model_path)
     plan = plan_actors(embed)
     max_length = model.max_length or spec.max_seq_length or 512
-    logger.info("embedding with %d Encoder actor(s), %.0f GPU and %d torch thread(s) each", plan.num_actors, plan.num_gpus, plan.torch_threads)
+    logger.info("embedding with %d Encoder actor(s), %.0f GPU and %d torch thread(s) each", plan.num_actors, plan.gpus_per_actor, plan.torch_threads)
     tokens = ds.map_batches(
         tokenize_block,
         batch_size=embed.block_size,
@@ -145,8 +120,8 @@ def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, pr
         batch_format="pyarrow",
         fn_constructor_kwargs={"model": model, "embed": embed, "model_path": model_path, "torch_threads": plan.torch_threads},
         compute=ray.data.ActorPoolStrategy(size=plan.num_actors),
-        num_gpus=plan.num_gpus,
-        num_cpus=plan.num_cpus,
+        num_gpus=plan.gpus_per_actor,
+        num_cpus=plan.cpus_per_actor,
         max_restarts=3,
         max_task_retries=3,
     )

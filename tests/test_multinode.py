@@ -1,0 +1,91 @@
+"""Embedding on several Ray nodes, and through a lost actor or node: same rows, same vectors.
+
+The multi-node runs start their own ``ray.cluster_utils.Cluster`` in a subprocess
+(tests/multinode_embed.py), apart from the session's shared Ray instance.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import TESTS_DIR, write_jsonl
+from faults import KillAfterFirstShard
+
+from hardneg import storage
+from hardneg.config import parse_config
+from hardneg.pipelines.embed import embed_corpus
+
+ROOT = os.path.dirname(TESTS_DIR)
+
+
+def write_corpus(folder, files=4, rows_per_file=50):
+    """``files`` JSONL parts (one read task, hence one block, each) of texts of varied length."""
+    os.makedirs(folder)
+    for f in range(files):
+        rows = [{"id": f"d{i}", "text": f"document {i} about topic {i % 13} " * (1 + i % 5)} for i in range(f * rows_per_file, (f + 1) * rows_per_file)]
+        write_jsonl(os.path.join(folder, f"part-{f}.jsonl"), rows)
+    return [f"d{i}" for i in range(files * rows_per_file)]
+
+
+def read_embeddings(path):
+    table = storage.read_table(str(path))
+    ids = table.column("id").to_pylist()
+    vectors = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    order = np.argsort(ids)
+    return [ids[i] for i in order], vectors[order]
+
+
+def embed_on_cluster(corpus, model, tmp_path, *flags):
+    """Run tests/multinode_embed.py in a fresh process; returns its report."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS_DIR]), HARDNEG_PROGRESS="0")
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(TESTS_DIR, "multinode_embed.py"), corpus, model, str(tmp_path / "multi"), str(report), *flags],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(report.read_text())
+
+
+def embed_single_node(corpus, model, output):
+    cfg = parse_config({"corpus": {"path": corpus}, "model": {"path": model}, "embed": {"num_actors": 1}})
+    embed_corpus(cfg, output)
+    return read_embeddings(output)
+
+
+@pytest.mark.slow
+def test_three_node_cluster_gives_the_single_node_result(ray_session, tiny_model_path, tmp_path):
+    expected_ids = write_corpus(str(tmp_path / "corpus"))
+    report = embed_on_cluster(str(tmp_path / "corpus"), tiny_model_path, tmp_path)
+    assert report["nodes"] == 3 and len(report["actor_nodes"]) == 2  # each Encoder actor on its own node
+    ids, vectors = read_embeddings(tmp_path / "multi")
+    single_ids, single_vectors = embed_single_node(str(tmp_path / "corpus"), tiny_model_path, str(tmp_path / "single"))
+    assert ids == single_ids == sorted(expected_ids)
+    np.testing.assert_allclose(vectors, single_vectors, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_losing_a_worker_node_mid_embed_loses_and_duplicates_nothing(ray_session, tiny_model_path, tmp_path):
+    expected_ids = write_corpus(str(tmp_path / "corpus"), files=16)  # enough blocks to still be running at the kill
+    report = embed_on_cluster(str(tmp_path / "corpus"), tiny_model_path, tmp_path, "--kill-node")
+    assert report["killed"] is not None  # the node of an Encoder actor was removed after the first shard
+    ids, vectors = read_embeddings(tmp_path / "multi")
+    assert ids == sorted(expected_ids) and report["manifest"]["rows"] == len(expected_ids)
+    single_ids, single_vectors = embed_single_node(str(tmp_path / "corpus"), tiny_model_path, str(tmp_path / "single"))
+    np.testing.assert_allclose(vectors, single_vectors, atol=1e-5)
+
+
+def test_a_killed_encoder_actor_is_restarted_and_no_row_is_lost_or_repeated(ray_session, tiny_model_path, tmp_path):
+    expected_ids = write_corpus(str(tmp_path / "corpus"), files=8)
+    output = str(tmp_path / "out")
+    killer = KillAfterFirstShard(output)
+    killer.start()
+    cfg = parse_config({"corpus": {"path": str(tmp_path / "corpus")}, "model": {"path": tiny_model_path}})
+    manifest = embed_corpus(cfg, output)
+    killer.join(timeout=1)
+    assert killer.killed is not None, "the run ended before an Encoder actor could be killed"
+    ids, _ = read_embeddings(output)
+    assert ids == sorted(expected_ids) and manifest["rows"] == len(expected_ids)
