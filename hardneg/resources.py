@@ -31,6 +31,8 @@ class ResourcePlan:
     torch_threads: int
     tokenize_cpus: float
     num_shards: int
+    shard_cpus: float
+    shard_gpus: float
     object_store_memory: Optional[int]
     actors_source: str
 
@@ -70,11 +72,25 @@ def plan_resources(cfg: RunConfig, cluster: Optional[dict] = None) -> ResourcePl
     threads = int(embed.cpus_per_actor) if embed.cpus_per_actor else max(1, int(cpus) // num_actors)
     tokenize_cpus = max(1.0, cpus - num_actors * cpus_per_actor)
     store = cfg.ray.object_store_memory or cluster.get("object_store_memory")
+    shard_cpus, shard_gpus = shard_resources(cfg.index.num_shards, cluster, cfg.index.device)
     return ResourcePlan(
         cluster_cpus=cpus, cluster_gpus=gpus, num_actors=num_actors, gpus_per_actor=float(gpus_per_actor),
         cpus_per_actor=cpus_per_actor, torch_threads=threads, tokenize_cpus=tokenize_cpus,
-        num_shards=cfg.index.num_shards, object_store_memory=int(store) if store else None, actors_source=source,
+        num_shards=cfg.index.num_shards, shard_cpus=shard_cpus, shard_gpus=shard_gpus, object_store_memory=int(store) if store else None, actors_source=source,
     )
+
+
+def shard_resources(num_shards: int, cluster: dict, device: str = "auto") -> tuple[float, float]:
+    """``(CPUs, GPUs)`` per search-shard actor: one CPU (and one GPU with a GPU index) each, shared
+    out when there are more shards than the cluster has, so every shard can be placed.
+
+    Example::
+
+        shard_resources(3, {"CPU": 2})  # (0.6666666666666666, 0.0)
+    """
+    cpus, gpus = max(1.0, float(cluster.get("CPU", 1))), float(cluster.get("GPU", 0))
+    shard_gpus = min(1.0, gpus / num_shards) if gpus and device != "cpu" else 0.0
+    return min(1.0, cpus / num_shards), shard_gpus
 
 
 def describe(plan: ResourcePlan) -> str:
@@ -93,6 +109,6 @@ def describe(plan: ResourcePlan) -> str:
         f"encoder actors: {plan.num_actors} ({plan.actors_source}), {plan.gpus_per_actor:g} GPU + "
         f"{plan.cpus_per_actor:g} CPU each, {plan.torch_threads} torch thread(s)",
         f"tokenizer CPUs: {plan.tokenize_cpus:g} (CPUs the actors leave free; tasks take 1 each)",
-        f"search shards: {plan.num_shards} (index.num_shards)",
+        f"search shards: {plan.num_shards} (index.num_shards), {plan.shard_gpus:g} GPU + {plan.shard_cpus:g} CPU each",
         f"object store: {store}",
     ])

@@ -54,6 +54,12 @@ def s3_options() -> dict[str, Any]:
     return json.loads(json.dumps(_s3_options))
 
 
+def restore_options(options: dict[str, Any]) -> None:
+    """Apply ``s3_options()`` taken in another process (a Ray worker opening the driver's paths)."""
+    _s3_options.clear()
+    _s3_options.update(options)
+
+
 def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 

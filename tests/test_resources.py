@@ -39,7 +39,7 @@ def test_describe_has_one_line_per_item():
         "cluster: 16 CPU, 4 GPU",
         "encoder actors: 4 (one per GPU), 1 GPU + 1 CPU each, 4 torch thread(s)",
         "tokenizer CPUs: 12 (CPUs the actors leave free; tasks take 1 each)",
-        "search shards: 2 (index.num_shards)",
+        "search shards: 2 (index.num_shards), 1 GPU + 1 CPU each",
         "object store: 2.0 GiB",
     ]
 
@@ -47,3 +47,12 @@ def test_describe_has_one_line_per_item():
 def test_plan_reads_the_running_cluster(ray_session):
     plan = plan_resources(parse_config({}))
     assert plan.cluster_cpus == 2 and plan.num_actors == 1 and plan.torch_threads == 2
+
+
+def test_search_shards_share_cpus_and_gpus_when_there_are_more_shards_than_devices():
+    from hardneg.resources import shard_resources
+
+    assert shard_resources(3, {"CPU": 2}) == (2 / 3, 0.0)
+    assert shard_resources(2, {"CPU": 16, "GPU": 4}) == (1.0, 1.0)
+    assert shard_resources(8, {"CPU": 16, "GPU": 4}) == (1.0, 0.5)
+    assert shard_resources(2, {"CPU": 16, "GPU": 4}, device="cpu") == (1.0, 0.0)

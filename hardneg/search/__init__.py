@@ -1,73 +1,71 @@
-"""Search backends (provisional minimal version: exact torch search and embedding-file readers)."""
+"""Search backends behind one small interface.
+
+Every index answers ``search(queries, k) -> (scores (q, k) float32, rows (q, k) int64)``: inner
+product, best first, ties broken by the lower row, ``-inf``/``-1`` past the corpus size.
+
+- ``exact``: torch chunked matmul + top-k (CPU or GPU, fp16/bf16 on GPU);
+- ``flat`` / ``ivf`` / ``ivfpq`` / ``hnsw``: faiss;
+- sharded (``index.num_shards > 1``): the corpus split across Ray actors, top-k merged.
+
+Example::
+
+    index = open_index("runs/a/rounds/00000/embeddings", IndexConfig(backend="hnsw"))
+    scores, rows = index.search(query_vectors, k=50)
+"""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
-import pyarrow as pa
-import torch
 
-from hardneg import storage
 from hardneg.config import IndexConfig
+from hardneg.search.exact import ExactIndex, exact_search, merge_topk, resolve_device
+from hardneg.search.faiss_index import FaissIndex
+from hardneg.search.files import embedding_files, read_embeddings, vectors_of
+from hardneg.search.sharded import ShardedIndex
+
+__all__ = [
+    "ExactIndex", "FaissIndex", "ShardedIndex", "build_index", "embedding_files", "exact_search", "load_index",
+    "merge_topk", "open_index", "read_embeddings", "recall_at_k", "resolve_device", "vectors_of",
+]
 
 
-def exact_search(queries, corpus, k, chunk_size=65536, device="cpu", dtype="float32"):
-    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    best_s = torch.full((len(q), 0), float("-inf"))
-    best_r = torch.zeros((len(q), 0), dtype=torch.int64)
-    for start in range(0, len(corpus), chunk_size):
-        c = torch.from_numpy(np.ascontiguousarray(corpus[start:start + chunk_size], dtype=np.float32))
-        s = q @ c.T
-        kk = min(k, s.shape[1])
-        ts, tr = torch.topk(s, kk, dim=1)
-        best_s = torch.cat([best_s, ts], 1)
-        best_r = torch.cat([best_r, tr + start], 1)
-        order = np.lexsort((best_r.numpy(), -best_s.numpy()), axis=1)[:, :k]
-        best_s = torch.from_numpy(np.take_along_axis(best_s.numpy(), order, 1))
-        best_r = torch.from_numpy(np.take_along_axis(best_r.numpy(), order, 1))
-    scores, rows = best_s.numpy().astype(np.float32), best_r.numpy().astype(np.int64)
-    if rows.shape[1] < k:
-        pad = k - rows.shape[1]
-        scores = np.concatenate([scores, np.full((len(q), pad), -np.inf, np.float32)], 1)
-        rows = np.concatenate([rows, np.full((len(q), pad), -1, np.int64)], 1)
-    return scores, rows
+def build_index(corpus: np.ndarray, cfg: IndexConfig):
+    """An in-process index over ``corpus`` for ``cfg.backend``."""
+    if cfg.backend == "exact":
+        return ExactIndex(corpus, cfg.chunk_size, cfg.device, "float16" if resolve_device(cfg.device) == "cuda" else "float32")
+    return FaissIndex(corpus, cfg)
 
 
-class ExactIndex:
-    def __init__(self, corpus, cfg):
-        self.corpus, self.cfg, self.ntotal = corpus, cfg, len(corpus)
+def load_index(data: bytes, cfg: IndexConfig):
+    """The index ``to_bytes`` wrote."""
+    if cfg.backend == "exact":
+        return build_index(np.load(io.BytesIO(data), allow_pickle=False), cfg)
+    import faiss
 
-    def search(self, queries, k):
-        return exact_search(queries, self.corpus, k, self.cfg.chunk_size)
-
-
-def embedding_files(embeddings_dir):
-    loc = storage.resolve(embeddings_dir)
-    if not storage.is_committed(loc):
-        raise storage.StorageError(f"{loc.url} is not committed")
-    import pyarrow.parquet as pq
-    out = []
-    for f in sorted(storage.list_table_files(embeddings_dir), key=lambda l: l.path):
-        with f.fs.open(f.path, "rb") as h:
-            out.append((f.url, pq.ParquetFile(h).metadata.num_rows))
-    return out
+    index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    return FaissIndex(np.zeros((0, index.d), np.float32), cfg, index=index)
 
 
-def read_embeddings(embeddings_dir, files=None):
-    files = files if files is not None else embedding_files(embeddings_dir)
-    ids, vecs = [], []
-    for url, _ in files:
-        t = storage.read_table_file(storage.resolve(url), ["id", "embedding"])
-        ids.append(t.column("id").cast(pa.string()).to_numpy(zero_copy_only=False))
-        emb = t.column("embedding").combine_chunks()
-        vecs.append(emb.values.to_numpy(zero_copy_only=False).reshape(len(emb), -1).astype(np.float32))
-    return np.concatenate(ids), np.concatenate(vecs)
+def open_index(embeddings_dir: str, cfg: IndexConfig):
+    """The index over a committed embeddings folder: in-process for one shard, Ray actors for several."""
+    if cfg.num_shards > 1:
+        return ShardedIndex(embeddings_dir, cfg)
+    _, vectors = read_embeddings(embeddings_dir)
+    return build_index(vectors, cfg)
 
 
-def open_index(embeddings_dir, cfg: IndexConfig):
-    _, vecs = read_embeddings(embeddings_dir)
-    return ExactIndex(vecs, cfg)
+def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
+    """Mean over queries of ``|approx ∩ exact| / |exact|`` (padding ``-1`` ignored).
 
+    Example::
 
-def recall_at_k(approx_rows, exact_rows):
-    hits = [len(set(a) & set(e[e >= 0])) / max(1, (e >= 0).sum()) for a, e in zip(approx_rows, exact_rows)]
-    return float(np.mean(hits))
+        recall_at_k(np.array([[1, 2]]), np.array([[1, 3]]))   # 0.5
+    """
+    hits = []
+    for approx, exact in zip(approx_rows, exact_rows):
+        truth = exact[exact >= 0]
+        if len(truth):
+            hits.append(len(np.intersect1d(approx, truth)) / len(truth))
+    return float(np.mean(hits)) if hits else 1.0

@@ -1,0 +1,112 @@
+"""Search backends: exact torch vs brute force, faiss, sharded Ray actors == unsharded, recall, errors."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from hardneg import storage
+from hardneg.config import IndexConfig
+from hardneg.errors import ConfigError, StorageError
+from hardneg.pipelines.embed import embedding_array
+from hardneg.search import build_index, exact_search, load_index, open_index, read_embeddings, recall_at_k
+
+
+def unit(rng, n, d=16):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered(rng, n, d=32, centers=20):
+    c = unit(rng, centers, d)
+    x = c[rng.integers(0, centers, n)] + 0.15 * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute(queries, corpus, k):
+    scores = queries @ corpus.T
+    order = np.lexsort((np.broadcast_to(np.arange(len(corpus)), scores.shape), -scores), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, 1), order
+
+
+def write_embeddings_dir(path, vectors, files=3):
+    """A committed embeddings folder as the embed stage writes it: id + fixed-size-list embedding shards."""
+    out = storage.prepare_output(str(path))
+    for i, part in enumerate(np.array_split(np.arange(len(vectors)), files)):
+        table = pa.table({"id": [f"doc{j}" for j in part], "embedding": embedding_array(vectors[part], "float32")})
+        storage.write_parquet(table, out.join(f"part-{i:05d}.parquet"))
+    storage.commit(out, {"kind": "embeddings", "rows": len(vectors)})
+    return str(path)
+
+
+@pytest.mark.parametrize("k, chunk", [(5, 7), (10, 1000), (60, 13)])
+def test_exact_equals_brute_force(k, chunk):
+    rng = np.random.default_rng(0)
+    corpus, queries = unit(rng, 50), unit(rng, 9)
+    scores, rows = exact_search(queries, corpus, k, chunk_size=chunk)
+    want_scores, want_rows = brute(queries, corpus, min(k, 50))
+    assert rows.shape == (9, k)
+    np.testing.assert_array_equal(rows[:, :50], want_rows)
+    np.testing.assert_allclose(scores[:, :50], want_scores, atol=1e-6)
+    if k > 50:  # past the corpus: -1 rows, -inf scores
+        assert (rows[:, 50:] == -1).all() and np.isneginf(scores[:, 50:]).all()
+
+
+def test_exact_ties_go_to_the_lower_row_across_chunks():
+    corpus = np.repeat(np.eye(4, dtype=np.float32), 5, axis=0)  # rows 0-4 equal, 5-9 equal, ...
+    _, rows = exact_search(np.eye(4, dtype=np.float32)[[2]], corpus, k=3, chunk_size=3)
+    assert rows.tolist() == [[10, 11, 12]]
+
+
+def test_faiss_flat_equals_exact_and_approximate_indexes_reach_recall():
+    rng = np.random.default_rng(1)
+    corpus, queries = clustered(rng, 4000), clustered(rng, 100)
+    _, exact_rows = exact_search(queries, corpus, 10)
+    _, flat_rows = build_index(corpus, IndexConfig(backend="flat")).search(queries, 10)
+    assert recall_at_k(flat_rows, exact_rows) == 1.0
+    for cfg in (IndexConfig(backend="ivf", nprobe=32), IndexConfig(backend="hnsw"), IndexConfig(backend="ivfpq", pq_m=8, nprobe=32)):
+        index = build_index(corpus, cfg)
+        _, rows = index.search(queries, 10)
+        floor = 0.6 if cfg.backend == "ivfpq" else 0.9
+        assert recall_at_k(rows, exact_rows) >= floor, cfg.backend
+        _, again = load_index(index.to_bytes(), cfg).search(queries, 10)
+        np.testing.assert_array_equal(again, rows)
+
+
+def test_ivfpq_rejects_a_sub_quantizer_count_that_does_not_divide_the_dimension():
+    corpus = unit(np.random.default_rng(2), 500, 30)
+    with pytest.raises(ConfigError, match="index.pq_m=16 must divide the embedding dimension 30"):
+        build_index(corpus, IndexConfig(backend="ivfpq", pq_m=16))
+
+
+@pytest.mark.parametrize("shards", [2, 3])
+def test_sharded_search_equals_unsharded_exact(ray_session, tmp_path, shards):
+    rng = np.random.default_rng(3)
+    corpus = np.concatenate([unit(rng, 200), unit(rng, 20)[np.repeat(np.arange(20), 3)]])  # duplicates: ties
+    path = write_embeddings_dir(tmp_path / "emb", corpus, files=5)
+    ids, vectors = read_embeddings(path)
+    queries = np.concatenate([unit(rng, 30), vectors[-10:]])
+    want_scores, want_rows = exact_search(queries, vectors, 15)
+    index = open_index(path, IndexConfig(num_shards=shards))
+    try:
+        assert len(index.actors) == shards and index.ntotal == len(corpus)
+        scores, rows = index.search(queries, 15)
+    finally:
+        index.close()
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(scores, want_scores)
+    assert len(set(ids)) == len(corpus)
+
+
+def test_an_uncommitted_embeddings_folder_is_refused(tmp_path):
+    (tmp_path / "emb").mkdir()
+    with pytest.raises(StorageError, match="not a committed embeddings folder"):
+        open_index(str(tmp_path / "emb"), IndexConfig())
+
+
+@pytest.mark.gpu
+def test_cuda_fp16_exact_matches_cpu():
+    rng = np.random.default_rng(4)
+    corpus, queries = clustered(rng, 20000, 64), clustered(rng, 200, 64)
+    _, cpu_rows = exact_search(queries, corpus, 10)
+    _, gpu_rows = exact_search(queries, corpus, 10, device="cuda", dtype="float16")
+    assert recall_at_k(gpu_rows, cpu_rows) >= 0.99
