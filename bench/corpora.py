@@ -4,7 +4,8 @@ Each documented function or class gives one pair: its summary line (the anchor, 
 query-like sentence) and the rest of its docstring (the positive, a passage). No text here
 is written by us; it is read with ``ast`` from the installed sources.
 
-    python bench/corpora.py --packages json,csv --limit 2000 --out examples/sample
+    python bench/corpora.py --packages email,http,logging,json,urllib,asyncio,numpy --limit 1000 \
+        --extra-packages pandas,unittest,xml,importlib,concurrent,sklearn --extra-limit 1500 --out examples/sample
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packages", default=",".join(DEFAULT_PACKAGES))
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--extra-packages", default="", help="packages whose passages form the extra corpus")
+    parser.add_argument("--extra-limit", type=int, default=None)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     pairs = docstring_pairs(args.packages.split(","), args.limit)
@@ -85,15 +88,16 @@ def main() -> None:
     with open(os.path.join(args.out, "pairs.jsonl"), "w") as handle:
         for pair in pairs:
             handle.write(json.dumps({"anchor": pair["anchor"], "positive": pair["positive"]}) + "\n")
-    seen, corpus = set(), []
-    for pair in pairs:
+    extra = docstring_pairs(args.extra_packages.split(","), args.extra_limit) if args.extra_packages else []
+    seen, corpus = {pair["positive"] for pair in pairs}, []
+    for pair in extra:
         if pair["positive"] not in seen:
             seen.add(pair["positive"])
             corpus.append({"id": pair["id"], "text": pair["positive"]})
     with open(os.path.join(args.out, "corpus.jsonl"), "w") as handle:
         for row in corpus:
             handle.write(json.dumps(row) + "\n")
-    print(f"{len(pairs)} pairs, {len(corpus)} corpus rows -> {args.out}")
+    print(f"{len(pairs)} pairs, {len(corpus)} extra corpus rows -> {args.out}")
 
 
 if __name__ == "__main__":
