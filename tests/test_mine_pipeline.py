@@ -82,6 +82,12 @@ def test_rerun_resumes_committed_stages_and_redoes_a_partial_one(ray_session, ti
     assert again["counts"] == first["counts"]
     assert mined_rows(tmp_path / "run")[0]["negative_ids"] == pq.read_table(here / "mined" / "part-00000.parquet").to_pylist()[0]["negative_ids"]
 
+    (here / "MANIFEST.json").unlink()  # an unfinished round, resumed after the queries file changed
+    with open(queries, "a") as handle:
+        handle.write('{"query_id": "q99", "query": "one more", "positive_ids": ["d1"]}\n')
+    with pytest.raises(InputError, match=r"was prepared from other inputs than this run's \(.*queries.jsonl changed\)"):
+        run_round(cfg)
+
 
 def test_on_short_drop_and_keep(ray_session, tiny_model_path, tmp_path):
     corpus, queries = small_corpus(tmp_path)

@@ -67,12 +67,15 @@ def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
         InputError: a bad row, naming file, row and column; nothing is committed.
     """
     queries_dir = run_dir.join("inputs", "queries")
+    sources = input_fingerprint(cfg)
+    if storage.is_committed(queries_dir):
+        _check_same_sources(queries_dir, sources)
     if cfg.queries.format == "pairs":
         corpus_dir = run_dir.join("inputs", "corpus")
         if not storage.is_committed(corpus_dir) or not storage.is_committed(queries_dir):
             corpus, queries = _from_pairs(cfg)
             _commit_table(corpus_dir, corpus, {"kind": "corpus", "source": cfg.queries.path, "extra_corpus": cfg.corpus.path})
-            _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path})
+            _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path, "sources": sources})
         corpus_cfg = CorpusConfig(path=corpus_dir.url, id_column="id", text_column="text", group_column="group")
         validated = validate_corpus(corpus_cfg)
     else:
@@ -82,9 +85,32 @@ def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
         validated = validate_corpus(corpus_cfg)
         if not storage.is_committed(queries_dir):
             queries = _from_queries(cfg, load_corpus(validated, corpus_cfg).column("id"))
-            _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path})
+            _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path, "sources": sources})
     queries = storage.read_table(queries_dir.url)
     return Inputs(corpus_cfg, validated, queries)
+
+
+def input_fingerprint(cfg: RunConfig) -> list[list]:
+    """``[url, size, modified]`` of every queries and corpus file: what a resumed run must still read."""
+    out = []
+    for path in (cfg.queries.path, cfg.corpus.path):
+        for loc in storage.list_table_files(path) if path else []:
+            info = loc.fs.info(loc.path)
+            modified = info.get("ETag") or info.get("mtime") or info.get("LastModified")
+            out.append([loc.url, int(info.get("size") or 0), str(modified)])
+    return out
+
+
+def _check_same_sources(queries_dir: storage.Location, sources: list[list]) -> None:
+    """Refuse to resume a run directory whose inputs were prepared from other files (or other versions)."""
+    before = storage.read_manifest(queries_dir).get("sources")
+    if before is not None and before != sources:
+        changed = sorted({tuple(f)[0] for f in before} ^ {tuple(f)[0] for f in sources}) or [
+            a[0] for a, b in zip(sorted(before), sorted(sources)) if a != b]
+        raise InputError(
+            f"{queries_dir.url} was prepared from other inputs than this run's ({', '.join(changed[:3])} changed); "
+            "a run directory keeps the inputs it started with: use a new run_dir"
+        )
 
 
 def load_corpus(corpus: ValidatedCorpus, cfg: CorpusConfig) -> pa.Table:
