@@ -34,6 +34,7 @@ def round_summary(manifest: dict) -> str:
         f"  queries          : {f['queries']:,} ({f['rows']:,} rows, corpus {manifest['counts']['corpus']:,})",
         f"  negatives/query  : {f['negatives_per_query']:.2f} ({f['short_queries']:,} queries short, "
         f"{f['queries_without_negatives']:,} with none)",
+        f"  scores           : {f.get('scored_by', 'bi-encoder')}",
         f"  positive scores  : {_dist(f['positive_scores'])}",
         f"  negative scores  : {_dist(f['negative_scores'])}",
         f"  removed by filter: {removed} (of {f['candidates_per_query']} candidates per query)",

@@ -90,6 +90,15 @@ def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embe
     unique_rows, inverse = np.unique(positive_rows, return_inverse=True)
     positive_vectors = gather_vectors(view.files, unique_rows)[inverse]
     pair_scores = np.einsum("ij,ij->i", query_vectors[pair_query], positive_vectors).astype(np.float32)
+    query_texts = queries.column("query").to_pylist()
+    scorer = None
+    if cfg.mine.cross_encoder:
+        from hardneg.pipelines.rescore import CrossEncoderScorer
+
+        scorer = CrossEncoderScorer(cfg.mine.cross_encoder, cfg.mine.cross_encoder_batch_size, device=cfg.index.device,
+                                    trust_remote_code=cfg.model.trust_remote_code)
+        positive_texts = view.texts.take(pa.array(positive_rows)).to_pylist()
+        pair_scores = scorer.score([query_texts[i] for i in pair_query], positive_texts)
     # ST's margins compare against the query's hardest (lowest-scoring) positive.
     hardest = np.minimum.reduceat(pair_scores, offsets[:-1]).astype(np.float32)
     forbidden_offsets, forbidden = _forbidden_hashes(queries, view.text_hash[positive_rows], offsets)
@@ -112,6 +121,8 @@ def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embe
             hi = min(lo + step, num_queries)
             t0 = time.perf_counter()
             scores, rows = index.search(query_vectors[lo:hi], depth)
+            if scorer is not None:
+                rows, scores = scorer.rescore_candidates(query_texts[lo:hi], rows, view.texts)
             t1 = time.perf_counter()
             result = mine_similarity(
                 rows, scores, Ragged(offsets[lo:hi + 1] - offsets[lo], positive_rows[offsets[lo]:offsets[hi]]), hardest[lo:hi],
@@ -134,6 +145,7 @@ def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embe
         "view": view, "negative_rows": negative_rows, "negative_scores": negative_scores, "counts": counts,
         "positive_rows": positive_rows, "pair_query": pair_query, "pair_scores": pair_scores,
         "removed": removed, "recall": recall, "depth": depth, "timings": timings,
+        "scored_by": "cross-encoder " + cfg.mine.cross_encoder if scorer is not None else "bi-encoder",
     }
 
 
@@ -222,6 +234,7 @@ def figures(table: pa.Table, mined: dict, num_negatives: int) -> dict:
         "negatives_equal_to_positive_text": int(same_text.sum()),
         "candidates_per_query": mined["depth"],
         "recall": mined["recall"],
+        "scored_by": mined["scored_by"],
     }
 
 

@@ -1,0 +1,65 @@
+"""Cross-encoder rescoring: scores equal sentence-transformers' CrossEncoder, and the miner filters on them."""
+
+import numpy as np
+import pyarrow.json as pajson
+import pytest
+from test_mine_pipeline import mined_rows, small_corpus
+
+from hardneg.config import parse_config
+from hardneg.errors import ConfigError
+from hardneg.pipelines.rescore import CrossEncoderScorer
+from hardneg.pipelines.run import run_round
+
+
+@pytest.fixture(scope="module")
+def tiny_cross_encoder(tmp_path_factory, packaged_model_path):
+    """A tiny random BERT with one relevance logit, saved as a transformers sequence-classification dir."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(1)
+    tokenizer = AutoTokenizer.from_pretrained(packaged_model_path, local_files_only=True)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=1)
+    path = str(tmp_path_factory.mktemp("tiny_cross_encoder"))
+    BertForSequenceClassification(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_scores_equal_sentence_transformers_cross_encoder(tiny_cross_encoder):
+    from sentence_transformers import CrossEncoder
+
+    queries = ["sort a python list", "what is a fixture", "parse json"] * 5
+    passages = ["list.sort sorts in place", "pytest fixtures give tests their resources", "json.loads reads a string"] * 5
+    ours = CrossEncoderScorer(tiny_cross_encoder, batch_size=4, device="cpu").score(queries, passages)
+    theirs = CrossEncoder(tiny_cross_encoder, device="cpu").predict(list(zip(queries, passages)))
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_mining_filters_and_writes_cross_encoder_scores(ray_session, tiny_model_path, tiny_cross_encoder, tmp_path):
+    corpus, queries = small_corpus(tmp_path)
+    scorer = CrossEncoderScorer(tiny_cross_encoder, device="cpu")
+    texts = pajson.read_json(corpus).column("text").to_pylist()
+    all_scores = scorer.score(["question 5"] * len(texts), texts)
+    cap = float(np.median(all_scores))
+    cfg = parse_config({
+        "run_dir": str(tmp_path / "run"), "model": {"path": tiny_model_path}, "corpus": {"path": corpus},
+        "queries": {"path": queries, "format": "queries"},
+        "mine": {"num_negatives": 3, "range_max": 30, "cross_encoder": tiny_cross_encoder, "max_score": cap},
+    })
+    manifest = run_round(cfg)
+    assert manifest["figures"]["scored_by"].startswith("cross-encoder")
+    assert manifest["figures"]["removed"]["max_score"] > 0
+    rows = mined_rows(tmp_path / "run")
+    for row in rows:
+        want = scorer.score([row["query"]] * len(row["negatives"]), row["negatives"])
+        np.testing.assert_allclose(row["negative_scores"], want, atol=1e-5)
+        assert all(score <= cap for score in row["negative_scores"])
+        assert row["negative_scores"] == sorted(row["negative_scores"], reverse=True)
+        assert row["positive_score"] == pytest.approx(float(scorer.score([row["query"]], [row["positive"]])[0]), abs=1e-5)
+
+
+def test_a_directory_without_a_classifier_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="mine.cross_encoder: cannot load a sequence-classification model from"):
+        CrossEncoderScorer(str(tmp_path))
