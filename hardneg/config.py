@@ -86,8 +86,8 @@ class EmbedConfig(Section):
 class IndexConfig(Section):
     """The search backend over the corpus embeddings."""
 
-    backend: Literal["exact", "flat", "ivf", "ivfpq", "hnsw"] = Field(
-        "exact", description="exact: torch chunked matmul; flat/ivf/ivfpq/hnsw: faiss."
+    backend: Literal["exact", "flat", "ivf", "ivfpq", "hnsw", "kdtree"] = Field(
+        "exact", description="exact: torch chunked matmul; flat/ivf/ivfpq/hnsw: faiss; kdtree: scipy, for 3-D geographic vectors."
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     chunk_size: int = Field(65536, ge=1, description="Corpus rows per matmul chunk of the exact backend.")

@@ -152,7 +152,7 @@ def _forbidden_hashes(queries: pa.Table, positive_hashes: np.ndarray, offsets: n
 
 def _recall(cfg: RunConfig, index, embeddings_dir: str, query_vectors: np.ndarray, depth: int):
     """recall@depth of an approximate index against exact search on a sample of queries (None when exact)."""
-    if cfg.index.backend == "exact" or cfg.index.recall_sample == 0:
+    if cfg.index.backend in ("exact", "kdtree") or cfg.index.recall_sample == 0:
         return None
     rng = np.random.default_rng(cfg.mine.seed)
     sample = np.sort(rng.choice(len(query_vectors), size=min(cfg.index.recall_sample, len(query_vectors)), replace=False))
