@@ -1,9 +1,11 @@
 """Miners: pure functions over search candidates that return negatives. They know nothing of Ray."""
 
+from hardneg.miners.batches import BatchPlan, compose_batches, place_conflicts, together_share
 from hardneg.miners.geo import GEO_REMOVED, GeoResult, haversine_km, km_to_cosine, mine_geographic, unit_vectors
 from hardneg.miners.similarity import FILTERS, MiningResult, Ragged, hash_texts, mine_similarity, sort_candidates
 
 __all__ = [
-    "FILTERS", "GEO_REMOVED", "GeoResult", "MiningResult", "Ragged", "hash_texts", "haversine_km", "km_to_cosine",
-    "mine_geographic", "mine_similarity", "sort_candidates", "unit_vectors",
+    "BatchPlan", "FILTERS", "GEO_REMOVED", "GeoResult", "MiningResult", "Ragged", "hash_texts", "haversine_km", "km_to_cosine",
+    "compose_batches", "mine_geographic", "mine_similarity", "place_conflicts", "sort_candidates",
+    "together_share", "unit_vectors",
 ]
