@@ -225,6 +225,12 @@ def figures(table: pa.Table, mined: dict, num_negatives: int) -> dict:
     }
 
 
+def stage_timing(started: float, rows: int) -> dict:
+    """``seconds``, ``rows`` and ``rows_per_second`` of a stage that began at ``started`` (perf_counter)."""
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 3), "rows": int(rows), "rows_per_second": round(rows / max(seconds, 1e-9), 1)}
+
+
 def distribution(values: np.ndarray) -> dict:
     if len(values) == 0:
         return {}
