@@ -173,3 +173,23 @@ def test_radians_look_alike_logs_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="hardneg.places"):
         load_places(CorpusConfig(path=write_jsonl(tmp_path / "small.jsonl", rows[:50])))
     assert "radians" not in caplog.text
+
+
+def test_merge_negatives_geo_first_then_similarity_without_repeats():
+    from hardneg.miners import merge_negatives
+
+    geo = np.array([[4, 5], [6, -1], [-1, -1]])
+    similarity = np.array([[5, 7, 8], [6, 9, -1], [1, 1, 2]])
+    assert merge_negatives(geo, similarity, geo_negatives=2, num_negatives=3).tolist() == [[4, 5, 7], [6, 9, -1], [1, 2, -1]]
+    assert merge_negatives(geo, similarity, geo_negatives=1, num_negatives=2).tolist() == [[4, 5], [6, 9], [1, 2]]
+
+
+def test_mixed_mode_config_is_checked():
+    from hardneg.errors import ConfigError
+    from hardneg.config import parse_config
+
+    assert parse_config({"mine": {"miner": "mixed", "num_negatives": 4, "geo_negatives": 2}}).mine.geo_negatives == 2
+    with pytest.raises(ConfigError, match="geo_negatives"):
+        parse_config({"mine": {"miner": "mixed", "num_negatives": 2, "geo_negatives": 3}})
+    with pytest.raises(ConfigError, match="weighted"):
+        parse_config({"mine": {"miner": "geographic", "sampling_strategy": "weighted"}})

@@ -62,6 +62,8 @@ def run_round(cfg: RunConfig, round_index: int = 0, model_path: Optional[str] = 
         storage.write_text(run_dir.join("run.yaml"), dump_config(cfg))
     if cfg.mine.miner == "geographic":
         return geo_round(cfg, here, round_index, encoder)
+    if cfg.mine.miner == "mixed":  # hardneg.miners.merge_negatives is ready; the round that feeds it is not
+        raise ConfigError("mine.miner=mixed is not wired into rounds yet; use similarity or geographic")
     if model_path:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path})})
 
