@@ -53,6 +53,8 @@ def run_round(cfg: RunConfig, round_index: int = 0, model_path: Optional[str] = 
     """
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set (the folder, local or s3://, that holds the rounds)")
+    if cfg.mine.miner == "mixed":  # hardneg.miners.merge_negatives is ready; the round that feeds it is not
+        raise ConfigError("mine.miner=mixed is not wired into rounds yet; use similarity or geographic")
     run_dir = storage.resolve(cfg.run_dir)
     here = round_dir(cfg.run_dir, round_index)
     if storage.is_committed(here):
@@ -62,8 +64,6 @@ def run_round(cfg: RunConfig, round_index: int = 0, model_path: Optional[str] = 
         storage.write_text(run_dir.join("run.yaml"), dump_config(cfg))
     if cfg.mine.miner == "geographic":
         return geo_round(cfg, here, round_index, encoder)
-    if cfg.mine.miner == "mixed":  # hardneg.miners.merge_negatives is ready; the round that feeds it is not
-        raise ConfigError("mine.miner=mixed is not wired into rounds yet; use similarity or geographic")
     if model_path:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path})})
 
