@@ -99,3 +99,14 @@ def test_bad_coordinates_exit_2_naming_the_row(ray_session, tmp_path, capsys):
     assert main(["mine", path, str(tmp_path / "run"), *ARGS]) == 2
     assert "bad.jsonl: row 1, column lat: lat 95.0 is outside [-90, 90]" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "run" / "rounds" / "00000" / "MANIFEST.json")
+
+
+def test_sharded_search_gives_the_same_round(ray_session, corpus, tmp_path):
+    path, _ = corpus
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    assert main(["mine", path, one, *ARGS, "--index", "kdtree"]) == 0
+    assert main(["mine", path, two, *ARGS, "--index-num-shards", "2"]) == 0  # exact float32 on 2 Ray actors
+    first = storage.read_table(os.path.join(one, "rounds", "00000", "mined"))
+    second = storage.read_table(os.path.join(two, "rounds", "00000", "mined"))
+    assert first.column("negative_ids").to_pylist() == second.column("negative_ids").to_pylist()
+    assert os.path.exists(os.path.join(two, "rounds", "00000", "geo_vectors", "MANIFEST.json"))

@@ -50,7 +50,7 @@ def geo_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, enco
 
     started = time.perf_counter()
     index_cfg = cfg.index.model_copy(update={"device": "cpu"})
-    index = _index(cfg, index_cfg, here, table, lat, lon)
+    index = _index(index_cfg, here, table, lat, lon)
     stages["index"] = stage_timing(started, table.num_rows)
     started = time.perf_counter()
     try:
@@ -91,7 +91,7 @@ def geo_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, enco
     return manifest
 
 
-def _index(cfg: RunConfig, index_cfg, here: storage.Location, table: pa.Table, lat: np.ndarray, lon: np.ndarray):
+def _index(index_cfg, here: storage.Location, table: pa.Table, lat: np.ndarray, lon: np.ndarray):
     """In-process over the unit vectors, or Ray shards over them written as an embeddings folder."""
     vectors = unit_vectors(lat, lon)
     if index_cfg.num_shards == 1:
