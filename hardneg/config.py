@@ -86,8 +86,8 @@ class EmbedConfig(Section):
 class IndexConfig(Section):
     """The search backend over the corpus embeddings."""
 
-    backend: Literal["exact", "flat", "ivf", "ivfpq", "hnsw"] = Field(
-        "exact", description="exact: torch chunked matmul; flat/ivf/ivfpq/hnsw: faiss."
+    backend: Literal["exact", "flat", "ivf", "ivfpq", "hnsw", "kdtree"] = Field(
+        "exact", description="exact: torch chunked matmul; flat/ivf/ivfpq/hnsw: faiss; kdtree: scipy, for 3-D geographic vectors."
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     chunk_size: int = Field(65536, ge=1, description="Corpus rows per matmul chunk of the exact backend.")
@@ -138,6 +138,10 @@ class MineConfig(Section):
             raise ValueError(f"range_max ({self.range_max}) must be greater than range_min ({self.range_min})")
         if self.max_km <= self.min_km:
             raise ValueError(f"max_km ({self.max_km}) must be greater than min_km ({self.min_km})")
+        if self.miner == "mixed" and (self.geo_negatives is None or self.geo_negatives > self.num_negatives):
+            raise ValueError(f"miner=mixed needs geo_negatives in [0, num_negatives={self.num_negatives}], got {self.geo_negatives}")
+        if self.miner != "similarity" and self.sampling_strategy == "weighted":
+            raise ValueError(f"sampling_strategy=weighted needs scores; miner={self.miner} takes top or random")
         return self
 
     def candidate_depth(self) -> int:

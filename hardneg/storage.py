@@ -199,6 +199,17 @@ def write_parquet(table: pa.Table, loc: Location, **kwargs: Any) -> None:
     loc.fs.mv(tmp, loc.path)
 
 
+def write_parquet_row_groups(tables: Sequence[pa.Table], schema: pa.Schema, loc: Location) -> None:
+    """Write one Parquet file with one row group per table (to a temporary name, then moved into place)."""
+    loc.fs.makedirs(posixpath.dirname(loc.path), exist_ok=True)
+    tmp = f"{loc.path}.tmp-{uuid.uuid4().hex[:8]}"
+    with loc.fs.open(tmp, "wb") as handle:
+        with pq.ParquetWriter(handle, schema) as writer:
+            for table in tables:
+                writer.write_table(table, row_group_size=max(1, table.num_rows))
+    loc.fs.mv(tmp, loc.path)
+
+
 def is_committed(path: str | Location) -> bool:
     loc = path if isinstance(path, Location) else resolve(path)
     return loc.fs.exists(posixpath.join(loc.path, MANIFEST))

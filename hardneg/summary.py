@@ -22,9 +22,34 @@ def _dist(d: dict) -> str:
     return f"mean {d['mean']:.3f}  p5 {d['p5']:.3f}  p50 {d['p50']:.3f}  p95 {d['p95']:.3f}"
 
 
-def round_summary(manifest: dict) -> str:
-    """Queries, negatives, score distributions, filters, recall, per-stage time and rows/s, outputs."""
+def _km(d: dict) -> str:
+    if not d:
+        return "-"
+    return f"mean {d['mean']:,.1f}  p5 {d['p5']:,.1f}  p50 {d['p50']:,.1f}  p95 {d['p95']:,.1f} km"
+
+
+def _geo_lines(manifest: dict) -> list[str]:
     f = manifest["figures"]
+    removed = ", ".join(f"{name} {count:,}" for name, count in f["removed"].items() if count) or "none"
+    lines = [
+        f"hardneg: round {manifest['round']} done (geographic miner, no model)",
+        f"  places           : {f['queries']:,} ({f['rows']:,} rows written; dropped {sum(f['dropped_places'].values()):,})",
+        f"  negatives/query  : {f['negatives_per_query']:.2f} ({f['short_queries']:,} queries short, "
+        f"{f['queries_without_negatives']:,} with none)",
+        f"  negative distance: {_km(f['negative_km'])}",
+        f"  removed by rule  : {removed} (up to {f['candidates_per_query']} candidates per query; "
+        f"{f['uncertified_queries']:,} queries not certified nearest)",
+    ]
+    if "together_share" in f:
+        lines.append(f"  batches          : {f['batches']:,}; {f['together_share']:.1%} of (anchor, negative) pairs share a batch")
+    return lines
+
+
+def round_summary(manifest: dict) -> str:
+    """Queries, negatives, score (or km) distributions, filters, recall, per-stage time and rows/s, outputs."""
+    f = manifest["figures"]
+    if manifest.get("miner") == "geographic":
+        return _stage_lines(manifest, _geo_lines(manifest))
     removed = ", ".join(f"{name} {count:,}" for name, count in f["removed"].items() if count) or "none"
     recall = f.get("recall")
     recall_line = (f"recall@{recall['k']} {recall['recall']:.4f} against exact search on {recall['queries']:,} queries"
@@ -40,8 +65,12 @@ def round_summary(manifest: dict) -> str:
         f"  removed by filter: {removed} (of {f['candidates_per_query']} candidates per query)",
         f"  false negatives  : {f['negatives_equal_to_positive_text']} negatives equal a positive's text",
         f"  index            : {recall_line}",
-        "  stage            :   seconds      rows      rows/s",
     ]
+    return _stage_lines(manifest, lines)
+
+
+def _stage_lines(manifest: dict, lines: list[str]) -> str:
+    lines.append("  stage            :   seconds      rows      rows/s")
     for name, stage in manifest["stages"].items():
         lines.append(f"    {name:<15}: {stage['seconds']:9.2f} {stage['rows']:9,} {stage['rows_per_second']:11,.0f}")
     lines.append(f"  total            : {manifest['seconds']:.1f} s")

@@ -19,7 +19,7 @@ def test_bad_values_are_all_reported_with_allowed_values():
     message = str(err.value)
     assert "embed.dtype: Input should be 'float16' or 'float32' (got 'int8')" in message
     assert "embed.batch_size: Input should be greater than or equal to 1 (got 0)" in message
-    assert "index.backend: Input should be 'exact', 'flat', 'ivf', 'ivfpq' or 'hnsw'" in message
+    assert "index.backend: Input should be 'exact', 'flat', 'ivf', 'ivfpq', 'hnsw' or 'kdtree'" in message
 
 
 def test_yaml_is_safe_loaded(tmp_path):

@@ -164,7 +164,7 @@ def _forbidden_hashes(queries: pa.Table, positive_hashes: np.ndarray, offsets: n
 
 def _recall(cfg: RunConfig, index, embeddings_dir: str, query_vectors: np.ndarray, depth: int):
     """recall@depth of an approximate index against exact search on a sample of queries (None when exact)."""
-    if cfg.index.backend == "exact" or cfg.index.recall_sample == 0:
+    if cfg.index.backend in ("exact", "kdtree") or cfg.index.recall_sample == 0:
         return None
     rng = np.random.default_rng(cfg.mine.seed)
     sample = np.sort(rng.choice(len(query_vectors), size=min(cfg.index.recall_sample, len(query_vectors)), replace=False))
@@ -236,6 +236,12 @@ def figures(table: pa.Table, mined: dict, num_negatives: int) -> dict:
         "recall": mined["recall"],
         "scored_by": mined["scored_by"],
     }
+
+
+def stage_timing(started: float, rows: int) -> dict:
+    """``seconds``, ``rows`` and ``rows_per_second`` of a stage that began at ``started`` (perf_counter)."""
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 3), "rows": int(rows), "rows_per_second": round(rows / max(seconds, 1e-9), 1)}
 
 
 def distribution(values: np.ndarray) -> dict:

@@ -9,8 +9,10 @@
     RUN_DIR/rounds/NNNNN/index/           index manifest (and a faiss index when single-shard)
     RUN_DIR/rounds/NNNNN/mined/           the mined table (DESIGN.md schema)
     RUN_DIR/rounds/NNNNN/<format>/        the triplet / n-tuple / labeled-pair view, when asked
+    RUN_DIR/rounds/NNNNN/batches/         mine.batches: rows with batch_id (geographic miner)
     RUN_DIR/rounds/NNNNN/MANIFEST.json    written last: the round exists once it does
 
+``mine.miner=geographic`` rounds skip the model: see ``hardneg.pipelines.geo``.
 A stage whose folder is committed is not redone, so a re-run after a crash resumes; a folder
 without its MANIFEST.json is cleared and redone. A committed round is returned as it is.
 
@@ -31,7 +33,8 @@ from hardneg.config import CorpusConfig, RunConfig, dump_config
 from hardneg.errors import ConfigError
 from hardneg.pipelines.embed import embed_corpus
 from hardneg.pipelines.inputs import prepare_inputs
-from hardneg.pipelines.mine import figures, mine_queries, mined_table, write_parts
+from hardneg.pipelines.geo import geo_round
+from hardneg.pipelines.mine import figures, mine_queries, mined_table, stage_timing, write_parts
 from hardneg.pipelines.views import view_table
 
 logger = logging.getLogger(__name__)
@@ -50,6 +53,8 @@ def run_round(cfg: RunConfig, round_index: int = 0, model_path: Optional[str] = 
     """
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set (the folder, local or s3://, that holds the rounds)")
+    if cfg.mine.miner == "mixed":  # hardneg.miners.merge_negatives is ready; the round that feeds it is not
+        raise ConfigError("mine.miner=mixed is not wired into rounds yet; use similarity or geographic")
     run_dir = storage.resolve(cfg.run_dir)
     here = round_dir(cfg.run_dir, round_index)
     if storage.is_committed(here):
@@ -57,13 +62,15 @@ def run_round(cfg: RunConfig, round_index: int = 0, model_path: Optional[str] = 
         return storage.read_manifest(here)
     if not storage.exists(run_dir.join("run.yaml")):
         storage.write_text(run_dir.join("run.yaml"), dump_config(cfg))
+    if cfg.mine.miner == "geographic":
+        return geo_round(cfg, here, round_index, encoder)
     if model_path:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path})})
 
     started = time.perf_counter()
     stages: dict[str, dict] = {}
     inputs = prepare_inputs(cfg, run_dir)
-    stages["prepare_inputs"] = _stage(started, inputs.queries.num_rows)
+    stages["prepare_inputs"] = stage_timing(started, inputs.queries.num_rows)
 
     embeddings = _embed(cfg.model_copy(update={"corpus": inputs.corpus_cfg}), here.join("embeddings"), inputs.corpus)
     stages["embed_corpus"] = {"seconds": embeddings["seconds"], "rows": embeddings["rows"], "rows_per_second": embeddings["rows_per_second"]}
@@ -98,11 +105,6 @@ def run_round(cfg: RunConfig, round_index: int = 0, model_path: Optional[str] = 
     }
     storage.commit(here, manifest)
     return manifest
-
-
-def _stage(started: float, rows: int) -> dict:
-    seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 3), "rows": int(rows), "rows_per_second": round(rows / max(seconds, 1e-9), 1)}
 
 
 def _embed(cfg: RunConfig, out: storage.Location, corpus, prefix: str = "") -> dict:
@@ -143,7 +145,7 @@ def _mine(cfg: RunConfig, inputs, here: storage.Location, round_index: int, enco
         "search": {"seconds": round(t["search"], 3), "rows": queries, "rows_per_second": round(queries / max(t["search"], 1e-9), 1)},
         "mine": {"seconds": round(t["prepare"] + t["mine"], 3), "rows": queries,
                  "rows_per_second": round(queries / max(t["prepare"] + t["mine"], 1e-9), 1)},
-        "write": _stage(write_started, table.num_rows),
+        "write": stage_timing(write_started, table.num_rows),
     }
     manifest = {
         "kind": "mined", "round": round_index, "encoder": encoder, "rows": table.num_rows, "parts": parts,

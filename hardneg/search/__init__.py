@@ -5,6 +5,7 @@ product, best first, ties broken by the lower row, ``-inf``/``-1`` past the corp
 
 - ``exact``: torch chunked matmul + top-k (CPU or GPU, fp16/bf16 on GPU);
 - ``flat`` / ``ivf`` / ``ivfpq`` / ``hnsw``: faiss;
+- ``kdtree``: scipy k-d tree, exact, for low-dimensional unit vectors (geographic mining);
 - sharded (``index.num_shards > 1``): the corpus split across Ray actors, top-k merged.
 
 Example::
@@ -22,11 +23,12 @@ import numpy as np
 from hardneg.config import IndexConfig
 from hardneg.search.exact import ExactIndex, exact_search, merge_topk, resolve_device
 from hardneg.search.faiss_index import FaissIndex
+from hardneg.search.kdtree import KDTreeIndex
 from hardneg.search.files import embedding_files, read_embeddings, vectors_of
 from hardneg.search.sharded import ShardedIndex
 
 __all__ = [
-    "ExactIndex", "FaissIndex", "ShardedIndex", "build_index", "embedding_files", "exact_search", "load_index",
+    "ExactIndex", "FaissIndex", "KDTreeIndex", "ShardedIndex", "build_index", "embedding_files", "exact_search", "load_index",
     "merge_topk", "open_index", "read_embeddings", "recall_at_k", "resolve_device", "vectors_of",
 ]
 
@@ -35,12 +37,14 @@ def build_index(corpus: np.ndarray, cfg: IndexConfig):
     """An in-process index over ``corpus`` for ``cfg.backend``."""
     if cfg.backend == "exact":
         return ExactIndex(corpus, cfg.chunk_size, cfg.device, "float16" if resolve_device(cfg.device) == "cuda" else "float32")
+    if cfg.backend == "kdtree":
+        return KDTreeIndex(corpus)
     return FaissIndex(corpus, cfg)
 
 
 def load_index(data: bytes, cfg: IndexConfig):
     """The index ``to_bytes`` wrote."""
-    if cfg.backend == "exact":
+    if cfg.backend in ("exact", "kdtree"):
         return build_index(np.load(io.BytesIO(data), allow_pickle=False), cfg)
     import faiss
 

@@ -25,8 +25,8 @@ READ_ROWS = 1024
 
 
 def check_columns(frame: pd.DataFrame, batch_mode: bool) -> None:
-    """Raise ``InputError`` naming the columns a training batch lacks."""
-    needed = REQUIRED_COLUMNS + (("batch_id",) if batch_mode else ())
+    """Raise ``InputError`` naming the columns a training batch lacks (grouping needs only ``batch_id``)."""
+    needed = ("batch_id",) if batch_mode else REQUIRED_COLUMNS
     missing = [name for name in needed if name not in frame.columns]
     if missing:
         raise InputError(f"mined round: training data lacks column(s) {missing}; has {list(frame.columns)}")
@@ -91,6 +91,7 @@ def _runs(chunk: pd.DataFrame) -> Iterator[tuple[int, pd.DataFrame]]:
 
 def batch_texts(frame: pd.DataFrame, negatives_per_row: int) -> tuple[list[str], list[str], list[str], np.ndarray]:
     """Queries, positives, ``negatives_per_row`` negatives per row (flat, row-major; "" pads short rows) and their mask."""
+    check_columns(frame, batch_mode=False)
     queries = [str(text) for text in frame["query"]]
     positives = [str(text) for text in frame["positive"]]
     mask = np.zeros((len(frame), negatives_per_row), dtype=bool)

@@ -1,0 +1,163 @@
+"""A geographic round: places corpus -> geographic miner -> mined/ (and batches/) -> round manifest.
+
+No model and no embedding: the search runs over the 3-D unit vectors of the coordinates, in
+process, or on ``index.num_shards`` Ray actors (the vectors are then written as an embeddings
+folder, ``rounds/NNNNN/geo_vectors/``, that the shards read). The exact backend runs in float32
+on the CPU here: fp16 cannot tell places a few km apart.
+
+Output, one row per place (``rounds/NNNNN/mined/``): ``query_id``, ``query`` (text or null),
+``negative_ids``, ``negatives`` (texts or nulls), ``negative_km``, ``round``, ``encoder``.
+With ``mine.batches``, ``rounds/NNNNN/batches/`` holds the same rows plus ``batch_id``, sorted
+by it, each Parquet row group made of whole batches (``compose_batches``, epoch = round).
+
+Example::
+
+    cfg = load_config(overrides={"mine.miner": "geographic", "corpus.path": "cities.jsonl", "index.backend": "kdtree"})
+    manifest = geo_round(cfg, storage.resolve("runs/geo/rounds/00000"))
+    manifest["figures"]["negative_km"]["p50"]
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from hardneg import storage
+from hardneg.config import RunConfig
+from hardneg.miners import GeoResult, compose_batches, mine_geographic, unit_vectors
+from hardneg.pipelines.inputs import group_codes
+from hardneg.pipelines.mine import PART_ROWS, distribution, stage_timing, write_parts
+from hardneg.places import Places, load_places
+from hardneg.search import ShardedIndex, build_index
+
+logger = logging.getLogger(__name__)
+
+ROW_GROUP_ROWS = 8192  # whole batches are gathered into row groups of about this many rows
+
+
+def geo_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, encoder: str = "base") -> dict:
+    """Mine (and batch) the places corpus into the round folder ``here``; commits it and returns its manifest."""
+    stages: dict[str, dict] = {}
+    started = time.perf_counter()
+    places = load_places(cfg.corpus)
+    table = places.table
+    lat, lon = table.column("lat").to_numpy(), table.column("lon").to_numpy()
+    groups = group_codes(table.column("group"), table.num_rows)
+    stages["read_places"] = stage_timing(started, table.num_rows)
+
+    started = time.perf_counter()
+    index_cfg = cfg.index.model_copy(update={"device": "cpu"})
+    index = _index(index_cfg, here, table, lat, lon)
+    stages["index"] = stage_timing(started, table.num_rows)
+    started = time.perf_counter()
+    try:
+        result = mine_geographic(lat, lon, cfg.mine, index=index, groups=groups, seed=cfg.mine.seed,
+                                 query_batch_size=cfg.index.query_batch_size)
+    finally:
+        getattr(index, "close", lambda: None)()
+    stages["mine"] = stage_timing(started, table.num_rows)
+
+    started = time.perf_counter()
+    mined = geo_table(table, result, round_index, encoder)
+    keep = np.ones(table.num_rows, bool) if cfg.mine.on_short == "keep" else result.counts == cfg.mine.num_negatives
+    mined_dir = here.join("mined")
+    figures = geo_figures(result, int(keep.sum()), places)
+    if not storage.is_committed(mined_dir):  # a resumed round re-mines (deterministic) and keeps what is committed
+        storage.prepare_output(mined_dir)
+        parts = write_parts(mined.filter(pa.array(keep)), mined_dir)
+        storage.commit(mined_dir, {"kind": "mined", "miner": "geographic", "round": round_index, "encoder": encoder,
+                                   "rows": int(keep.sum()), "parts": parts, "figures": figures})
+    stages["write"] = stage_timing(started, int(keep.sum()))
+    outputs = {"mined": mined_dir.url}
+    if cfg.mine.batches:
+        started = time.perf_counter()
+        plan = compose_batches(result.negative_rows, cfg.mine.batch_size, cfg.mine.seed, round_index, groups, lat, lon, cfg.mine.min_km)
+        outputs["batches"] = write_batches(mined, plan, keep, here.join("batches"), cfg.mine.batch_size)
+        figures["together_share"] = round(plan.together_share, 4)
+        figures["batches"] = plan.num_batches
+        stages["batches"] = stage_timing(started, table.num_rows)
+
+    manifest = {
+        "kind": "round", "miner": "geographic", "round": round_index, "encoder": encoder, "model": None,
+        "inputs": {"corpus": cfg.corpus.path}, "config": cfg.model_dump(mode="json"),
+        "counts": {"corpus": table.num_rows, "queries": table.num_rows, "rows": int(keep.sum())},
+        "stages": stages, "figures": figures, "outputs": outputs,
+        "seconds": round(sum(stage["seconds"] for stage in stages.values()), 3),
+    }
+    storage.commit(here, manifest)
+    return manifest
+
+
+def _index(index_cfg, here: storage.Location, table: pa.Table, lat: np.ndarray, lon: np.ndarray):
+    """In-process over the unit vectors, or Ray shards over them written as an embeddings folder."""
+    vectors = unit_vectors(lat, lon)
+    if index_cfg.num_shards == 1:
+        return build_index(vectors, index_cfg)
+    out = here.join("geo_vectors")
+    if not storage.is_committed(out):
+        storage.prepare_output(out)
+        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), 3)
+        write_parts(pa.table({"id": table.column("id"), "embedding": embedding}), out)
+        storage.commit(out, {"kind": "embeddings", "model": "geo-unit-vectors", "dim": 3, "rows": table.num_rows})
+    return ShardedIndex(out.url, index_cfg)
+
+
+def geo_table(places: pa.Table, result: GeoResult, round_index: int, encoder: str) -> pa.Table:
+    """One row per place: its id and text, its negatives' ids, texts and km (nearest first)."""
+    present = result.negative_rows >= 0
+    offsets = pa.array(np.concatenate([[0], np.cumsum(present.sum(axis=1))]).astype(np.int32))
+    take = pa.array(result.negative_rows[present])
+    ids, texts = places.column("id").combine_chunks(), places.column("text").combine_chunks()
+    return pa.table({
+        "query_id": ids,
+        "query": texts,
+        "negative_ids": pa.ListArray.from_arrays(offsets, ids.take(take)),
+        "negatives": pa.ListArray.from_arrays(offsets, texts.take(take)),
+        "negative_km": pa.ListArray.from_arrays(offsets, pa.array(result.negative_km[present], pa.float32())),
+        "round": pa.array(np.full(places.num_rows, round_index, np.int32)),
+        "encoder": pa.array([encoder] * places.num_rows, pa.string()),
+    })
+
+
+def write_batches(mined: pa.Table, plan, keep: np.ndarray, out: storage.Location, batch_size: int) -> str:
+    """``mined`` rows plus ``batch_id`` in plan order, row groups of whole batches; committed (once)."""
+    if storage.is_committed(out):
+        return out.url
+    order = plan.order[keep[plan.order]]
+    ids = plan.batch_ids[order]
+    table = mined.take(pa.array(order)).append_column("batch_id", pa.array(ids, pa.int64()))
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
+    cuts = [0]
+    for start in starts.tolist():
+        if start - cuts[-1] >= ROW_GROUP_ROWS:
+            cuts.append(start)
+    cuts.append(len(ids))
+    files: list[list[pa.Table]] = [[]]
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        if sum(piece.num_rows for piece in files[-1]) >= PART_ROWS:
+            files.append([])
+        files[-1].append(table.slice(lo, hi - lo))
+    storage.prepare_output(out)
+    for part, pieces in enumerate(files):
+        storage.write_parquet_row_groups(pieces, table.schema, out.join(f"part-{part:05d}.parquet"))
+    storage.commit(out, {"kind": "batches", "rows": len(ids), "parts": len(files), "batch_size": batch_size,
+                         "batches": int(len(starts)), "together_share": round(plan.together_share, 4),
+                         "row_groups": "whole batches, rows sorted by batch_id"})
+    return out.url
+
+
+def geo_figures(result: GeoResult, rows: int, places: Places) -> dict:
+    """Negatives per query, short and uncertified queries, removals by rule, the km distribution."""
+    counts = result.counts
+    km = result.negative_km[~np.isnan(result.negative_km)]
+    return {
+        "queries": int(len(counts)), "rows": rows, "negatives": int(counts.sum()),
+        "negatives_per_query": round(float(counts.mean()), 3) if len(counts) else 0.0,
+        "short_queries": result.short_queries, "queries_without_negatives": int((counts == 0).sum()),
+        "removed": result.removed, "uncertified_queries": result.uncertified, "candidates_per_query": result.depth,
+        "negative_km": distribution(km), "dropped_places": places.dropped,
+    }
+

