@@ -124,7 +124,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     overrides["run_dir"] = args.output
     cfg = load_config(args.config, overrides)
     where = "corpus.path" if cfg.mine.miner == "geographic" else "queries.path"
-    return _run_round(parse_config(cfg.model_dump(mode="json"), overrides={where: args.input}))
+    return _run_round(parse_config(cfg.model_dump(mode="json", exclude_unset=True), overrides={where: args.input}))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 No model and no embedding: the search runs over the 3-D unit vectors of the coordinates, in
 process, or on ``index.num_shards`` Ray actors (the vectors are then written as an embeddings
 folder, ``rounds/NNNNN/geo_vectors/``, that the shards read). The exact backend runs in float32
-on the CPU here: fp16 cannot tell places a few km apart.
+on the CPU here: fp16 cannot tell places a few km apart. Unless ``index.backend`` is set, one
+in-process shard uses the k-d tree (exact, and ~35x faster than the matmul on 34k places).
 
 Output, one row per place (``rounds/NNNNN/mined/``): ``query_id``, ``query`` (text or null),
 ``negative_ids``, ``negatives`` (texts or nulls), ``negative_km``, ``round``, ``encoder``.
@@ -49,7 +50,10 @@ def geo_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, enco
     stages["read_places"] = stage_timing(started, table.num_rows)
 
     started = time.perf_counter()
-    index_cfg = cfg.index.model_copy(update={"device": "cpu"})
+    update = {"device": "cpu"}
+    if "backend" not in cfg.index.model_fields_set and cfg.index.num_shards == 1:
+        update["backend"] = "kdtree"  # the exact default scans every place per query; a k-d tree is exact too
+    index_cfg = cfg.index.model_copy(update=update)
     index = _index(index_cfg, here, table, lat, lon)
     stages["index"] = stage_timing(started, table.num_rows)
     started = time.perf_counter()
