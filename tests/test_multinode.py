@@ -79,11 +79,13 @@ def test_losing_a_worker_node_mid_embed_loses_and_duplicates_nothing(ray_session
 
 
 def test_a_killed_encoder_actor_is_restarted_and_no_row_is_lost_or_repeated(ray_session, tiny_model_path, tmp_path):
-    expected_ids = write_corpus(str(tmp_path / "corpus"), files=8)
+    expected_ids = write_corpus(str(tmp_path / "corpus"), files=16)
     output = str(tmp_path / "out")
     killer = KillAfterFirstShard(output)
     killer.start()
-    cfg = parse_config({"corpus": {"path": str(tmp_path / "corpus")}, "model": {"path": tiny_model_path}})
+    # One encoder call (and one output shard) per 25 rows, so the run is still going after the first shard.
+    cfg = parse_config({"corpus": {"path": str(tmp_path / "corpus")}, "model": {"path": tiny_model_path},
+                        "embed": {"block_size": 25}})
     manifest = embed_corpus(cfg, output)
     killer.join(timeout=1)
     assert killer.killed is not None, "the run ended before an Encoder actor could be killed"
