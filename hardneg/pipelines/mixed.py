@@ -127,7 +127,7 @@ def _similarity(cfg: RunConfig, embeddings_dir: str, vectors: np.ndarray, place_
     """``num_negatives`` similarity negatives per place (rows are place rows), the search depth and its recall."""
     started = time.perf_counter()
     index = open_index(embeddings_dir, cfg.index)
-    stages["similarity_index"] = stage_timing(started, index.ntotal)
+    stages["sim_index"] = stage_timing(started, index.ntotal)
     text_hash = hash_texts(table.column("text").to_pylist())
     depth = min(cfg.mine.candidate_depth() + 1, index.ntotal)  # + 1: the place itself comes back first
     num_places, step = len(vectors), cfg.index.query_batch_size
@@ -151,7 +151,7 @@ def _similarity(cfg: RunConfig, embeddings_dir: str, vectors: np.ndarray, place_
         recall = search_recall(cfg, index, embeddings_dir, vectors, depth)
     finally:
         getattr(index, "close", lambda: None)()
-    stages["similarity_mine"] = stage_timing(started, num_places)
+    stages["sim_mine"] = stage_timing(started, num_places)
     counts = (rows_out >= 0).sum(axis=1)
     return MiningResult(rows_out, scores_out, counts, removed, int((counts < cfg.mine.num_negatives).sum())), depth, recall
 
