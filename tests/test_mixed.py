@@ -133,3 +133,24 @@ def test_more_geo_negatives_than_negatives_is_refused_naming_the_field(tmp_path,
     err = capsys.readouterr().err
     assert "mine: " in err and "geo_negatives in [0, num_negatives=4], got 5" in err
     assert not out.exists()
+
+
+def test_no_geographic_negatives_gives_the_similarity_miners_alone(mixed_run, tmp_path):
+    import shutil
+
+    cfg, manifest = mixed_run
+    here = round_dir(str(tmp_path / "run"), 0)
+    shutil.copytree(os.path.join(round_dir(cfg.run_dir, 0).path, "embeddings"), os.path.join(here.path, "embeddings"))
+    only = cfg.model_copy(update={"run_dir": str(tmp_path / "run"), "mine": cfg.mine.model_copy(update={"geo_negatives": 0})})
+    result = run_round(only)  # reuses the copied embeddings: nothing is embedded again
+    mined = storage.read_table(here.join("mined").url).to_pydict()
+    assert all(sources == ["similarity"] * len(sources) for sources in mined["negative_source"])
+    assert result["figures"]["by_source"]["geographic"]["negatives"] == 0 and "geo_index" not in result["stages"]
+    full = storage.read_table(round_dir(cfg.run_dir, 0).join("mined").url).to_pydict()
+    for ours, theirs, sources in zip(mined["negative_ids"], full["negative_ids"], full["negative_source"]):
+        similar = [n for n, s in zip(theirs, sources) if s == "similarity"]
+        geographic = {n for n, s in zip(theirs, sources) if s == "geographic"}
+        not_geographic = [n for n in ours if n not in geographic]
+        shared = min(len(similar), len(not_geographic))  # one similarity ranking: ours minus the geographic ones leads it
+        assert not_geographic[:shared] == similar[:shared]
+    assert "0 geographic of 4 negatives" in round_summary(result)
