@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(embed, ["model", "embed", "corpus", "storage", "ray"])
 
     mine = commands.add_parser("mine", help="embed -> index -> mine INPUT into the run directory OUTPUT")
-    mine.add_argument("input", help="pairs (anchor, positive) or queries file; the corpus for --miner geographic")
+    mine.add_argument("input", help="pairs (anchor, positive) or queries file; the places corpus for --miner geographic or mixed")
     mine.add_argument("output", help="run directory (local or s3://); the Parquet goes to OUTPUT/rounds/00000/mined")
     mine.add_argument("--config", help="YAML config file")
     add_config_flags(mine, ["mine", "index", "queries", "corpus", "model", "embed", "storage", "ray"])
@@ -123,7 +123,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     overrides = overrides_from(args)
     overrides["run_dir"] = args.output
     cfg = load_config(args.config, overrides)
-    where = "corpus.path" if cfg.mine.miner == "geographic" else "queries.path"
+    where = "corpus.path" if cfg.mine.miner in ("geographic", "mixed") else "queries.path"
     return _run_round(parse_config(cfg.model_dump(mode="json", exclude_unset=True), overrides={where: args.input}))
 
 

@@ -30,7 +30,7 @@ def _km(d: dict) -> str:
 
 def _geo_lines(manifest: dict) -> list[str]:
     f = manifest["figures"]
-    removed = ", ".join(f"{name} {count:,}" for name, count in f["removed"].items() if count) or "none"
+    removed = _removed(f["removed"])
     lines = [
         f"hardneg: round {manifest['round']} done (geographic miner, no model)",
         f"  places           : {f['queries']:,} ({f['rows']:,} rows written; dropped {sum(f['dropped_places'].values()):,})",
@@ -45,15 +45,48 @@ def _geo_lines(manifest: dict) -> list[str]:
     return lines
 
 
+def _removed(counts: dict) -> str:
+    return ", ".join(f"{name} {count:,}" for name, count in counts.items() if count) or "none"
+
+
+def _recall_line(recall) -> str:
+    if not recall:
+        return "exact search (recall 1.0)"
+    return f"recall@{recall['k']} {recall['recall']:.4f} against exact search on {recall['queries']:,} queries"
+
+
+def _mixed_lines(manifest: dict) -> list[str]:
+    f, mine = manifest["figures"], manifest["config"]["mine"]
+    depth, removed = f["candidates_per_query"], f["removed"]
+    lines = [
+        f"hardneg: round {manifest['round']} done (mixed miner: {mine['geo_negatives']} geographic of "
+        f"{mine['num_negatives']} negatives; encoder {manifest['encoder']}, {manifest['model']})",
+        f"  places           : {f['queries']:,} ({f['rows']:,} rows written; dropped {sum(f['dropped_places'].values()):,})",
+        f"  negatives/query  : {f['negatives_per_query']:.2f} ({f['short_queries']:,} queries short, "
+        f"{f['queries_without_negatives']:,} with none; {f['geo_short_queries']:,} short of geographic ones)",
+    ]
+    for name, source in f["by_source"].items():
+        lines += [f"  {name:<17}: {source['negatives']:,} negatives",
+                  f"    distance       : {_km(source['negative_km'])}",
+                  f"    scores         : {_dist(source['negative_scores'])}"]
+    lines += [
+        f"  removed (geo)    : {_removed(removed['geographic'])} (up to {depth['geographic']} candidates per query; "
+        f"{f['uncertified_queries']:,} queries not certified nearest)",
+        f"  removed (sim)    : {_removed(removed['similarity'])} (of {depth['similarity']} candidates per query)",
+        f"  index            : {_recall_line(f['recall'])}",
+    ]
+    if "together_share" in f:
+        lines.append(f"  batches          : {f['batches']:,}; {f['together_share']:.1%} of (anchor, negative) pairs share a batch")
+    return lines
+
+
 def round_summary(manifest: dict) -> str:
     """Queries, negatives, score (or km) distributions, filters, recall, per-stage time and rows/s, outputs."""
     f = manifest["figures"]
     if manifest.get("miner") == "geographic":
         return _stage_lines(manifest, _geo_lines(manifest))
-    removed = ", ".join(f"{name} {count:,}" for name, count in f["removed"].items() if count) or "none"
-    recall = f.get("recall")
-    recall_line = (f"recall@{recall['k']} {recall['recall']:.4f} against exact search on {recall['queries']:,} queries"
-                   if recall else "exact search (recall 1.0)")
+    if manifest.get("miner") == "mixed":
+        return _stage_lines(manifest, _mixed_lines(manifest))
     lines = [
         f"hardneg: round {manifest['round']} done (encoder {manifest['encoder']}, {manifest['model']})",
         f"  queries          : {f['queries']:,} ({f['rows']:,} rows, corpus {manifest['counts']['corpus']:,})",
@@ -62,9 +95,9 @@ def round_summary(manifest: dict) -> str:
         f"  scores           : {f.get('scored_by', 'bi-encoder')}",
         f"  positive scores  : {_dist(f['positive_scores'])}",
         f"  negative scores  : {_dist(f['negative_scores'])}",
-        f"  removed by filter: {removed} (of {f['candidates_per_query']} candidates per query)",
+        f"  removed by filter: {_removed(f['removed'])} (of {f['candidates_per_query']} candidates per query)",
         f"  false negatives  : {f['negatives_equal_to_positive_text']} negatives equal a positive's text",
-        f"  index            : {recall_line}",
+        f"  index            : {_recall_line(f.get('recall'))}",
     ]
     return _stage_lines(manifest, lines)
 

@@ -179,6 +179,14 @@ def embed_corpus(cfg: RunConfig, output: str, corpus: Optional[ValidatedCorpus] 
     return manifest
 
 
+def embed_or_reuse(cfg: RunConfig, out: storage.Location, corpus: Optional[ValidatedCorpus] = None, prefix: str = "") -> dict:
+    """``embed_corpus`` into ``out``, or the manifest of what is already committed there (a resumed round)."""
+    if storage.is_committed(out):
+        logger.info("reusing committed embeddings %s", out.url)
+        return storage.read_manifest(out)
+    return embed_corpus(cfg, out.url, corpus, prefix)
+
+
 def embeddings_manifest(cfg: RunConfig, model_path: str, rows: int, seconds: float, corpus: ValidatedCorpus) -> dict:
     spec = read_pooling_spec(model_path)
     from transformers import AutoConfig

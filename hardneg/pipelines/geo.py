@@ -44,18 +44,44 @@ def geo_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, enco
     stages: dict[str, dict] = {}
     started = time.perf_counter()
     places = load_places(cfg.corpus)
-    table = places.table
-    lat, lon = table.column("lat").to_numpy(), table.column("lon").to_numpy()
-    groups = group_codes(table.column("group"), table.num_rows)
-    stages["read_places"] = stage_timing(started, table.num_rows)
+    lat, lon, groups = place_arrays(places.table)
+    stages["read_places"] = stage_timing(started, places.table.num_rows)
+    result, mine_stages = mine_places(cfg, here, places.table, lat, lon, groups)
+    stages.update(mine_stages)
 
+    started = time.perf_counter()
+    mined = geo_table(places.table, result, round_index, encoder)
+    keep = kept_rows(cfg, result.counts)
+    figures = geo_figures(result, int(keep.sum()), places)
+    outputs = {"mined": commit_mined(here.join("mined"), mined, keep, {"miner": "geographic", "round": round_index,
+                                                                         "encoder": encoder, "figures": figures})}
+    stages["write"] = stage_timing(started, int(keep.sum()))
+    if cfg.mine.batches:
+        started = time.perf_counter()
+        outputs["batches"] = batch_stage(cfg, here, mined, result.negative_rows, keep, (groups, lat, lon), round_index, figures)
+        stages["batches"] = stage_timing(started, places.table.num_rows)
+    return commit_round(here, {
+        "kind": "round", "miner": "geographic", "round": round_index, "encoder": encoder, "model": None,
+        "inputs": {"corpus": cfg.corpus.path}, "config": cfg.model_dump(mode="json"),
+        "counts": {"corpus": places.table.num_rows, "queries": places.table.num_rows, "rows": int(keep.sum())},
+        "stages": stages, "figures": figures, "outputs": outputs,
+    })
+
+
+def place_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``lat``, ``lon`` (degrees) and int64 group codes (``-1``: none) of a ``Places.table``."""
+    return table.column("lat").to_numpy(), table.column("lon").to_numpy(), group_codes(table.column("group"), table.num_rows)
+
+
+def mine_places(cfg: RunConfig, here: storage.Location, table: pa.Table, lat: np.ndarray, lon: np.ndarray,
+                groups: np.ndarray) -> tuple[GeoResult, dict]:
+    """The geographic miner over every place (``cfg.mine``), and the ``index`` and ``mine`` stage timings."""
     started = time.perf_counter()
     update = {"device": "cpu"}
     if "backend" not in cfg.index.model_fields_set and cfg.index.num_shards == 1:
         update["backend"] = "kdtree"  # the exact default scans every place per query; a k-d tree is exact too
-    index_cfg = cfg.index.model_copy(update=update)
-    index = _index(index_cfg, here, table, lat, lon)
-    stages["index"] = stage_timing(started, table.num_rows)
+    index = _index(cfg.index.model_copy(update=update), here, table, lat, lon)
+    stages = {"index": stage_timing(started, table.num_rows)}
     started = time.perf_counter()
     try:
         result = mine_geographic(lat, lon, cfg.mine, index=index, groups=groups, seed=cfg.mine.seed,
@@ -63,34 +89,36 @@ def geo_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, enco
     finally:
         getattr(index, "close", lambda: None)()
     stages["mine"] = stage_timing(started, table.num_rows)
+    return result, stages
 
-    started = time.perf_counter()
-    mined = geo_table(table, result, round_index, encoder)
-    keep = np.ones(table.num_rows, bool) if cfg.mine.on_short == "keep" else result.counts == cfg.mine.num_negatives
-    mined_dir = here.join("mined")
-    figures = geo_figures(result, int(keep.sum()), places)
+
+def kept_rows(cfg: RunConfig, counts: np.ndarray) -> np.ndarray:
+    """Rows to write: all of them, or (``mine.on_short=drop``) those with ``num_negatives`` negatives."""
+    return np.ones(len(counts), bool) if cfg.mine.on_short == "keep" else counts == cfg.mine.num_negatives
+
+
+def commit_mined(mined_dir: storage.Location, mined: pa.Table, keep: np.ndarray, manifest: dict) -> str:
+    """Write the kept rows of ``mined`` and commit ``mined_dir`` (once: a resumed round keeps what is committed)."""
     if not storage.is_committed(mined_dir):  # a resumed round re-mines (deterministic) and keeps what is committed
         storage.prepare_output(mined_dir)
         parts = write_parts(mined.filter(pa.array(keep)), mined_dir)
-        storage.commit(mined_dir, {"kind": "mined", "miner": "geographic", "round": round_index, "encoder": encoder,
-                                   "rows": int(keep.sum()), "parts": parts, "figures": figures})
-    stages["write"] = stage_timing(started, int(keep.sum()))
-    outputs = {"mined": mined_dir.url}
-    if cfg.mine.batches:
-        started = time.perf_counter()
-        plan = compose_batches(result.negative_rows, cfg.mine.batch_size, cfg.mine.seed, round_index, groups, lat, lon, cfg.mine.min_km)
-        outputs["batches"] = write_batches(mined, plan, keep, here.join("batches"), cfg.mine.batch_size)
-        figures["together_share"] = round(plan.together_share, 4)
-        figures["batches"] = plan.num_batches
-        stages["batches"] = stage_timing(started, table.num_rows)
+        storage.commit(mined_dir, {"kind": "mined", **manifest, "rows": int(keep.sum()), "parts": parts})
+    return mined_dir.url
 
-    manifest = {
-        "kind": "round", "miner": "geographic", "round": round_index, "encoder": encoder, "model": None,
-        "inputs": {"corpus": cfg.corpus.path}, "config": cfg.model_dump(mode="json"),
-        "counts": {"corpus": table.num_rows, "queries": table.num_rows, "rows": int(keep.sum())},
-        "stages": stages, "figures": figures, "outputs": outputs,
-        "seconds": round(sum(stage["seconds"] for stage in stages.values()), 3),
-    }
+
+def batch_stage(cfg: RunConfig, here: storage.Location, mined: pa.Table, neighbours: np.ndarray, keep: np.ndarray,
+                places: tuple[np.ndarray, np.ndarray, np.ndarray], round_index: int, figures: dict) -> str:
+    """Compose batches around ``neighbours`` (each row's negatives), write ``batches/``; adds the batch figures."""
+    groups, lat, lon = places
+    plan = compose_batches(neighbours, cfg.mine.batch_size, cfg.mine.seed, round_index, groups, lat, lon, cfg.mine.min_km)
+    figures["together_share"] = round(plan.together_share, 4)
+    figures["batches"] = plan.num_batches
+    return write_batches(mined, plan, keep, here.join("batches"), cfg.mine.batch_size)
+
+
+def commit_round(here: storage.Location, manifest: dict) -> dict:
+    """Add the total ``seconds`` (sum of the stages) and commit the round folder with ``manifest``."""
+    manifest["seconds"] = round(sum(stage["seconds"] for stage in manifest["stages"].values()), 3)
     storage.commit(here, manifest)
     return manifest
 
@@ -111,19 +139,28 @@ def _index(index_cfg, here: storage.Location, table: pa.Table, lat: np.ndarray, 
 
 def geo_table(places: pa.Table, result: GeoResult, round_index: int, encoder: str) -> pa.Table:
     """One row per place: its id and text, its negatives' ids, texts and km (nearest first)."""
-    present = result.negative_rows >= 0
+    return places_table(places, result.negative_rows, round_index, encoder, negative_km=result.negative_km)
+
+
+def places_table(places: pa.Table, negative_rows: np.ndarray, round_index: int, encoder: str, **lists: np.ndarray) -> pa.Table:
+    """One row per place: ``query_id``, ``query``, ``negative_ids``, ``negatives``, then ``lists`` (each a
+    ``(q, n)`` array aligned with ``negative_rows``; floats are written as float32), ``round``, ``encoder``."""
+    present = negative_rows >= 0
     offsets = pa.array(np.concatenate([[0], np.cumsum(present.sum(axis=1))]).astype(np.int32))
-    take = pa.array(result.negative_rows[present])
+    take = pa.array(negative_rows[present])
     ids, texts = places.column("id").combine_chunks(), places.column("text").combine_chunks()
-    return pa.table({
+    columns = {
         "query_id": ids,
         "query": texts,
         "negative_ids": pa.ListArray.from_arrays(offsets, ids.take(take)),
         "negatives": pa.ListArray.from_arrays(offsets, texts.take(take)),
-        "negative_km": pa.ListArray.from_arrays(offsets, pa.array(result.negative_km[present], pa.float32())),
-        "round": pa.array(np.full(places.num_rows, round_index, np.int32)),
-        "encoder": pa.array([encoder] * places.num_rows, pa.string()),
-    })
+    }
+    for name, values in lists.items():
+        flat = values[present]
+        columns[name] = pa.ListArray.from_arrays(offsets, pa.array(flat, pa.float32() if flat.dtype.kind == "f" else None))
+    columns["round"] = pa.array(np.full(places.num_rows, round_index, np.int32))
+    columns["encoder"] = pa.array([encoder] * places.num_rows, pa.string())
+    return pa.table(columns)
 
 
 def write_batches(mined: pa.Table, plan, keep: np.ndarray, out: storage.Location, batch_size: int) -> str:

@@ -136,7 +136,7 @@ def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embe
                 removed[name] += count
             search_seconds += t1 - t0
             mine_seconds += time.perf_counter() - t1
-        recall = _recall(cfg, index, embeddings_dir, query_vectors, depth)
+        recall = search_recall(cfg, index, embeddings_dir, query_vectors, depth)
     finally:
         getattr(index, "close", lambda: None)()
     timings["search"], timings["mine"] = search_seconds, mine_seconds
@@ -162,7 +162,7 @@ def _forbidden_hashes(queries: pa.Table, positive_hashes: np.ndarray, offsets: n
     return out_offsets, values
 
 
-def _recall(cfg: RunConfig, index, embeddings_dir: str, query_vectors: np.ndarray, depth: int):
+def search_recall(cfg: RunConfig, index, embeddings_dir: str, query_vectors: np.ndarray, depth: int):
     """recall@depth of an approximate index against exact search on a sample of queries (None when exact)."""
     if cfg.index.backend in ("exact", "kdtree") or cfg.index.recall_sample == 0:
         return None

@@ -9,10 +9,11 @@
     RUN_DIR/rounds/NNNNN/index/           index manifest (and a faiss index when single-shard)
     RUN_DIR/rounds/NNNNN/mined/           the mined table (DESIGN.md schema)
     RUN_DIR/rounds/NNNNN/<format>/        the triplet / n-tuple / labeled-pair view, when asked
-    RUN_DIR/rounds/NNNNN/batches/         mine.batches: rows with batch_id (geographic miner)
+    RUN_DIR/rounds/NNNNN/batches/         mine.batches: rows with batch_id (geographic and mixed miners)
     RUN_DIR/rounds/NNNNN/MANIFEST.json    written last: the round exists once it does
 
-``mine.miner=geographic`` rounds skip the model: see ``hardneg.pipelines.geo``.
+``mine.miner=geographic`` rounds skip the model: see ``hardneg.pipelines.geo``; ``mine.miner=mixed``
+rounds embed the places corpus and mine it both ways: see ``hardneg.pipelines.mixed``.
 A stage whose folder is committed is not redone, so a re-run after a crash resumes; a folder
 without its MANIFEST.json is cleared and redone. A committed round is returned as it is.
 
@@ -31,9 +32,10 @@ from typing import Optional
 from hardneg import storage
 from hardneg.config import CorpusConfig, RunConfig, dump_config
 from hardneg.errors import ConfigError
-from hardneg.pipelines.embed import embed_corpus
+from hardneg.pipelines.embed import embed_or_reuse
 from hardneg.pipelines.inputs import prepare_inputs
 from hardneg.pipelines.geo import geo_round
+from hardneg.pipelines.mixed import mixed_round
 from hardneg.pipelines.mine import figures, mine_queries, mined_table, stage_timing, write_parts
 from hardneg.pipelines.views import view_table
 
@@ -53,8 +55,6 @@ def run_round(cfg: RunConfig, round_index: int = 0, model_path: Optional[str] = 
     """
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set (the folder, local or s3://, that holds the rounds)")
-    if cfg.mine.miner == "mixed":  # hardneg.miners.merge_negatives is ready; the round that feeds it is not
-        raise ConfigError("mine.miner=mixed is not wired into rounds yet; use similarity or geographic")
     run_dir = storage.resolve(cfg.run_dir)
     here = round_dir(cfg.run_dir, round_index)
     if storage.is_committed(here):
@@ -66,16 +66,18 @@ def run_round(cfg: RunConfig, round_index: int = 0, model_path: Optional[str] = 
         return geo_round(cfg, here, round_index, encoder)
     if model_path:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path})})
+    if cfg.mine.miner == "mixed":
+        return mixed_round(cfg, here, round_index, encoder)
 
     started = time.perf_counter()
     stages: dict[str, dict] = {}
     inputs = prepare_inputs(cfg, run_dir)
     stages["prepare_inputs"] = stage_timing(started, inputs.queries.num_rows)
 
-    embeddings = _embed(cfg.model_copy(update={"corpus": inputs.corpus_cfg}), here.join("embeddings"), inputs.corpus)
+    embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": inputs.corpus_cfg}), here.join("embeddings"), inputs.corpus)
     stages["embed_corpus"] = {"seconds": embeddings["seconds"], "rows": embeddings["rows"], "rows_per_second": embeddings["rows_per_second"]}
     queries_cfg = CorpusConfig(path=run_dir.join("inputs", "queries").url, id_column="query_id", text_column="query")
-    query_embeddings = _embed(cfg.model_copy(update={"corpus": queries_cfg}), here.join("query_embeddings"), None, cfg.model.query_prompt)
+    query_embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": queries_cfg}), here.join("query_embeddings"), None, cfg.model.query_prompt)
     stages["embed_queries"] = {"seconds": query_embeddings["seconds"], "rows": query_embeddings["rows"],
                                "rows_per_second": query_embeddings["rows_per_second"]}
 
@@ -105,13 +107,6 @@ def run_round(cfg: RunConfig, round_index: int = 0, model_path: Optional[str] = 
     }
     storage.commit(here, manifest)
     return manifest
-
-
-def _embed(cfg: RunConfig, out: storage.Location, corpus, prefix: str = "") -> dict:
-    if storage.is_committed(out):
-        logger.info("reusing committed embeddings %s", out.url)
-        return storage.read_manifest(out)
-    return embed_corpus(cfg, out.url, corpus, prefix)
 
 
 def _view(cfg: RunConfig, mined_dir: storage.Location, out: storage.Location) -> str:

@@ -1,0 +1,177 @@
+"""A mixed round: for every place, ``mine.geo_negatives`` geographic negatives and the rest by similarity.
+
+Sample4Geo samples GPS neighbours first and similarity neighbours once the encoder is trained;
+a mixed round gives both for the same anchors, the places themselves:
+
+1. the places corpus (``id``, ``text``, ``lat``, ``lon``, optional ``group``) is validated as
+   places (``load_places``) and as text (``validate_corpus``); the texts are embedded with the
+   round's encoder into ``rounds/NNNNN/embeddings/`` (committed, reused when the round resumes);
+2. geographic part: ``geo_round``'s own search and miner (``mine_places``) with
+   ``num_negatives = geo_negatives``;
+3. similarity part: each place's own embedding is searched (``open_index``, ``cfg.index``) and
+   ``mine_similarity`` picks ``num_negatives`` with the place as its own positive (margins off:
+   its score is NaN), same-group and same-text items excluded, and candidates closer than
+   ``min_km`` (the same place) dropped before the miner (``removed["same_place"]``);
+4. ``merge_negatives``: the geographic ones first, then similarity ones not already taken.
+
+Output, one row per place (``rounds/NNNNN/mined/``): ``query_id``, ``query``, ``negative_ids``,
+``negatives``, ``negative_km`` (haversine), ``negative_scores`` (embedding inner product, the
+cosine for normalised models, whichever miner chose the negative), ``negative_source``
+(``"geographic"`` | ``"similarity"``), ``round``, ``encoder``. ``mine.batches`` composes batches
+around the merged negatives, as a geographic round does.
+
+Example::
+
+    cfg = load_config(overrides={"mine.miner": "mixed", "mine.geo_negatives": 2, "mine.num_negatives": 4,
+                                 "corpus.path": "cities.jsonl", "mine.min_km": 5})
+    manifest = mixed_round(cfg, storage.resolve("runs/mixed/rounds/00000"))
+    manifest["figures"]["by_source"]["similarity"]["negatives"]
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from hardneg import storage
+from hardneg.config import RunConfig
+from hardneg.corpus import validate_corpus
+from hardneg.miners import (FILTERS, GEO_REMOVED, GeoResult, MiningResult, drop_same_place, hash_texts, haversine_km,
+                            merge_negatives, mine_similarity)
+from hardneg.pipelines.embed import embed_or_reuse
+from hardneg.pipelines.geo import batch_stage, commit_mined, commit_round, kept_rows, mine_places, place_arrays, places_table
+from hardneg.pipelines.mine import distribution, search_recall, stage_timing
+from hardneg.places import Places, load_places
+from hardneg.search import open_index, read_embeddings
+
+SOURCES = ("geographic", "similarity")
+
+
+def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, encoder: str = "base") -> dict:
+    """Embed, mine (geographic + similarity), merge and write the round folder ``here``; commits it, returns its manifest."""
+    stages: dict[str, dict] = {}
+    started = time.perf_counter()
+    places = load_places(cfg.corpus)
+    corpus = validate_corpus(cfg.corpus)
+    stages["read_places"] = stage_timing(started, places.table.num_rows)
+    embeddings_dir = here.join("embeddings")
+    embeddings = embed_or_reuse(cfg, embeddings_dir, corpus)
+    stages["embed_corpus"] = {key: embeddings[key] for key in ("seconds", "rows", "rows_per_second")}
+    table, vectors, place_of_embedding = _align(places, *read_embeddings(embeddings_dir.url))
+    lat, lon, groups = place_arrays(table)
+
+    geo = _geographic(cfg, here, table, lat, lon, groups, stages)
+    similar, depth, recall = _similarity(cfg, embeddings_dir.url, vectors, place_of_embedding, table, lat, lon, groups, stages)
+    started = time.perf_counter()
+    merged = merge_negatives(geo.negative_rows, similar.negative_rows, cfg.mine.geo_negatives, cfg.mine.num_negatives)
+    present = merged >= 0
+    safe = np.where(present, merged, 0)
+    anchors = np.arange(len(merged))[:, None]
+    km = np.where(present, haversine_km(lat[anchors], lon[anchors], lat[safe], lon[safe]), np.nan)
+    scores = np.where(present, np.einsum("qd,qnd->qn", vectors, vectors[safe]), np.nan)
+    from_geo = present & (merged[:, :, None] == geo.negative_rows[:, None, :]).any(axis=2)
+    source = np.where(from_geo, SOURCES[0], SOURCES[1])
+    mined = places_table(table, merged, round_index, encoder, negative_km=km, negative_scores=scores, negative_source=source)
+    keep = kept_rows(cfg, present.sum(axis=1))
+    figures = mixed_figures(merged, km, scores, from_geo, geo, similar, int(keep.sum()), places, depth, recall)
+    outputs = {"mined": commit_mined(here.join("mined"), mined, keep, {"miner": "mixed", "round": round_index,
+                                                                         "encoder": encoder, "figures": figures})}
+    stages["merge_write"] = stage_timing(started, int(keep.sum()))
+    if cfg.mine.batches:
+        started = time.perf_counter()
+        outputs["batches"] = batch_stage(cfg, here, mined, merged, keep, (groups, lat, lon), round_index, figures)
+        stages["batches"] = stage_timing(started, table.num_rows)
+    return commit_round(here, {
+        "kind": "round", "miner": "mixed", "round": round_index, "encoder": encoder,
+        "model": embeddings["model"], "model_hash": embeddings["model_hash"],
+        "inputs": {"corpus": cfg.corpus.path}, "config": cfg.model_dump(mode="json"),
+        "counts": {"corpus": table.num_rows, "queries": table.num_rows, "rows": int(keep.sum())},
+        "stages": stages, "figures": figures, "outputs": outputs,
+    })
+
+
+def _align(places: Places, ids: np.ndarray, vectors: np.ndarray) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """The places that have an embedding, their vectors, and the place row of every embedding row (``-1``: none).
+
+    They differ only with ``corpus.drop_invalid``: a place whose text was dropped is left out (counted
+    in ``places.dropped["invalid_text"]``); an embedded row whose coordinates were dropped is no candidate.
+    """
+    rows = pd.Index(ids).get_indexer(places.table.column("id").to_numpy(zero_copy_only=False))
+    table = places.table
+    if (rows < 0).any():
+        places.dropped["invalid_text"] = int((rows < 0).sum())
+        table = table.filter(pa.array(rows >= 0))
+        rows = rows[rows >= 0]
+    place_of_embedding = np.full(len(ids), -1, np.int64)
+    place_of_embedding[rows] = np.arange(len(rows))
+    return table, vectors[rows], place_of_embedding
+
+
+def _geographic(cfg: RunConfig, here: storage.Location, table: pa.Table, lat, lon, groups, stages: dict) -> GeoResult:
+    """``geo_round``'s miner with ``num_negatives = geo_negatives`` (nothing to mine for 0)."""
+    count = cfg.mine.geo_negatives
+    if count == 0:
+        return GeoResult(np.full((table.num_rows, 0), -1, np.int64), np.full((table.num_rows, 0), np.nan, np.float32),
+                         np.zeros(table.num_rows, np.int64), dict.fromkeys(GEO_REMOVED, 0))
+    geo_cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"num_negatives": count})})
+    result, geo_stages = mine_places(geo_cfg, here, table, lat, lon, groups)
+    stages.update({f"geo_{name}": stage for name, stage in geo_stages.items()})
+    return result
+
+
+def _similarity(cfg: RunConfig, embeddings_dir: str, vectors: np.ndarray, place_of_embedding: np.ndarray, table: pa.Table,
+                lat: np.ndarray, lon: np.ndarray, groups: np.ndarray, stages: dict) -> tuple[MiningResult, int, object]:
+    """``num_negatives`` similarity negatives per place (rows are place rows), the search depth and its recall."""
+    started = time.perf_counter()
+    index = open_index(embeddings_dir, cfg.index)
+    stages["sim_index"] = stage_timing(started, index.ntotal)
+    text_hash = hash_texts(table.column("text").to_pylist())
+    depth = min(cfg.mine.candidate_depth() + 1, index.ntotal)  # + 1: the place itself comes back first
+    num_places, step = len(vectors), cfg.index.query_batch_size
+    rows_out = np.full((num_places, cfg.mine.num_negatives), -1, np.int64)
+    scores_out = np.full((num_places, cfg.mine.num_negatives), np.nan, np.float32)
+    removed = dict.fromkeys(("same_place",) + FILTERS, 0)
+    started = time.perf_counter()
+    try:
+        for batch, lo in enumerate(range(0, num_places, step)):
+            anchors = np.arange(lo, min(lo + step, num_places))
+            scores, found = index.search(vectors[anchors], depth)
+            found = np.where(found >= 0, place_of_embedding[np.maximum(found, 0)], -1)
+            rows, scores, same_place = drop_same_place(anchors, found, scores, lat, lon, cfg.mine.min_km)
+            removed["same_place"] += same_place
+            result = mine_similarity(rows, scores, anchors[:, None], np.full(len(anchors), np.nan, np.float32), cfg.mine,
+                                     corpus_groups=groups, query_groups=groups[anchors], corpus_text_hash=text_hash,
+                                     query_forbidden_hashes=text_hash[anchors, None], seed=cfg.mine.seed + batch)
+            rows_out[anchors], scores_out[anchors] = result.negative_rows, result.negative_scores
+            for name, count in result.removed.items():
+                removed[name] += count
+        recall = search_recall(cfg, index, embeddings_dir, vectors, depth)
+    finally:
+        getattr(index, "close", lambda: None)()
+    stages["sim_mine"] = stage_timing(started, num_places)
+    counts = (rows_out >= 0).sum(axis=1)
+    return MiningResult(rows_out, scores_out, counts, removed, int((counts < cfg.mine.num_negatives).sum())), depth, recall
+
+
+def mixed_figures(merged: np.ndarray, km: np.ndarray, scores: np.ndarray, from_geo: np.ndarray, geo: GeoResult,
+                  similar: MiningResult, rows: int, places: Places, depth: int, recall) -> dict:
+    """Negatives per query and per source, km and score distributions (all and per source), removals per miner."""
+    present = merged >= 0
+    counts = present.sum(axis=1)
+    by_source = {}
+    for name, mask in zip(SOURCES, (present & from_geo, present & ~from_geo)):
+        by_source[name] = {"negatives": int(mask.sum()), "negative_km": distribution(km[mask]),
+                           "negative_scores": distribution(scores[mask])}
+    return {
+        "queries": int(len(counts)), "rows": rows, "negatives": int(counts.sum()),
+        "negatives_per_query": round(float(counts.mean()), 3) if len(counts) else 0.0,
+        "short_queries": int((counts < merged.shape[1]).sum()), "queries_without_negatives": int((counts == 0).sum()),
+        "geo_short_queries": geo.short_queries, "negative_km": distribution(km[present]),
+        "negative_scores": distribution(scores[present]), "by_source": by_source,
+        "removed": {"geographic": geo.removed, "similarity": similar.removed},
+        "uncertified_queries": geo.uncertified, "candidates_per_query": {"geographic": geo.depth, "similarity": depth},
+        "recall": recall, "dropped_places": places.dropped,
+    }

