@@ -240,7 +240,7 @@ def commit(path: str | Location, manifest: dict) -> None:
     loc = path if isinstance(path, Location) else resolve(path)
     if is_committed(loc):
         raise StorageError(f"{loc.url} is already committed; refusing to overwrite its {MANIFEST}")
-    body = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+    body = json.dumps(manifest, indent=2, sort_keys=False, default=str)
     target = posixpath.join(loc.path, MANIFEST)
     if loc.fs.protocol in ("file", "local") or "file" in loc.fs.protocol:
         tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
