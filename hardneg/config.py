@@ -76,6 +76,7 @@ class EmbedConfig(Section):
 
     batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
     block_size: int = Field(2048, ge=1, description="Texts per tokenize task; length-sorted inside.")
+    part_rows: int = Field(1_000_000, ge=1, description="Rows per committed part: a re-run after a crash redoes only unfinished parts.")
     dtype: Literal["float16", "float32"] = Field("float32", description="Stored embedding dtype.")
     num_actors: Optional[int] = Field(None, ge=1, description="Encoder actors; one per GPU, or 1 on CPU, when unset.")
     gpus_per_actor: Optional[float] = Field(None, ge=0, description="0 on CPU; 1 when the cluster has GPUs.")

@@ -48,10 +48,22 @@ class ValidatedCorpus:
     drop_rows: list[np.ndarray]
     num_rows: int
     dropped: dict[str, int] = field(default_factory=dict)
+    file_rows: list[int] = field(default_factory=list)
 
     @property
     def num_valid(self) -> int:
         return self.num_rows - sum(self.dropped.values())
+
+    def valid_rows(self, index: int) -> int:
+        """Rows of file ``index`` that will be embedded."""
+        return self.file_rows[index] - len(self.drop_rows[index])
+
+    def subset(self, indices: list[int]) -> "ValidatedCorpus":
+        """The files ``indices`` alone, as a corpus of their own."""
+        drops = [self.drop_rows[i] for i in indices]
+        rows = [self.file_rows[i] for i in indices]
+        return ValidatedCorpus([self.files[i] for i in indices], drops, sum(rows),
+                               {"dropped": int(sum(len(d) for d in drops))}, rows)
 
 
 def text_problems(texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -143,7 +155,7 @@ def _judge(scans: list[FileScan], cfg: CorpusConfig) -> ValidatedCorpus:
         logger.warning("dropping %d invalid row(s) of %d: %s", sum(map(len, drop_rows)), total, dropped)
     if total - sum(map(len, drop_rows)) == 0:
         raise InputError("the corpus has no valid rows")
-    return ValidatedCorpus([scan.loc for scan in scans], drop_rows, total, dropped)
+    return ValidatedCorpus([scan.loc for scan in scans], drop_rows, total, dropped, [int(scan.num_rows) for scan in scans])
 
 
 def _duplicate_rows(scans: list[FileScan], bad: list[np.ndarray]) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ def embed_summary(manifest: dict, output: str) -> str:
         f"  rows embedded : {manifest['rows']:,} (of {manifest['input_rows']:,}; dropped {dropped:,})",
         f"  model         : {manifest['model']} ({manifest['model_hash']}, {manifest['pooling']} pooling, dim {manifest['dim']}, {manifest['dtype']})",
         f"  time          : {manifest['seconds']:.1f} s ({manifest['rows_per_second']:,.0f} rows/s)",
+        f"  resumed       : {manifest.get('resumed_rows', 0):,} rows from committed parts ({manifest.get('parts', 1)} part(s))",
         f"  output        : {output}",
     ]
     return "\n".join(lines)

@@ -59,6 +59,32 @@ def test_partial_output_without_manifest_is_redone(ray_session, tiny_model_path,
     assert storage.read_table(str(out)).num_rows == 20
 
 
+def test_a_rerun_after_a_crash_embeds_only_the_unfinished_parts(ray_session, tiny_model_path, tmp_path):
+    import os
+
+    (tmp_path / "corpus").mkdir()
+    for f in range(4):
+        write_jsonl(tmp_path / "corpus" / f"part{f}.jsonl", [{"id": f"f{f}-{i}", "text": f"text {f} {i}"} for i in range(30)])
+    cfg = parse_config({"corpus": {"path": str(tmp_path / "corpus")}, "model": {"path": tiny_model_path},
+                        "embed": {"part_rows": 60}})
+    out = tmp_path / "out"
+    first = embed_corpus(cfg, str(out))
+    assert first["parts"] == 2 and first["resumed_rows"] == 0
+    before = read_embeddings(str(out))
+    kept = {name: os.stat(out / "part-00000" / name).st_mtime_ns for name in os.listdir(out / "part-00000")}
+
+    (out / "MANIFEST.json").unlink()  # the driver died while embedding part 1: part 0 is committed, part 1 is half written
+    (out / "part-00001" / "MANIFEST.json").unlink()
+    for name in os.listdir(out / "part-00001"):
+        (out / "part-00001" / name).write_bytes(b"half a file")
+    again = embed_corpus(cfg, str(out))
+    assert again["resumed_rows"] == 60 and again["rows"] == 120  # half of the work was saved
+    assert {name: os.stat(out / "part-00000" / name).st_mtime_ns for name in os.listdir(out / "part-00000")} == kept
+    after = read_embeddings(str(out))
+    assert list(after[0]) == list(before[0]) and sorted(after[0]) == sorted(f"f{f}-{i}" for f in range(4) for i in range(30))
+    np.testing.assert_allclose(after[1], before[1], atol=1e-6)
+
+
 def test_s3_round_trip(ray_session, s3_storage, tiny_model_path, tmp_path):
     import boto3
 

@@ -6,6 +6,12 @@ cluster has GPUs), and the actors' output is written by Ray as Parquet shards
 with ``id`` and ``embedding`` (fixed-size list). ``MANIFEST.json`` is written
 last, so a crash leaves no readable partial output.
 
+The corpus files are grouped into parts of about ``embed.part_rows`` rows, each embedded
+into ``OUTPUT/part-NNNNN/`` and committed with its own manifest. A re-run after a driver
+crash keeps the committed parts and embeds only the rest; the output's manifest counts
+the rows it reused (``resumed_rows``). Rows are in file order: part by part, and readers take
+the shards in sorted path order.
+
 Example::
 
     summary = embed_corpus(load_config(overrides={"corpus.path": "corpus.jsonl"}), "out/embeddings")
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import time
 from typing import Any, Optional
 
@@ -154,7 +161,7 @@ def write_embeddings(ds, out: storage.Location) -> int:
 
 
 def embed_corpus(cfg: RunConfig, output: str, corpus: Optional[ValidatedCorpus] = None, prefix: str = "") -> dict:
-    """Validate, embed and commit a corpus into ``output``. Returns the manifest.
+    """Validate, embed and commit a corpus into ``output`` (resuming its committed parts). Returns the manifest.
 
     ``prefix`` goes before every text (a query prompt such as ``"query: "``).
 
@@ -168,15 +175,62 @@ def embed_corpus(cfg: RunConfig, output: str, corpus: Optional[ValidatedCorpus] 
         raise storage.StorageError(f"{out.url} is already committed; choose a new output path")
     corpus = corpus or validate_corpus(cfg.corpus)
     model_path = cfg.model.path or default_model_path()
-    storage.prepare_output(out)
-    ds = embed_tables(corpus_dataset(corpus, cfg.corpus.id_column, cfg.corpus.text_column), cfg.model, cfg.embed, model_path, prefix)
-    rows = write_embeddings(ds, out)
-    if rows != corpus.num_valid:
-        raise storage.StorageError(f"{out.url}: wrote {rows} rows, expected {corpus.num_valid}; not committed")
+    parts = split_parts(corpus, cfg.embed.part_rows)
+    _clear_strays(out, len(parts))
+    rows = resumed_rows = 0
+    for number, files in enumerate(parts):
+        part_dir = out.join(f"part-{number:05d}")
+        expected = sum(corpus.valid_rows(i) for i in files)
+        urls = [corpus.files[i].url for i in files]
+        if storage.is_committed(part_dir) and storage.read_manifest(part_dir).get("files") == urls \
+                and storage.read_manifest(part_dir).get("rows") == expected:
+            rows += expected
+            resumed_rows += expected
+            continue
+        part = corpus.subset(files)
+        storage.prepare_output(part_dir)
+        ds = embed_tables(corpus_dataset(part, cfg.corpus.id_column, cfg.corpus.text_column), cfg.model, cfg.embed, model_path, prefix)
+        written = write_embeddings(ds, part_dir)
+        if written != expected:
+            raise storage.StorageError(f"{part_dir.url}: wrote {written} rows, expected {expected}; not committed")
+        storage.commit(part_dir, {"kind": "embeddings-part", "files": urls, "rows": written})
+        rows += written
+    if resumed_rows:
+        logger.info("resumed: %d of %d rows were already embedded in committed parts", resumed_rows, rows)
     seconds = time.perf_counter() - started
     manifest = embeddings_manifest(cfg, model_path, rows, seconds, corpus)
+    manifest.update(parts=len(parts), resumed_rows=resumed_rows)
     storage.commit(out, manifest)
     return manifest
+
+
+def split_parts(corpus: ValidatedCorpus, part_rows: int) -> list[list[int]]:
+    """Consecutive groups of file indices holding about ``part_rows`` valid rows each (whole files).
+
+    Example::
+
+        split_parts(corpus_of_rows([600, 600, 600]), 1000)   # [[0, 1], [2]]
+    """
+    parts: list[list[int]] = [[]]
+    filled = 0
+    for index in range(len(corpus.files)):
+        if filled >= part_rows:
+            parts.append([])
+            filled = 0
+        parts[-1].append(index)
+        filled += corpus.valid_rows(index)
+    return parts
+
+
+def _clear_strays(out: storage.Location, num_parts: int) -> None:
+    """Remove what a crashed run left in ``out`` besides its part folders (a re-run starts clean there)."""
+    keep = {f"part-{number:05d}" for number in range(num_parts)}
+    if not out.fs.exists(out.path):
+        out.fs.makedirs(out.path, exist_ok=True)
+        return
+    for path in out.fs.ls(out.path, detail=False):
+        if posixpath.basename(path.rstrip("/")) not in keep:
+            out.fs.rm(path, recursive=True)
 
 
 def embed_or_reuse(cfg: RunConfig, out: storage.Location, corpus: Optional[ValidatedCorpus] = None, prefix: str = "") -> dict:
