@@ -110,3 +110,28 @@ def test_cuda_fp16_exact_matches_cpu():
     _, cpu_rows = exact_search(queries, corpus, 10)
     _, gpu_rows = exact_search(queries, corpus, 10, device="cuda", dtype="float16")
     assert recall_at_k(gpu_rows, cpu_rows) >= 0.99
+
+
+def test_a_killed_shard_actor_reloads_its_shard_and_answers_the_same(ray_session, tmp_path):
+    import os
+    import signal
+
+    import ray._private.state
+
+    rng = np.random.default_rng(5)
+    path = write_embeddings_dir(tmp_path / "emb", unit(rng, 300), files=4)
+    queries = unit(rng, 20)
+    index = open_index(path, IndexConfig(num_shards=2))
+    try:
+        want = index.search(queries, 10)
+        alive = [a for a in ray._private.state.actors().values()
+                 if a["ActorClassName"].endswith("ShardActor") and a["State"] == "ALIVE"]
+        assert len(alive) == 2
+        os.kill(alive[0]["Pid"], signal.SIGKILL)
+        got = index.search(queries, 10)
+        restarted = [a for a in ray._private.state.actors().values() if a["ActorID"] == alive[0]["ActorID"]]
+    finally:
+        index.close()
+    assert restarted[0]["NumRestarts"] >= 1
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
