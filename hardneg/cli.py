@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="the re-mining loop: mine, train a block, re-mine, ... to train.epochs",
                                 epilog=EXIT_CODES)
-    train.add_argument("config", help="YAML config file (local or s3://); RUN_DIR/run.yaml continues a run")
-    train.add_argument("--max-blocks", type=int, default=None, help="train at most this many blocks now (orchestrators: 1)")
+    train.add_argument("config", help="YAML config file (local or s3://), or a run directory to continue (its run.yaml)")
+    train.add_argument("--max-blocks", type=int, default=None, help="train at most this many blocks now (orchestrators: 1; 0 only makes round 0)")
     add_config_flags(train, ["train", "model", "mine", "index", "queries", "corpus", "embed", "storage", "ray"])
 
     remine = commands.add_parser("remine", help="turn the newest checkpoint into the next round (idempotent)", epilog=EXIT_CODES)
@@ -167,13 +167,14 @@ def _run_round(cfg: RunConfig) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from hardneg import storage
     from hardneg.pipelines.loop import train_loop
     from hardneg.pipelines.remine import run_state
     from hardneg.summary import run_summary
 
-    from hardneg import storage
-
-    cfg = load_config(args.config, overrides_from(args))
+    overrides = overrides_from(args)
+    is_run_dir = storage.exists(storage.resolve(args.config).join("run.yaml"))
+    cfg = load_run(args.config, overrides) if is_run_dir else load_config(args.config, overrides)
     if cfg.run_dir:
         cfg.run_dir = storage.resolve(cfg.run_dir).url  # Ray Train's storage_path must be absolute
     _start(cfg)
@@ -182,14 +183,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_run(run_dir: str) -> RunConfig:
+def load_run(run_dir: str, overrides: Optional[dict] = None) -> RunConfig:
     """The config of an existing run directory (its ``run.yaml``), with ``run_dir`` pointing at it."""
     from hardneg import storage
 
     loc = storage.resolve(run_dir)
     if not storage.exists(loc.join("run.yaml")):
         raise InputError(f"{run_dir}: not a hardneg run directory (no run.yaml); make one with `hardneg run` or `hardneg train`")
-    return load_config(loc.join("run.yaml").url, {"run_dir": loc.url})
+    return load_config(loc.join("run.yaml").url, {**(overrides or {}), "run_dir": loc.url})
 
 
 def cmd_remine(args: argparse.Namespace) -> int:

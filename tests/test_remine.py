@@ -121,3 +121,86 @@ def test_remine_resumes_a_half_done_round_of_the_same_checkpoint(round0, tiny_mo
     status, again = remine(cfg, tiny_model_path)
     assert status == "done" and again["round"] == 1 and again["counts"] == first["counts"]
     assert (run / "rounds" / "00001" / "embeddings" / "MANIFEST.json").read_text() == embeddings  # kept, not redone
+
+
+# --- the loop end to end ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_loop_two_rounds_resumes_after_a_stop_between_rounds(ray_session, real_pairs, tiny_model_path, tmp_path, capsys):
+    from hardneg.config import dump_config
+    from hardneg.encoder import Encoder
+    from hardneg.pipelines.loop import train_loop
+
+    cfg = loop_config(tmp_path, real_pairs, tiny_model_path, epochs=1)
+    first = train_loop(cfg)  # "killed" after block 0: round 0 mined, one block trained, no round 1
+    assert [(c.block, c.round, c.epoch, c.step) for c in first] == [(0, 0, 1, 2)]
+    state = run_state(cfg.run_dir)
+    assert [r.index for r in state.rounds] == [0]
+    round0 = (tmp_path / "run" / "rounds" / "00000" / "MANIFEST.json").read_text()
+
+    config = tmp_path / "run.yaml"
+    config.write_text(dump_config(cfg))
+    assert main(["train", str(config), "--epochs", "2"]) == 0  # `hardneg train` picks up where it stopped
+    assert "rounds (2)" in capsys.readouterr().out
+    state = run_state(cfg.run_dir)
+    assert [r.index for r in state.rounds] == [0, 1]
+    assert (tmp_path / "run" / "rounds" / "00000" / "MANIFEST.json").read_text() == round0  # round 0 not redone
+    block0, block1 = state.checkpoints
+    assert state.rounds[1].encoder == block0.id and state.rounds[1].manifest["model"] == block0.path
+    assert (block1.round, block1.epoch, block1.step) == (1, 2, 4)  # training resumed from block 0's checkpoint
+    assert block0.id.startswith("checkpoint_") and block1.path.startswith(str(tmp_path / "run" / "checkpoints"))
+    assert Encoder.load(block1.path).encode(["a query"]).shape == (1, 32)
+    rows = storage.read_table(round_dir(cfg.run_dir, 1).join("mined").url).to_pylist()
+    assert {row["encoder"] for row in rows} == {block0.id} and {row["round"] for row in rows} == {1}
+
+    assert main(["train", str(config), "--epochs", "2"]) == 0  # every block committed: nothing to do
+    assert len(run_state(cfg.run_dir).checkpoints) == 2
+    assert main(["remine", cfg.run_dir]) == 0  # the last checkpoint has not mined yet
+    assert "done: round 2" in capsys.readouterr().out
+    assert main(["remine", cfg.run_dir]) == 0
+    assert "nothing to do: round 2" in capsys.readouterr().out
+
+
+def test_orchestrator_tick_commands_run_in_order_and_repeat_safely(ray_session, real_pairs, tiny_model_path, tmp_path, capsys):
+    """The commands the Airflow DAG / Prefect flow run, through the CLI: tick 1 makes round 0 and trains
+    block 0; tick 2 re-mines round 1 with block 0's checkpoint; a repeated remine is a no-op."""
+    from hardneg.config import dump_config
+    from infra.orchestration import tick_commands
+
+    cfg = loop_config(tmp_path, real_pairs, tiny_model_path, epochs=1)
+    config = tmp_path / "job.yaml"
+    config.write_text(dump_config(cfg))
+    commands = tick_commands(str(config), cfg.run_dir)
+    assert [c[1] for c in commands] == ["train", "remine", "train"]
+
+    outputs = []
+    for command in commands:
+        assert main(command[1:]) == 0, command
+        outputs.append(capsys.readouterr())
+    assert json.loads(outputs[1].out)["round"] == 0 and "nothing to do: round 0" in outputs[1].err
+    state = run_state(cfg.run_dir)
+    assert [r.index for r in state.rounds] == [0] and [c.block for c in state.checkpoints] == [0]
+
+    assert main(commands[1][1:]) == 0  # tick 2: the new checkpoint mines round 1
+    made = json.loads(capsys.readouterr().out)
+    assert made["round"] == 1 and made["encoder"] == state.checkpoints[0].id
+    assert made["figures"]["eval"]["queries"] == made["heldout"]["queries"] > 0
+    assert main(commands[1][1:]) == 0
+    assert "nothing to do: round 1" in capsys.readouterr().err
+    assert main(commands[2][1:]) == 0  # train.epochs reached: nothing more to train
+    assert len(run_state(cfg.run_dir).checkpoints) == 1
+
+
+def test_airflow_and_prefect_files_import_without_them_and_use_the_same_commands():
+    import importlib
+
+    from infra.orchestration import tick_shell_lines
+
+    dag = importlib.import_module("infra.airflow_dag")
+    flow = importlib.import_module("infra.prefect_flow")
+    assert (dag.DAG is None) == (importlib.util.find_spec("airflow") is None)
+    assert (flow.flow is None) == (importlib.util.find_spec("prefect") is None)
+    assert tick_shell_lines("job.yaml", "runs/a") == [
+        "hardneg train job.yaml --max-blocks 0", "hardneg remine runs/a --json", "hardneg train runs/a --max-blocks 1",
+    ]

@@ -45,13 +45,17 @@ def train_loop(cfg: RunConfig, max_blocks: Optional[int] = None) -> list[Checkpo
     """Train the run of ``cfg`` to ``train.epochs``, re-mining between blocks; returns every block's checkpoint.
 
     Args:
-        max_blocks: train at most this many blocks in this call (an orchestrator trains one per tick).
+        max_blocks: train at most this many blocks in this call (an orchestrator trains one per tick;
+            0 only makes round 0).
     """
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set (the folder, local or s3://, that holds the rounds and checkpoints)")
     storage.resolve(cfg.run_dir).fs.makedirs(storage.resolve(cfg.run_dir).path, exist_ok=True)
     plan = block_epochs(cfg)
-    done = {info.block: info for info in run_state(cfg.run_dir).checkpoints}
+    state = run_state(cfg.run_dir)
+    if not state.rounds:
+        run_round(cfg, 0, holdout=True)
+    done = {info.block: info for info in state.checkpoints}
     todo = [block for block in range(len(plan)) if block not in done][:max_blocks]
     if not todo:
         logger.info("all %d training blocks are committed; nothing to do", len(plan))
@@ -60,7 +64,7 @@ def train_loop(cfg: RunConfig, max_blocks: Optional[int] = None) -> list[Checkpo
         if cfg.train.asynchronous:
             pending, manifest = _newest_round(cfg, pending)
         elif block == 0 or not cfg.train.remine_every:
-            manifest = run_round(cfg, 0, holdout=True)
+            manifest = run_state(cfg.run_dir).rounds[0].manifest
         else:
             manifest = remine(cfg, done[block - 1].path)[1]
         done[block] = _train_block(cfg, block, plan[block], manifest)
