@@ -204,3 +204,20 @@ def test_airflow_and_prefect_files_import_without_them_and_use_the_same_commands
     assert tick_shell_lines("job.yaml", "runs/a") == [
         "hardneg train job.yaml --max-blocks 0", "hardneg remine runs/a --json", "hardneg train runs/a --max-blocks 1",
     ]
+
+
+@pytest.mark.slow
+def test_asynchronous_loop_remines_on_a_task_while_the_next_block_trains(ray_session, real_pairs, tiny_model_path, tmp_path):
+    from hardneg.pipelines.loop import train_loop
+
+    cfg = loop_config(tmp_path, real_pairs, tiny_model_path, epochs=3, asynchronous=True, cpus_per_worker=0.5)
+    cfg.embed.cpus_per_actor = 0.5  # trainer 0.5 + Encoder actor 0.5 leave a CPU for tokenizer and read tasks
+    blocks = train_loop(cfg)
+    state = run_state(cfg.run_dir)
+    assert [(c.block, c.epoch) for c in blocks] == [(0, 1), (1, 2), (2, 3)]
+    # block 1 starts while round 1 is still being mined from block 0's checkpoint, so it trains on round 0
+    assert blocks[1].round == 0 and blocks[2].round in (0, 1)
+    # every re-mine started has committed by the end, each with the checkpoint that started it
+    encoders = [r.encoder for r in state.rounds]
+    assert encoders[0] == "base" and encoders[1] == blocks[0].id and len(encoders) in (2, 3)
+    assert all(r.manifest["figures"]["eval"]["queries"] > 0 for r in state.rounds)

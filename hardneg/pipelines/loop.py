@@ -11,6 +11,10 @@ Synchronous (default): block ``b`` trains on the round mined by block ``b-1``'s 
 Asynchronous (``train.asynchronous``): when a block ends, its checkpoint re-mines on a Ray task while
 the next block already trains on the newest committed round; a block starts on the new round once
 that round has committed (the switch happens at block, i.e. ``remine_every``-epoch, boundaries).
+The re-mine needs resources the trainer leaves free: its Encoder actor(s) and one CPU per tokenizer
+task. Where there are too few (2 CPUs: trainer 1 + Encoder actor 1 leaves none for tokenizing or for
+the trainer's own read tasks, and both wait forever), lower ``train.cpus_per_worker`` and
+``embed.cpus_per_actor`` (0.5 each there) so one whole CPU stays free.
 
 Example::
 
@@ -85,6 +89,8 @@ def _train_block(cfg: RunConfig, block: int, epochs: int, manifest: dict) -> Che
     result = fit_round(
         cfg.train, cfg.model.path or default_model_path(), round_dataset(cfg, manifest), checkpoints_dir(cfg.run_dir).url,
         RUN_NAME, epochs=epochs, fit_id=f"block-{block:05d}", query_prompt=cfg.model.query_prompt,
+        resources_per_worker=None if cfg.train.cpus_per_worker is None else
+        {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
     )
     metrics = {**result.metrics, "seconds": round(time.perf_counter() - started, 3)}
     return record_block(cfg.run_dir, block, manifest["round"], epochs, result.checkpoint_path, metrics)
