@@ -54,14 +54,13 @@ def train_loop(cfg: RunConfig, max_blocks: Optional[int] = None) -> list[Checkpo
     """
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set (the folder, local or s3://, that holds the rounds and checkpoints)")
-    storage.resolve(cfg.run_dir).fs.makedirs(storage.resolve(cfg.run_dir).path, exist_ok=True)
     plan = block_epochs(cfg)
     state = run_state(cfg.run_dir)
     if not state.rounds:
         run_round(cfg, 0, holdout=True)
     done = {info.block: info for info in state.checkpoints}
     todo = [block for block in range(len(plan)) if block not in done][:max_blocks]
-    if not todo:
+    if len(done) == len(plan):
         logger.info("all %d training blocks are committed; nothing to do", len(plan))
     pending = None
     for block in todo:

@@ -96,8 +96,10 @@ def _committed_children(parent: storage.Location) -> list[tuple[int, storage.Loc
 def run_state(run_dir: str) -> RunState:
     """What a run directory holds, ignoring anything uncommitted. A missing directory is an empty run."""
     loc = storage.resolve(run_dir)
-    rounds = [RoundInfo(index, (m := storage.read_manifest(here))["encoder"], m)
-              for index, here in _committed_children(loc.join("rounds"))]
+    rounds = []
+    for index, here in _committed_children(loc.join("rounds")):
+        manifest = storage.read_manifest(here)
+        rounds.append(RoundInfo(index, manifest["encoder"], manifest))
     checkpoints = []
     for block, here in _committed_children(checkpoints_dir(run_dir).join("blocks")):
         record = storage.read_manifest(here)
