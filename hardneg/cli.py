@@ -6,11 +6,18 @@ reachable as ``--SECTION-FIELD`` (``--embed-batch-size``, ``--index-nprobe``).
 Flags override the ``--config`` YAML, which overrides the defaults.
 
 Exit codes: 0 done (or nothing to do), 1 failure, 2 bad input or config.
+
+``hardneg train CONFIG`` runs the re-mining loop (round 0, then blocks of ``train.remine_every``
+epochs, each followed by a round re-mined with the new checkpoint). ``hardneg remine RUN_DIR`` is
+the orchestrator's step: the newest checkpoint (or ``--checkpoint PATH``) becomes the next round;
+it prints ``done`` or ``nothing to do`` (exit 0 both), and with ``--json`` only the round manifest
+goes to stdout. ``hardneg inspect RUN_DIR`` lists the committed rounds and checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -20,9 +27,11 @@ from typing import Any, Callable, Optional, Sequence
 from pydantic import BaseModel
 
 from hardneg.config import RunConfig, load_config, parse_config
-from hardneg.errors import HardnegError
+from hardneg.errors import HardnegError, InputError
 
 logger = logging.getLogger("hardneg")
+
+EXIT_CODES = "exit codes: 0 done or nothing to do, 1 failure, 2 bad input or config"
 
 SECTIONS = {name: field.annotation for name, field in RunConfig.model_fields.items() if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
 RENAMED = {"model.path": "model", "index.backend": "index", "corpus.path": "corpus", "queries.path": "queries"}
@@ -68,7 +77,8 @@ def overrides_from(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hardneg", description="Hard-negative mining for contrastive embedding models.")
+    parser = argparse.ArgumentParser(prog="hardneg", description="Hard-negative mining for contrastive embedding models.",
+                                     epilog=EXIT_CODES)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -87,6 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="embed -> index -> mine into a run directory")
     run.add_argument("config", help="YAML config file (local or s3://)")
     add_config_flags(run, ["corpus", "queries", "mine", "index", "embed", "model", "storage", "ray"])
+
+    train = commands.add_parser("train", help="the re-mining loop: mine, train a block, re-mine, ... to train.epochs",
+                                epilog=EXIT_CODES)
+    train.add_argument("config", help="YAML config file (local or s3://), or a run directory to continue (its run.yaml)")
+    train.add_argument("--max-blocks", type=int, default=None, help="train at most this many blocks now (orchestrators: 1; 0 only makes round 0)")
+    add_config_flags(train, ["train", "model", "mine", "index", "queries", "corpus", "embed", "storage", "ray"])
+
+    remine = commands.add_parser("remine", help="turn the newest checkpoint into the next round (idempotent)", epilog=EXIT_CODES)
+    remine.add_argument("run_dir", help="run directory (local or s3://) holding run.yaml")
+    remine.add_argument("--checkpoint", default="latest", help="'latest' (the newest recorded) or a checkpoint folder")
+    remine.add_argument("--json", action="store_true", help="print only the round manifest as JSON on stdout")
+
+    inspect = commands.add_parser("inspect", help="committed rounds (encoder, counts, figures, eval) and checkpoints",
+                                  epilog=EXIT_CODES)
+    inspect.add_argument("run_dir", help="run directory (local or s3://)")
+    inspect.add_argument("--json", action="store_true", help="print the rounds and checkpoints as JSON")
     return parser
 
 
@@ -140,7 +166,61 @@ def _run_round(cfg: RunConfig) -> int:
     return 0
 
 
-COMMANDS = {"embed": cmd_embed, "mine": cmd_mine, "run": cmd_run}
+def cmd_train(args: argparse.Namespace) -> int:
+    from hardneg import storage
+    from hardneg.pipelines.loop import train_loop
+    from hardneg.pipelines.remine import run_state
+    from hardneg.summary import run_summary
+
+    overrides = overrides_from(args)
+    is_run_dir = storage.exists(storage.resolve(args.config).join("run.yaml"))
+    cfg = load_run(args.config, overrides) if is_run_dir else load_config(args.config, overrides)
+    if cfg.run_dir:
+        cfg.run_dir = storage.resolve(cfg.run_dir).url  # Ray Train's storage_path must be absolute
+    _start(cfg)
+    train_loop(cfg, args.max_blocks)
+    print(run_summary(run_state(cfg.run_dir)))
+    return 0
+
+
+def load_run(run_dir: str, overrides: Optional[dict] = None) -> RunConfig:
+    """The config of an existing run directory (its ``run.yaml``), with ``run_dir`` pointing at it."""
+    from hardneg import storage
+
+    loc = storage.resolve(run_dir)
+    if not storage.exists(loc.join("run.yaml")):
+        raise InputError(f"{run_dir}: not a hardneg run directory (no run.yaml); make one with `hardneg run` or `hardneg train`")
+    return load_config(loc.join("run.yaml").url, {**(overrides or {}), "run_dir": loc.url})
+
+
+def cmd_remine(args: argparse.Namespace) -> int:
+    from hardneg.pipelines.remine import remine
+
+    cfg = load_run(args.run_dir)
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        _start(cfg)
+        status, manifest = remine(cfg, args.checkpoint)
+    line = f"hardneg remine: {status}: round {manifest['round']} (encoder {manifest['encoder']})"
+    if args.json:
+        print(line, file=sys.stderr)
+        print(json.dumps(manifest, sort_keys=True, default=str))
+    else:
+        print(line)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from hardneg.pipelines.remine import run_state
+    from hardneg.summary import run_summary
+
+    state = run_state(load_run(args.run_dir).run_dir)
+    print(json.dumps(asdict(state), sort_keys=True, default=str) if args.json else run_summary(state))
+    return 0
+
+
+COMMANDS = {"embed": cmd_embed, "mine": cmd_mine, "run": cmd_run, "train": cmd_train, "remine": cmd_remine, "inspect": cmd_inspect}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -167,6 +167,10 @@ class TrainConfig(Section):
     negatives_per_row: int = Field(1, ge=0, description="Mined negatives used per row in the loss.")
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
+    cpus_per_worker: Optional[float] = Field(
+        None, gt=0, description="CPUs each training worker reserves; Ray's default (1) when unset. Lower it so an "
+        "asynchronous re-mine finds CPUs for its Encoder actor and tokenizer tasks on a small machine."
+    )
     max_steps_per_epoch: Optional[int] = Field(None, ge=1)
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Held-out share of the queries for evaluation.")
     eval_k: int = Field(10, ge=1)

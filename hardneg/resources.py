@@ -69,7 +69,7 @@ def plan_resources(cfg: RunConfig, cluster: Optional[dict] = None) -> ResourcePl
     cpus_per_actor = float(embed.cpus_per_actor or 1.0)
     # A CPU actor runs torch on cores it shares with the tokenizer tasks; Ray would pin it to
     # num_cpus threads (OMP_NUM_THREADS), which on a small machine halves throughput.
-    threads = int(embed.cpus_per_actor) if embed.cpus_per_actor else max(1, int(cpus) // num_actors)
+    threads = max(1, round(embed.cpus_per_actor)) if embed.cpus_per_actor else max(1, int(cpus) // num_actors)
     tokenize_cpus = max(1.0, cpus - num_actors * cpus_per_actor)
     store = cfg.ray.object_store_memory or cluster.get("object_store_memory")
     shard_cpus, shard_gpus = shard_resources(cfg.index.num_shards, cluster, cfg.index.device)

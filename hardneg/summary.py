@@ -108,6 +108,31 @@ def _stage_lines(manifest: dict, lines: list[str]) -> str:
     for name, stage in manifest["stages"].items():
         lines.append(f"    {name:<15}: {stage['seconds']:9.2f} {stage['rows']:9,} {stage['rows_per_second']:11,.0f}")
     lines.append(f"  total            : {manifest['seconds']:.1f} s")
+    if f.get("eval"):
+        lines.append(f"  held-out eval    : {_eval_text(f)}")
     for name, url in manifest["outputs"].items():
         lines.append(f"  {name + ' parquet':<17}: {url}")
+    return "\n".join(lines)
+
+
+def _eval_text(figures: dict) -> str:
+    ev = figures.get("eval")
+    if not ev:
+        return "-"
+    recall = ev[f"recall@{ev['k']}"]
+    return f"recall@{ev['k']} {recall:.4f}  ndcg@10 {ev['ndcg@10']:.4f}  ({ev['queries']} held-out)"
+
+
+def run_summary(state) -> str:
+    """Rounds (encoder, rows, negatives/query, held-out eval) and recorded checkpoints of a ``RunState``."""
+    lines = [f"hardneg run {state.run_dir}", f"  rounds ({len(state.rounds)}):"]
+    for r in state.rounds:
+        f = r.manifest["figures"]
+        lines.append(f"    {r.index:5d}  encoder {r.encoder:<40} rows {f['rows']:>8,}  neg/query {f['negatives_per_query']:.2f}"
+                     f"  eval {_eval_text(f)}")
+    lines.append(f"  checkpoints ({len(state.checkpoints)}):")
+    for c in state.checkpoints:
+        loss = f"  loss {c.metrics['loss']:.4f}" if "loss" in c.metrics else ""
+        lines.append(f"    block {c.block}  {c.id}  epoch {c.epoch}  step {c.step}  trained on round {c.round}{loss}")
+        lines.append(f"      {c.path}")
     return "\n".join(lines)

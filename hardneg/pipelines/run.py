@@ -10,6 +10,7 @@
     RUN_DIR/rounds/NNNNN/mined/           the mined table (DESIGN.md schema)
     RUN_DIR/rounds/NNNNN/<format>/        the triplet / n-tuple / labeled-pair view, when asked
     RUN_DIR/rounds/NNNNN/batches/         mine.batches: rows with batch_id (geographic and mixed miners)
+    RUN_DIR/rounds/NNNNN/eval/            held-out recall@k / nDCG@10 of the round's encoder (training loop only)
     RUN_DIR/rounds/NNNNN/MANIFEST.json    written last: the round exists once it does
 
 ``mine.miner=geographic`` rounds skip the model: see ``hardneg.pipelines.geo``; ``mine.miner=mixed``
@@ -27,12 +28,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Optional
 
 from hardneg import storage
 from hardneg.config import CorpusConfig, RunConfig, dump_config
 from hardneg.errors import ConfigError
 from hardneg.pipelines.embed import embed_or_reuse
+from hardneg.pipelines.heldout import evaluate_round, split_queries
 from hardneg.pipelines.inputs import prepare_inputs
 from hardneg.pipelines.geo import geo_round
 from hardneg.pipelines.mixed import mixed_round
@@ -46,12 +49,16 @@ def round_dir(run_dir: str, round_index: int) -> storage.Location:
     return storage.resolve(run_dir).join("rounds", f"{round_index:05d}")
 
 
-def run_round(cfg: RunConfig, round_index: int = 0, model_path: Optional[str] = None, encoder: str = "base") -> dict:
+def run_round(
+    cfg: RunConfig, round_index: int = 0, model_path: Optional[str] = None, encoder: str = "base", holdout: bool = False
+) -> dict:
     """Make round ``round_index`` of ``cfg.run_dir`` (resuming its committed stages); returns its manifest.
 
     Args:
         model_path: the encoder that embeds this round (a checkpoint dir); ``cfg.model.path`` when None.
         encoder: the checkpoint id written into the rows and the manifest.
+        holdout: leave ``train.eval_fraction`` of the queries out of the mined rows and evaluate the
+            round's encoder on them (``hardneg.pipelines.heldout``); what the training loop does.
     """
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set (the folder, local or s3://, that holds the rounds)")
@@ -73,6 +80,7 @@ def run_round(cfg: RunConfig, round_index: int = 0, model_path: Optional[str] = 
     stages: dict[str, dict] = {}
     inputs = prepare_inputs(cfg, run_dir)
     stages["prepare_inputs"] = stage_timing(started, inputs.queries.num_rows)
+    train_queries, heldout_queries = split_queries(inputs.queries, cfg.train) if holdout else (inputs.queries, None)
 
     embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": inputs.corpus_cfg}), here.join("embeddings"), inputs.corpus)
     stages["embed_corpus"] = {"seconds": embeddings["seconds"], "rows": embeddings["rows"], "rows_per_second": embeddings["rows_per_second"]}
@@ -85,8 +93,14 @@ def run_round(cfg: RunConfig, round_index: int = 0, model_path: Optional[str] = 
     if storage.is_committed(mined_dir):
         mined_manifest = storage.read_manifest(mined_dir)
     else:
-        mined_manifest = _mine(cfg, inputs, here, round_index, encoder)
+        mined_manifest = _mine(cfg, replace(inputs, queries=train_queries), here, round_index, encoder)
     stages.update(mined_manifest["stages"])
+    round_figures = dict(mined_manifest["figures"])
+    if heldout_queries is not None and heldout_queries.num_rows:
+        round_figures["eval"] = evaluate_round(cfg, here, heldout_queries)
+        seconds = round_figures["eval"]["seconds"]
+        stages["eval"] = {"seconds": seconds, "rows": heldout_queries.num_rows,
+                          "rows_per_second": round(heldout_queries.num_rows / max(seconds, 1e-9), 1)}
     outputs = {"mined": mined_dir.url}
     if cfg.mine.format != "default":
         outputs[cfg.mine.format] = _view(cfg, mined_dir, here.join(cfg.mine.format))
@@ -101,7 +115,9 @@ def run_round(cfg: RunConfig, round_index: int = 0, model_path: Optional[str] = 
         "config": cfg.model_dump(mode="json"),
         "counts": {"corpus": embeddings["rows"], "queries": query_embeddings["rows"], "rows": mined_manifest["rows"]},
         "stages": stages,
-        "figures": mined_manifest["figures"],
+        "figures": round_figures,
+        "heldout": {"fraction": cfg.train.eval_fraction, "seed": cfg.train.seed,
+                    "queries": heldout_queries.num_rows} if heldout_queries is not None else None,
         "outputs": outputs,
         "seconds": round(sum(stage["seconds"] for stage in stages.values()), 3),
     }

@@ -48,14 +48,29 @@ def retrieval_metrics(
     query_vecs, corpus_vecs = np.asarray(query_vecs, np.float32), np.asarray(corpus_vecs, np.float32)
     if len(relevant) != query_vecs.shape[0]:
         raise InputError(f"relevant has {len(relevant)} entries for {query_vecs.shape[0]} queries")
+    return ranking_metrics(top_k_ids(query_vecs, corpus_vecs, k), relevant, k)
+
+
+def ranking_metrics(ranked: np.ndarray, relevant: Sequence[set[int]], k: int = 10) -> dict[str, float]:
+    """Mean recall@k and nDCG@k of rankings already made (by any search backend).
+
+    Args:
+        ranked: ``(Q, >= k)`` corpus row numbers, best first (``-1`` pads past the corpus).
+        relevant: per query, the set of relevant corpus row numbers (not empty).
+
+    Example::
+
+        ranking_metrics(np.array([[3, 1]]), [{1}], k=2)   # {"recall@2": 1.0, "ndcg@2": 0.6309...}
+    """
+    if len(relevant) != len(ranked):
+        raise InputError(f"relevant has {len(relevant)} entries for {len(ranked)} rankings")
     empty = [row for row, ids in enumerate(relevant) if not ids]
     if empty:
         raise InputError(f"relevant: query rows {empty[:5]} have no relevant corpus row")
-    ranked = top_k_ids(query_vecs, corpus_vecs, k)
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     recalls, ndcgs = [], []
     for row, ids in enumerate(relevant):
-        hits = np.array([doc in ids for doc in ranked[row]], dtype=np.float64)
+        hits = np.array([doc in ids for doc in ranked[row][:k]], dtype=np.float64)
         recalls.append(hits.sum() / len(ids))
         ideal = discounts[: min(len(ids), k)].sum()
         ndcgs.append((hits * discounts[: len(hits)]).sum() / ideal)
