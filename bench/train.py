@@ -119,12 +119,15 @@ def main() -> None:
     data = base_config(args, args.out)
     round0_dir = os.path.join(args.out, "round0")
     round0 = run_round(parse_config({**data, "run_dir": round0_dir}), 0, holdout=True)
-    results = [run_arm(name, data, round0_dir, args.out) for name in args.arms.split(",")]
-    print(f"\n{round0['counts']['queries']} queries ({round0['heldout']['queries']} held out), corpus {round0['counts']['corpus']}, "
-          f"round 0 mined in {round0['seconds']:.1f} s; {args.epochs} epochs x {args.steps} steps, batch {args.batch_size}\n")
-    print(table(round0["figures"]["eval"], results))
-    with open(os.path.join(args.out, "results.json"), "w") as handle:
-        json.dump({"args": vars(args), "round0": round0["figures"]["eval"], "arms": results}, handle, indent=2)
+    results = []
+    for name in args.arms.split(","):  # the table so far after every arm, in case the run is cut short
+        results.append(run_arm(name, data, round0_dir, args.out))
+        print(f"\n{round0['counts']['queries']} queries ({round0['heldout']['queries']} held out), corpus "
+              f"{round0['counts']['corpus']}, round 0 mined in {round0['seconds']:.1f} s; {args.epochs} epochs x "
+              f"{args.steps} steps, batch {args.batch_size}\n", flush=True)
+        print(table(round0["figures"]["eval"], results), flush=True)
+        with open(os.path.join(args.out, "results.json"), "w") as handle:
+            json.dump({"args": vars(args), "round0": round0["figures"]["eval"], "arms": results}, handle, indent=2)
 
 
 if __name__ == "__main__":
