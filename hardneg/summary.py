@@ -108,8 +108,8 @@ def _stage_lines(manifest: dict, lines: list[str]) -> str:
     for name, stage in manifest["stages"].items():
         lines.append(f"    {name:<15}: {stage['seconds']:9.2f} {stage['rows']:9,} {stage['rows_per_second']:11,.0f}")
     lines.append(f"  total            : {manifest['seconds']:.1f} s")
-    if f.get("eval"):
-        lines.append(f"  held-out eval    : {_eval_text(f)}")
+    if manifest["figures"].get("eval"):
+        lines.append(f"  held-out eval    : {_eval_text(manifest['figures'])}")
     for name, url in manifest["outputs"].items():
         lines.append(f"  {name + ' parquet':<17}: {url}")
     return "\n".join(lines)

@@ -22,9 +22,8 @@ def encoder_actors(state=None):
 
 
 def parquet_files(folder):
-    if not os.path.isdir(folder):
-        return []
-    return [name for name in os.listdir(folder) if name.endswith(".parquet")]
+    """Parquet files anywhere under ``folder`` (the embed stage writes them into ``part-NNNNN/``)."""
+    return [name for _, _, names in os.walk(folder) for name in names if name.endswith(".parquet")]
 
 
 class KillAfterFirstShard(threading.Thread):
