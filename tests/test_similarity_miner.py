@@ -42,11 +42,11 @@ def test_range_max_caps_the_candidate_pool():
     assert result.removed["range"] == 6 + 1  # 14..19 beyond the pool, 11 below range_min
 
 
-def test_range_max_counts_after_score_filters_remove_candidates():
-    # max_score removes 11 and 12 from the pool of 4 (11..14): survivors 13, 14.
+def test_range_max_ranks_the_survivors_of_the_score_filters():
+    # As ST: max_score removes 11 and 12, then the window [0, 4) is over the survivors 13..19.
     result = mine(MineConfig(num_negatives=3, range_max=4, max_score=0.75))
-    assert result.negative_rows.tolist() == [[13, 14, -1]]
-    assert result.removed["max_score"] == 2
+    assert result.negative_rows.tolist() == [[13, 14, 15]]
+    assert result.removed["max_score"] == 2 and result.removed["range"] == 3  # 17, 18, 19 beyond the window
 
 
 def test_max_score_keeps_scores_equal_to_it():
@@ -113,8 +113,8 @@ def test_random_sampling_is_seeded_varies_by_seed_and_uses_only_survivors():
     other = mine_similarity(rows, scores, positives, positive_scores, params, seed=8)
     assert np.array_equal(first.negative_rows, again.negative_rows)
     assert not np.array_equal(first.negative_rows, other.negative_rows)
-    # Pool: 11..16, minus 11 (max_score): survivors 12..16.
-    assert set(np.unique(first.negative_rows)) == {12, 13, 14, 15, 16}
+    # 11 goes (max_score); the window is the first 6 survivors: 12..17.
+    assert set(np.unique(first.negative_rows)) == {12, 13, 14, 15, 16, 17}
     assert (first.counts == 3).all()
     assert (np.diff(first.negative_scores, axis=1) <= 0).all()  # returned by descending score
     assert len({tuple(row) for row in first.negative_rows}) > 5
@@ -193,10 +193,9 @@ def test_removed_counts_each_candidate_once_in_filter_order():
     corpus_groups[[10, 11]] = 1  # 10 is the positive: counted as positive, not group
     params = MineConfig(num_negatives=2, range_min=1, range_max=6, max_score=0.75, min_score=0.45)
     result = mine(params, corpus_groups=corpus_groups, query_groups=np.array([1]))
-    # positive: 10; group: 11; pool 12..17, 18..19 out of range; max_score: 12; min_score: 16, 17;
-    # survivors 13, 14, 15: range_min drops 13.
+    # positive: 10; group: 11; max_score: 12; min_score: 16..19; survivors 13, 14, 15: range_min drops 13.
     assert result.removed == {"positive": 1, "group": 1, "duplicate_text": 0, "absolute_margin": 0,
-                              "relative_margin": 0, "max_score": 1, "min_score": 2, "range": 3}
+                              "relative_margin": 0, "max_score": 1, "min_score": 4, "range": 1}
     assert result.negative_rows.tolist() == [[14, 15]]
     assert sum(result.removed.values()) + result.counts.sum() == (ROWS >= 0).sum()
 

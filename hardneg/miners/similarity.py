@@ -10,9 +10,9 @@ is the same:
 1. Identity filters (false negatives by construction): the query's own positives
    (``"positive"``), items of the query's group (``"group"``), items whose text equals a
    positive's or the query's (``"duplicate_text"``, when ``exclude_duplicate_texts``).
-2. Candidate pool: the first ``range_max`` candidates left after step 1 (ST fetches
-   ``range_max + max_positives`` neighbours and masks the positives: the same pool).
-   Candidates beyond it count as ``"range"``. ``range_max=None``: all ``k`` candidates given.
+2. Candidate pool: every candidate given. Pipelines fetch ``range_max + max_positives``
+   neighbours per query, ``max_positives`` taken over the whole query set, as ST does, so
+   the pool reaches as deep as ST's whatever the filters remove.
 3. Score filters, in ST's order, each keeping a candidate when:
    ``absolute_margin``: ``score + margin <= positive_score`` (margin 0: no negative above the positive);
    ``relative_margin``: ``score <= positive_score - |positive_score| * margin``
@@ -270,10 +270,6 @@ def mine_similarity(
                                       forbidden, params.exclude_duplicate_texts).items():
         removed[name] += int((mask & alive).sum())
         alive &= ~mask
-    if params.range_max is not None:
-        outside_pool = alive & (np.cumsum(alive, axis=1) > params.range_max)
-        removed["range"] += int(outside_pool.sum())
-        alive &= ~outside_pool
     for name, mask in _score_masks(scores, valid, positive_scores, params).items():
         removed[name] += int((mask & alive).sum())
         alive &= ~mask
