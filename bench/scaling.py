@@ -25,15 +25,26 @@ sys.path.insert(0, HERE)
 def arm(pairs_path: str, workers: int, cpus_per_node: float) -> dict:
     from ray.cluster_utils import Cluster
 
-    from hardneg.config import parse_config
-    from hardneg.pipelines.run import run_round
     from hardneg.ray_runtime import init_ray
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     for _ in range(workers):
         cluster.add_node(num_cpus=cpus_per_node)
     cluster.wait_for_nodes()
-    init_ray(address=cluster.address)
+    try:
+        init_ray(address=cluster.address)
+        return _round(pairs_path, workers)
+    finally:
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _round(pairs_path: str, workers: int) -> dict:
+    from hardneg.config import parse_config
+    from hardneg.pipelines.run import run_round
+
     cfg = parse_config({
         "run_dir": tempfile.mkdtemp(prefix="hardneg-scaling-"), "queries": {"path": pairs_path},
         "embed": {"num_actors": workers, "cpus_per_actor": 1, "block_size": 256},  # the other CPU tokenizes
