@@ -182,8 +182,8 @@ def embed_corpus(cfg: RunConfig, output: str, corpus: Optional[ValidatedCorpus] 
         part_dir = out.join(f"part-{number:05d}")
         expected = sum(corpus.valid_rows(i) for i in files)
         urls = [corpus.files[i].url for i in files]
-        if storage.is_committed(part_dir) and storage.read_manifest(part_dir).get("files") == urls \
-                and storage.read_manifest(part_dir).get("rows") == expected:
+        done = storage.read_manifest(part_dir) if storage.is_committed(part_dir) else {}
+        if done.get("files") == urls and done.get("rows") == expected:
             rows += expected
             resumed_rows += expected
             continue

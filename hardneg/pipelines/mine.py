@@ -90,13 +90,13 @@ def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embe
     unique_rows, inverse = np.unique(positive_rows, return_inverse=True)
     positive_vectors = gather_vectors(view.files, unique_rows)[inverse]
     pair_scores = np.einsum("ij,ij->i", query_vectors[pair_query], positive_vectors).astype(np.float32)
-    query_texts = queries.column("query").to_pylist()
-    scorer = None
+    scorer = query_texts = None
     if cfg.mine.cross_encoder:
         from hardneg.pipelines.rescore import CrossEncoderScorer
 
         scorer = CrossEncoderScorer(cfg.mine.cross_encoder, cfg.mine.cross_encoder_batch_size, device=cfg.index.device,
                                     trust_remote_code=cfg.model.trust_remote_code)
+        query_texts = queries.column("query").to_pylist()
         positive_texts = view.texts.take(pa.array(positive_rows)).to_pylist()
         pair_scores = scorer.score([query_texts[i] for i in pair_query], positive_texts)
     # ST's margins compare against the query's hardest (lowest-scoring) positive.
