@@ -144,7 +144,9 @@ def corpus_dataset(corpus: ValidatedCorpus, id_column: str, text_column: str):
         return read_corpus_file(specs[int(batch["file"][0])], id_column, text_column)
 
     files = ray.data.from_items([{"file": index} for index in range(len(specs))], override_num_blocks=len(specs))
-    return files.map_batches(read, batch_size=1, batch_format="numpy", num_cpus=1)
+    # Half a CPU: reading is I/O, and a different CPU request keeps Ray Data from fusing it with tokenizing,
+    # whose tasks would otherwise take block_size *files* each instead of block_size texts.
+    return files.map_batches(read, batch_size=1, batch_format="numpy", num_cpus=0.5)
 
 
 def write_embeddings(ds, out: storage.Location) -> int:
