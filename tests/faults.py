@@ -10,15 +10,20 @@ import threading
 import time
 
 
-def encoder_actors(state=None):
-    """Ray Data's Encoder actor-pool workers (class ``MapWorker(MapBatches(EncoderActor))``): ``[{"actor_id", "pid", "node_id", "state", "restarts"}]``."""
+def actors_of(class_name, state=None):
+    """Actors whose class name contains ``class_name``: ``[{"actor_id", "pid", "node_id", "state", "restarts"}]``."""
     import ray._private.state
 
     return [
         {"actor_id": a["ActorID"], "pid": a["Pid"], "node_id": a["Address"]["NodeID"], "state": a["State"], "restarts": a["NumRestarts"]}
         for a in ray._private.state.actors().values()
-        if "EncoderActor" in a["ActorClassName"] and (state is None or a["State"] == state)
+        if class_name in a["ActorClassName"] and (state is None or a["State"] == state)
     ]
+
+
+def encoder_actors(state=None):
+    """Ray Data's Encoder actor-pool workers (class ``MapWorker(MapBatches(EncoderActor))``)."""
+    return actors_of("EncoderActor", state)
 
 
 def parquet_files(folder):

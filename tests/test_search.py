@@ -116,7 +116,7 @@ def test_a_killed_shard_actor_reloads_its_shard_and_answers_the_same(ray_session
     import os
     import signal
 
-    import ray._private.state
+    from faults import actors_of
 
     rng = np.random.default_rng(5)
     path = write_embeddings_dir(tmp_path / "emb", unit(rng, 300), files=4)
@@ -124,14 +124,13 @@ def test_a_killed_shard_actor_reloads_its_shard_and_answers_the_same(ray_session
     index = open_index(path, IndexConfig(num_shards=2))
     try:
         want = index.search(queries, 10)
-        alive = [a for a in ray._private.state.actors().values()
-                 if a["ActorClassName"].endswith("ShardActor") and a["State"] == "ALIVE"]
+        alive = actors_of("ShardActor", "ALIVE")
         assert len(alive) == 2
-        os.kill(alive[0]["Pid"], signal.SIGKILL)
+        os.kill(alive[0]["pid"], signal.SIGKILL)
         got = index.search(queries, 10)
-        restarted = [a for a in ray._private.state.actors().values() if a["ActorID"] == alive[0]["ActorID"]]
+        restarted = [a for a in actors_of("ShardActor") if a["actor_id"] == alive[0]["actor_id"]]
     finally:
         index.close()
-    assert restarted[0]["NumRestarts"] >= 1
+    assert restarted[0]["restarts"] >= 1
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
