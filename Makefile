@@ -20,10 +20,10 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/hardneg run examples/quickstart.yaml
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 PYTHONPATH=tests $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 PYTHONPATH=tests $(BIN)/python -m pytest -q --durations=15
 
 test-all: $(STAMP)
-	HF_HUB_OFFLINE=1 PYTHONPATH=tests $(BIN)/python -m pytest -q -m 'not gpu'
+	HF_HUB_OFFLINE=1 PYTHONPATH=tests $(BIN)/python -m pytest -q --durations=15 -m "not gpu"
 
 clean:
 	rm -rf runs bench/out

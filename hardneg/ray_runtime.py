@@ -6,6 +6,8 @@ import logging
 import os
 from typing import Optional, Sequence
 
+from hardneg import faults
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,6 +26,8 @@ def init_ray(
     if ray.is_initialized():
         return
     env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    if faults.enabled():
+        env[faults.GATE_ENV] = "1"
     if extra_pythonpath:
         paths = list(extra_pythonpath) + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -34,6 +38,8 @@ def init_ray(
         return
     logger.info("starting a local Ray instance")
     ray.init(
+        # "local": a new instance, never a cluster some earlier `ray start` (or a crashed test) left behind.
+        address="local",
         num_cpus=num_cpus,
         object_store_memory=object_store_memory,
         include_dashboard=False,

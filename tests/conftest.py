@@ -10,15 +10,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("HARDNEG_FAULT_GATE", "1")  # fault points report to a test's gate (hardneg/faults.py)
 
 import pytest
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+SLOW_TIMEOUT = 900  # seconds; the default run's tests get pyproject's 300
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    for item in items:
+        if "slow" in item.keywords and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

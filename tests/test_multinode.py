@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import TESTS_DIR, write_jsonl
-from faults import KillAfterFirstShard
+from faults import KillAtPoint, encoder_actors, fault_gate
 
 from hardneg import storage
 from hardneg.config import parse_config
@@ -69,9 +69,9 @@ def test_three_node_cluster_gives_the_single_node_result(ray_session, tiny_model
 
 @pytest.mark.slow
 def test_losing_a_worker_node_mid_embed_loses_and_duplicates_nothing(ray_session, tiny_model_path, tmp_path):
-    expected_ids = write_corpus(str(tmp_path / "corpus"), files=16)  # enough blocks to still be running at the kill
+    expected_ids = write_corpus(str(tmp_path / "corpus"), files=8)  # blocks for two actors
     report = embed_on_cluster(str(tmp_path / "corpus"), tiny_model_path, tmp_path, "--kill-node")
-    assert report["killed"] is not None  # the node of an Encoder actor was removed after the first shard
+    assert report["killed"] is not None, report["error"]  # the node of an Encoder actor was removed holding its first block
     ids, vectors = read_embeddings(tmp_path / "multi")
     assert ids == sorted(expected_ids) and report["manifest"]["rows"] == len(expected_ids)
     single_ids, single_vectors = embed_single_node(str(tmp_path / "corpus"), tiny_model_path, str(tmp_path / "single"))
@@ -79,15 +79,21 @@ def test_losing_a_worker_node_mid_embed_loses_and_duplicates_nothing(ray_session
 
 
 def test_a_killed_encoder_actor_is_restarted_and_no_row_is_lost_or_repeated(ray_session, tiny_model_path, tmp_path):
-    expected_ids = write_corpus(str(tmp_path / "corpus"), files=16)
+    expected_ids = write_corpus(str(tmp_path / "corpus"), files=4)
     output = str(tmp_path / "out")
-    killer = KillAfterFirstShard(output)
-    killer.start()
-    # One encoder call (and one output shard) per 25 rows, so the run is still going after the first shard.
+    # One encoder call (and one output shard) per 25 rows; the actor is killed holding its first block.
     cfg = parse_config({"corpus": {"path": str(tmp_path / "corpus")}, "model": {"path": tiny_model_path},
                         "embed": {"block_size": 25}})
-    manifest = embed_corpus(cfg, output)
-    killer.join(timeout=1)
-    assert killer.killed is not None, "the run ended before an Encoder actor could be killed"
-    ids, _ = read_embeddings(output)
-    assert ids == sorted(expected_ids) and manifest["rows"] == len(expected_ids)
+    with fault_gate() as gate:
+        killer = KillAtPoint(gate, "embed.block")
+        killer.start()
+        manifest = embed_corpus(cfg, output)
+        assert killer.killed is not None, f"no Encoder actor was killed: {killer.error!r}"
+        killer.join()
+    hit = [a for a in encoder_actors() if a["actor_id"] == killer.killed["actor_id"]]
+    assert hit[0]["restarts"] >= 1 and hit[0]["pid"] != killer.killed["pid"]  # Ray restarted the killed actor
+    ids, vectors = read_embeddings(output)
+    assert ids == sorted(expected_ids) and manifest["rows"] == len(expected_ids)  # every row once
+    single_ids, single_vectors = embed_single_node(str(tmp_path / "corpus"), tiny_model_path, str(tmp_path / "single"))
+    assert single_ids == ids
+    np.testing.assert_allclose(vectors, single_vectors, atol=1e-5)  # as an undisturbed run

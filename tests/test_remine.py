@@ -208,16 +208,38 @@ def test_airflow_and_prefect_files_import_without_them_and_use_the_same_commands
 
 @pytest.mark.slow
 def test_asynchronous_loop_remines_on_a_task_while_the_next_block_trains(ray_session, real_pairs, tiny_model_path, tmp_path):
+    import threading
+
+    import ray
+    from faults import WAIT_SECONDS, fault_gate
+
     from hardneg.pipelines.loop import train_loop
 
     cfg = loop_config(tmp_path, real_pairs, tiny_model_path, epochs=3, asynchronous=True, cpus_per_worker=0.5)
     cfg.embed.cpus_per_actor = 0.5  # trainer 0.5 + Encoder actor 0.5 leave a CPU for tokenizer and read tasks
-    blocks = train_loop(cfg)
+    with fault_gate() as gate:
+        # The re-mine of block 0's checkpoint waits until block 1 trains; block 2 waits until that re-mine committed.
+        ray.get([gate.hold.remote("remine.start"), gate.hold.remote("loop.round", block=2)])
+        errors = []
+
+        def conduct():
+            try:
+                ray.get(gate.wait_for.remote("loop.train", block=1), timeout=WAIT_SECONDS)
+                ray.get(gate.release.remote("remine.start"))
+                ray.get(gate.wait_for.remote("remine.done"), timeout=WAIT_SECONDS)
+            except Exception as err:
+                errors.append(err)
+            finally:
+                ray.get([gate.release.remote("remine.start"), gate.release.remote("loop.round")])
+
+        conductor = threading.Thread(target=conduct, daemon=True)
+        conductor.start()
+        blocks = train_loop(cfg)
+        conductor.join()
+    assert not errors, errors
     state = run_state(cfg.run_dir)
     assert [(c.block, c.epoch) for c in blocks] == [(0, 1), (1, 2), (2, 3)]
-    # block 1 starts while round 1 is still being mined from block 0's checkpoint, so it trains on round 0
-    assert blocks[1].round == 0 and blocks[2].round in (0, 1)
-    # every re-mine started has committed by the end, each with the checkpoint that started it
-    encoders = [r.encoder for r in state.rounds]
-    assert encoders[0] == "base" and encoders[1] == blocks[0].id and len(encoders) in (2, 3)
+    # block 1 trains while round 1 is being mined from block 0's checkpoint, so on round 0; block 2 on round 1
+    assert [c.round for c in blocks] == [0, 0, 1]
+    assert [r.encoder for r in state.rounds] == ["base", blocks[0].id]  # block 1 started no re-mine: one was running
     assert all(r.manifest["figures"]["eval"]["queries"] > 0 for r in state.rounds)

@@ -28,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 
-from hardneg import storage
+from hardneg import faults, storage
 from hardneg.config import EmbedConfig, ModelConfig, RunConfig
 from hardneg.corpus import ValidatedCorpus, validate_corpus
 from hardneg.encoder import Encoder, default_model_path, model_fingerprint, read_pooling_spec
@@ -103,6 +103,7 @@ class EncoderActor:
     def __call__(self, block: pa.Table) -> pa.Table:
         token_lists = block.column("input_ids").to_pylist()
         vectors = self.encoder.encode_tokens(token_lists, batch_size=self.batch_size, autocast=self.autocast)
+        faults.point("embed.block", rows=len(token_lists))
         return pa.table({"id": block.column("id"), "embedding": embedding_array(vectors, self.dtype)})
 
 
@@ -130,7 +131,10 @@ def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, pr
         num_gpus=plan.gpus_per_actor,
         num_cpus=plan.cpus_per_actor,
         max_restarts=3,
-        max_task_retries=3,
+        # Unbounded: while a restarted actor loads its model, Ray fast-fails the calls sent to it and
+        # counts each as a retry; 3 ran out when a node was lost mid-block (ActorUnavailableError).
+        # The calls still fail once the actor is dead for good (max_restarts spent).
+        max_task_retries=-1,
     )
 
 

@@ -28,7 +28,7 @@ import logging
 import time
 from typing import Optional
 
-from hardneg import storage
+from hardneg import faults, storage
 from hardneg.config import RunConfig
 from hardneg.encoder import default_model_path
 from hardneg.errors import ConfigError
@@ -64,6 +64,7 @@ def train_loop(cfg: RunConfig, max_blocks: Optional[int] = None) -> list[Checkpo
         logger.info("all %d training blocks are committed; nothing to do", len(plan))
     pending = None
     for block in todo:
+        faults.point("loop.round", block=block)
         if cfg.train.asynchronous:
             pending, manifest = _newest_round(cfg, pending)
         elif block == 0 or not cfg.train.remine_every:
@@ -84,6 +85,7 @@ def _train_block(cfg: RunConfig, block: int, epochs: int, manifest: dict) -> Che
     from hardneg.trainers.fit import fit_round
 
     started = time.perf_counter()
+    faults.point("loop.train", block=block, round=manifest["round"])
     logger.info("training block %d (%d epoch(s)) on round %d (encoder %s)", block, epochs, manifest["round"], manifest["encoder"])
     result = fit_round(
         cfg.train, cfg.model.path or default_model_path(), round_dataset(cfg, manifest), checkpoints_dir(cfg.run_dir).url,
@@ -132,6 +134,9 @@ def _remine_task(cfg: RunConfig, checkpoint_path: str):
     @ray.remote(num_cpus=0)
     def remine_remote(config: dict, path: str) -> dict:
         storage.restore_options(options)
-        return remine(RunConfig.model_validate(config), path)[1]
+        faults.point("remine.start", checkpoint=path)
+        manifest = remine(RunConfig.model_validate(config), path)[1]
+        faults.point("remine.done", checkpoint=path)
+        return manifest
 
     return remine_remote.remote(cfg.model_dump(mode="json"), checkpoint_path)
