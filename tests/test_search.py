@@ -134,3 +134,30 @@ def test_a_killed_shard_actor_reloads_its_shard_and_answers_the_same(ray_session
     assert restarted[0]["restarts"] >= 1
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("backend", ["exact", "flat", "hnsw", "kdtree"])
+def test_every_in_process_backend_is_an_index_and_a_context_manager(backend):
+    from hardneg.search import Index
+
+    corpus = unit(np.random.default_rng(6), 40, 3)
+    with build_index(corpus, IndexConfig(backend=backend)) as index:
+        assert isinstance(index, Index)
+        _, rows = index.search(corpus[:2], 1)
+    assert rows.tolist() == [[0], [1]]
+
+
+def test_a_closed_sharded_index_has_released_its_actors(ray_session, tmp_path):
+    import ray
+
+    from hardneg.search import Index
+
+    path = write_embeddings_dir(tmp_path / "emb", unit(np.random.default_rng(7), 60), files=2)
+    with open_index(path, IndexConfig(num_shards=2)) as index:
+        assert isinstance(index, Index)
+        actors = list(index.actors)
+        assert index.search(unit(np.random.default_rng(8), 3), 4)[1].shape == (3, 4)
+    assert index.actors == []
+    for actor in actors:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(actor.ntotal.remote())

@@ -80,14 +80,11 @@ def mine_places(cfg: RunConfig, here: storage.Location, table: pa.Table, lat: np
     update = {"device": "cpu"}
     if "backend" not in cfg.index.model_fields_set and cfg.index.num_shards == 1:
         update["backend"] = "kdtree"  # the exact default scans every place per query; a k-d tree is exact too
-    index = _index(cfg.index.model_copy(update=update), here, table, lat, lon)
-    stages = {"index": stage_timing(started, table.num_rows)}
-    started = time.perf_counter()
-    try:
+    with _index(cfg.index.model_copy(update=update), here, table, lat, lon) as index:
+        stages = {"index": stage_timing(started, table.num_rows)}
+        started = time.perf_counter()
         result = mine_geographic(lat, lon, cfg.mine, index=index, groups=groups, seed=cfg.mine.seed,
                                  query_batch_size=cfg.index.query_batch_size)
-    finally:
-        getattr(index, "close", lambda: None)()
     stages["mine"] = stage_timing(started, table.num_rows)
     return result, stages
 

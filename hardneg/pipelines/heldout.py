@@ -65,11 +65,8 @@ def evaluate_round(cfg: RunConfig, here: storage.Location, heldout: pa.Table) ->
     row_of = pd.Index(corpus_ids)
     relevant = [set(row_of.get_indexer(ids).tolist()) - {-1} for ids in heldout.column("positive_ids").to_pylist()]
     k = max(cfg.train.eval_k, 10)
-    index = open_index(embeddings, cfg.index.model_copy(update={"backend": "exact"}))
-    try:
+    with open_index(embeddings, cfg.index.model_copy(update={"backend": "exact"})) as index:
         _, ranked = index.search(query_vectors, k)
-    finally:
-        getattr(index, "close", lambda: None)()
     metrics = {**ranking_metrics(ranked, relevant, cfg.train.eval_k), **ranking_metrics(ranked, relevant, 10)}
     manifest = {
         "kind": "eval", "queries": len(wanted), "k": cfg.train.eval_k,

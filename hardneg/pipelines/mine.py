@@ -106,17 +106,15 @@ def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embe
     timings["prepare"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    index = open_index(embeddings_dir, cfg.index)
-    timings["index"] = time.perf_counter() - started
-    depth = min(cfg.mine.candidate_depth() + int(np.diff(offsets).max()), index.ntotal)
-
     num_queries, n = queries.num_rows, cfg.mine.num_negatives
     negative_rows = np.full((num_queries, n), -1, dtype=np.int64)
     negative_scores = np.full((num_queries, n), np.nan, dtype=np.float32)
     removed = dict.fromkeys(FILTERS, 0)
     search_seconds = mine_seconds = 0.0
     step = cfg.index.query_batch_size
-    try:
+    with open_index(embeddings_dir, cfg.index) as index:
+        timings["index"] = time.perf_counter() - started
+        depth = min(cfg.mine.candidate_depth() + int(np.diff(offsets).max()), index.ntotal)
         for batch, lo in enumerate(range(0, num_queries, step)):
             hi = min(lo + step, num_queries)
             t0 = time.perf_counter()
@@ -137,8 +135,6 @@ def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embe
             search_seconds += t1 - t0
             mine_seconds += time.perf_counter() - t1
         recall = search_recall(cfg, index, embeddings_dir, query_vectors, depth)
-    finally:
-        getattr(index, "close", lambda: None)()
     timings["search"], timings["mine"] = search_seconds, mine_seconds
     counts = (negative_rows >= 0).sum(axis=1)
     return {
@@ -168,11 +164,8 @@ def search_recall(cfg: RunConfig, index, embeddings_dir: str, query_vectors: np.
         return None
     rng = np.random.default_rng(cfg.mine.seed)
     sample = np.sort(rng.choice(len(query_vectors), size=min(cfg.index.recall_sample, len(query_vectors)), replace=False))
-    exact = open_index(embeddings_dir, cfg.index.model_copy(update={"backend": "exact"}))
-    try:
+    with open_index(embeddings_dir, cfg.index.model_copy(update={"backend": "exact"})) as exact:
         _, exact_rows = exact.search(query_vectors[sample], depth)
-    finally:
-        getattr(exact, "close", lambda: None)()
     _, approx_rows = index.search(query_vectors[sample], depth)
     return {"k": depth, "queries": len(sample), "recall": round(float(recall_at_k(approx_rows, exact_rows)), 4)}
 

@@ -126,8 +126,15 @@ def _similarity(cfg: RunConfig, embeddings_dir: str, vectors: np.ndarray, place_
                 lat: np.ndarray, lon: np.ndarray, groups: np.ndarray, stages: dict) -> tuple[MiningResult, int, object]:
     """``num_negatives`` similarity negatives per place (rows are place rows), the search depth and its recall."""
     started = time.perf_counter()
-    index = open_index(embeddings_dir, cfg.index)
-    stages["sim_index"] = stage_timing(started, index.ntotal)
+    with open_index(embeddings_dir, cfg.index) as index:
+        stages["sim_index"] = stage_timing(started, index.ntotal)
+        return _search_and_mine(cfg, index, embeddings_dir, vectors, place_of_embedding, table, lat, lon, groups, stages)
+
+
+def _search_and_mine(cfg: RunConfig, index, embeddings_dir: str, vectors: np.ndarray, place_of_embedding: np.ndarray,
+                     table: pa.Table, lat: np.ndarray, lon: np.ndarray, groups: np.ndarray,
+                     stages: dict) -> tuple[MiningResult, int, object]:
+    """``_similarity``'s batches over an open ``index``."""
     text_hash = hash_texts(table.column("text").to_pylist())
     depth = min(cfg.mine.candidate_depth() + 1, index.ntotal)  # + 1: the place itself comes back first
     num_places, step = len(vectors), cfg.index.query_batch_size
@@ -135,22 +142,19 @@ def _similarity(cfg: RunConfig, embeddings_dir: str, vectors: np.ndarray, place_
     scores_out = np.full((num_places, cfg.mine.num_negatives), np.nan, np.float32)
     removed = dict.fromkeys(("same_place",) + FILTERS, 0)
     started = time.perf_counter()
-    try:
-        for batch, lo in enumerate(range(0, num_places, step)):
-            anchors = np.arange(lo, min(lo + step, num_places))
-            scores, found = index.search(vectors[anchors], depth)
-            found = np.where(found >= 0, place_of_embedding[np.maximum(found, 0)], -1)
-            rows, scores, same_place = drop_same_place(anchors, found, scores, lat, lon, cfg.mine.min_km)
-            removed["same_place"] += same_place
-            result = mine_similarity(rows, scores, anchors[:, None], np.full(len(anchors), np.nan, np.float32), cfg.mine,
-                                     corpus_groups=groups, query_groups=groups[anchors], corpus_text_hash=text_hash,
-                                     query_forbidden_hashes=text_hash[anchors, None], seed=cfg.mine.seed + batch)
-            rows_out[anchors], scores_out[anchors] = result.negative_rows, result.negative_scores
-            for name, count in result.removed.items():
-                removed[name] += count
-        recall = search_recall(cfg, index, embeddings_dir, vectors, depth)
-    finally:
-        getattr(index, "close", lambda: None)()
+    for batch, lo in enumerate(range(0, num_places, step)):
+        anchors = np.arange(lo, min(lo + step, num_places))
+        scores, found = index.search(vectors[anchors], depth)
+        found = np.where(found >= 0, place_of_embedding[np.maximum(found, 0)], -1)
+        rows, scores, same_place = drop_same_place(anchors, found, scores, lat, lon, cfg.mine.min_km)
+        removed["same_place"] += same_place
+        result = mine_similarity(rows, scores, anchors[:, None], np.full(len(anchors), np.nan, np.float32), cfg.mine,
+                                 corpus_groups=groups, query_groups=groups[anchors], corpus_text_hash=text_hash,
+                                 query_forbidden_hashes=text_hash[anchors, None], seed=cfg.mine.seed + batch)
+        rows_out[anchors], scores_out[anchors] = result.negative_rows, result.negative_scores
+        for name, count in result.removed.items():
+            removed[name] += count
+    recall = search_recall(cfg, index, embeddings_dir, vectors, depth)
     stages["sim_mine"] = stage_timing(started, num_places)
     counts = (rows_out >= 0).sum(axis=1)
     return MiningResult(rows_out, scores_out, counts, removed, int((counts < cfg.mine.num_negatives).sum())), depth, recall

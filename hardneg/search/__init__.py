@@ -10,8 +10,8 @@ product, best first, ties broken by the lower row, ``-inf``/``-1`` past the corp
 
 Example::
 
-    index = open_index("runs/a/rounds/00000/embeddings", IndexConfig(backend="hnsw"))
-    scores, rows = index.search(query_vectors, k=50)
+    with open_index("runs/a/rounds/00000/embeddings", IndexConfig(backend="hnsw")) as index:
+        scores, rows = index.search(query_vectors, k=50)
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import io
 import numpy as np
 
 from hardneg.config import IndexConfig
+from hardneg.search.base import Index
 from hardneg.search.exact import ExactIndex, exact_search, merge_topk, resolve_device
 from hardneg.search.faiss_index import FaissIndex
 from hardneg.search.kdtree import KDTreeIndex
@@ -28,12 +29,12 @@ from hardneg.search.files import embedding_files, read_embeddings, vectors_of
 from hardneg.search.sharded import ShardedIndex
 
 __all__ = [
-    "ExactIndex", "FaissIndex", "KDTreeIndex", "ShardedIndex", "build_index", "embedding_files", "exact_search", "load_index",
+    "ExactIndex", "FaissIndex", "Index", "KDTreeIndex", "ShardedIndex", "build_index", "embedding_files", "exact_search", "load_index",
     "merge_topk", "open_index", "read_embeddings", "recall_at_k", "resolve_device", "vectors_of",
 ]
 
 
-def build_index(corpus: np.ndarray, cfg: IndexConfig):
+def build_index(corpus: np.ndarray, cfg: IndexConfig) -> Index:
     """An in-process index over ``corpus`` for ``cfg.backend``."""
     if cfg.backend == "exact":
         return ExactIndex(corpus, cfg.chunk_size, cfg.device, "float16" if resolve_device(cfg.device) == "cuda" else "float32")
@@ -42,7 +43,7 @@ def build_index(corpus: np.ndarray, cfg: IndexConfig):
     return FaissIndex(corpus, cfg)
 
 
-def load_index(data: bytes, cfg: IndexConfig):
+def load_index(data: bytes, cfg: IndexConfig) -> Index:
     """The index ``to_bytes`` wrote."""
     if cfg.backend in ("exact", "kdtree"):
         return build_index(np.load(io.BytesIO(data), allow_pickle=False), cfg)
@@ -52,7 +53,7 @@ def load_index(data: bytes, cfg: IndexConfig):
     return FaissIndex(np.zeros((0, index.d), np.float32), cfg, index=index)
 
 
-def open_index(embeddings_dir: str, cfg: IndexConfig):
+def open_index(embeddings_dir: str, cfg: IndexConfig) -> Index:
     """The index over a committed embeddings folder: in-process for one shard, Ray actors for several."""
     if cfg.num_shards > 1:
         return ShardedIndex(embeddings_dir, cfg)

@@ -7,9 +7,8 @@ result equals the unsharded search, scores and rows (ties by lower row).
 
 Example::
 
-    index = ShardedIndex("runs/a/rounds/00000/embeddings", IndexConfig(num_shards=4))
-    scores, rows = index.search(queries, k=10)
-    index.close()
+    with ShardedIndex("runs/a/rounds/00000/embeddings", IndexConfig(num_shards=4)) as index:
+        scores, rows = index.search(queries, k=10)
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from hardneg.config import IndexConfig
+from hardneg.search.base import Index
 from hardneg.search.exact import merge_topk
 from hardneg.search.files import embedding_files
 
@@ -61,7 +61,7 @@ class ShardActor:
         return self.index.ntotal
 
 
-class ShardedIndex:
+class ShardedIndex(Index):
     """``num_shards`` (default ``cfg.num_shards``) Ray actors over the files of a committed embeddings folder.
 
     Each actor takes one CPU (one GPU with a GPU index on a GPU cluster), or a share of them when
