@@ -2,7 +2,7 @@
 
 No model and no embedding: the search runs over the 3-D unit vectors of the coordinates, in
 process, or on ``index.num_shards`` Ray actors (the vectors are then written as an embeddings
-folder, ``rounds/NNNNN/geo_vectors/``, that the shards read). The exact backend runs in float32
+folder, ``rounds/NNNNN/geo_vectors/``, and the index built from it persisted in ``geo_index/``). The exact backend runs in float32
 on the CPU here: fp16 cannot tell places a few km apart. Unless ``index.backend`` is set, one
 in-process shard uses the k-d tree (exact, and ~35x faster than the matmul on 34k places).
 
@@ -32,7 +32,8 @@ from hardneg.miners import GeoResult, compose_batches, mine_geographic, unit_vec
 from hardneg.pipelines.inputs import group_codes
 from hardneg.pipelines.mine import PART_ROWS, distribution, stage_timing, write_parts
 from hardneg.places import Places, load_places
-from hardneg.search import ShardedIndex, build_index
+from hardneg.pipelines.index import index_or_reuse
+from hardneg.search import build_index, open_index
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,8 @@ def commit_round(here: storage.Location, manifest: dict) -> dict:
 
 
 def _index(index_cfg, here: storage.Location, table: pa.Table, lat: np.ndarray, lon: np.ndarray):
-    """In-process over the unit vectors, or Ray shards over them written as an embeddings folder."""
+    """In-process over the float64 unit vectors, or Ray shards of the index persisted in ``geo_index/``,
+    built from the vectors written as an embeddings folder (``geo_vectors/``)."""
     vectors = unit_vectors(lat, lon)
     if index_cfg.num_shards == 1:
         return build_index(vectors, index_cfg)
@@ -131,7 +133,8 @@ def _index(index_cfg, here: storage.Location, table: pa.Table, lat: np.ndarray, 
         embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), 3)
         write_parts(pa.table({"id": table.column("id"), "embedding": embedding}), out)
         storage.commit(out, {"kind": "embeddings", "model": "geo-unit-vectors", "dim": 3, "rows": table.num_rows})
-    return ShardedIndex(out.url, index_cfg)
+    index_or_reuse(index_cfg, out.url, here.join("geo_index"))
+    return open_index(here.join("geo_index").url, index_cfg)
 
 
 def geo_table(places: pa.Table, result: GeoResult, round_index: int, encoder: str) -> pa.Table:

@@ -22,7 +22,7 @@ from hardneg import storage
 from hardneg.config import RunConfig
 from hardneg.miners import FILTERS, Ragged, hash_texts, mine_similarity
 from hardneg.pipelines.inputs import Inputs, group_codes, load_corpus
-from hardneg.search import embedding_files, open_index, read_embeddings, recall_at_k
+from hardneg.search import Index, embedding_files, exact_search_files, open_index, read_embeddings, recall_at_k
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def gather_vectors(files: list[tuple[str, int]], rows: np.ndarray) -> np.ndarray
     return out
 
 
-def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embeddings_dir: str) -> dict:
-    """Search and mine every query. Returns arrays (per query and per pair) and figures."""
+def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embeddings_dir: str, index_dir: str) -> dict:
+    """Search (the committed index ``index_dir``) and mine every query. Returns arrays (per query and per pair) and figures."""
     timings = {}
     started = time.perf_counter()
     view = corpus_view(inputs, embeddings_dir)
@@ -112,8 +112,8 @@ def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embe
     removed = dict.fromkeys(FILTERS, 0)
     search_seconds = mine_seconds = 0.0
     step = cfg.index.query_batch_size
-    with open_index(embeddings_dir, cfg.index) as index:
-        timings["index"] = time.perf_counter() - started
+    with open_index(index_dir, cfg.index) as index:
+        timings["load_index"] = time.perf_counter() - started
         depth = min(cfg.mine.candidate_depth() + int(np.diff(offsets).max()), index.ntotal)
         for batch, lo in enumerate(range(0, num_queries, step)):
             hi = min(lo + step, num_queries)
@@ -158,14 +158,14 @@ def _forbidden_hashes(queries: pa.Table, positive_hashes: np.ndarray, offsets: n
     return out_offsets, values
 
 
-def search_recall(cfg: RunConfig, index, embeddings_dir: str, query_vectors: np.ndarray, depth: int):
-    """recall@depth of an approximate index against exact search on a sample of queries (None when exact)."""
-    if cfg.index.backend in ("exact", "kdtree") or cfg.index.recall_sample == 0:
+def search_recall(cfg: RunConfig, index: Index, embeddings_dir: str, query_vectors: np.ndarray, depth: int):
+    """recall@depth of an approximate ``index`` against exact search over the embedding files, on a sample
+    of queries (None when the index is exact)."""
+    if index.backend in ("exact", "kdtree") or cfg.index.recall_sample == 0:
         return None
     rng = np.random.default_rng(cfg.mine.seed)
     sample = np.sort(rng.choice(len(query_vectors), size=min(cfg.index.recall_sample, len(query_vectors)), replace=False))
-    with open_index(embeddings_dir, cfg.index.model_copy(update={"backend": "exact"})) as exact:
-        _, exact_rows = exact.search(query_vectors[sample], depth)
+    _, exact_rows = exact_search_files(embeddings_dir, query_vectors[sample], depth, cfg.index.chunk_size)
     _, approx_rows = index.search(query_vectors[sample], depth)
     return {"k": depth, "queries": len(sample), "recall": round(float(recall_at_k(approx_rows, exact_rows)), 4)}
 

@@ -8,7 +8,8 @@ a mixed round gives both for the same anchors, the places themselves:
    round's encoder into ``rounds/NNNNN/embeddings/`` (committed, reused when the round resumes);
 2. geographic part: ``geo_round``'s own search and miner (``mine_places``) with
    ``num_negatives = geo_negatives``;
-3. similarity part: each place's own embedding is searched (``open_index``, ``cfg.index``) and
+3. similarity part: each place's own embedding is searched in the round's persisted index
+   (``rounds/NNNNN/index/``, ``hardneg.pipelines.index``) and
    ``mine_similarity`` picks ``num_negatives`` with the place as its own positive (margins off:
    its score is NaN), same-group and same-text items excluded, and candidates closer than
    ``min_km`` (the same place) dropped before the miner (``removed["same_place"]``);
@@ -42,6 +43,7 @@ from hardneg.corpus import validate_corpus
 from hardneg.miners import (FILTERS, GEO_REMOVED, GeoResult, MiningResult, drop_same_place, hash_texts, haversine_km,
                             merge_negatives, mine_similarity)
 from hardneg.pipelines.embed import embed_or_reuse
+from hardneg.pipelines.index import index_or_reuse
 from hardneg.pipelines.geo import batch_stage, commit_mined, commit_round, kept_rows, mine_places, place_arrays, places_table
 from hardneg.pipelines.mine import distribution, search_recall, stage_timing
 from hardneg.places import Places, load_places
@@ -64,7 +66,10 @@ def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, en
     lat, lon, groups = place_arrays(table)
 
     geo = _geographic(cfg, here, table, lat, lon, groups, stages)
-    similar, depth, recall = _similarity(cfg, embeddings_dir.url, vectors, place_of_embedding, table, lat, lon, groups, stages)
+    index = index_or_reuse(cfg.index, embeddings_dir.url, here.join("index"))
+    stages["sim_index"] = {"seconds": index["seconds"], "rows": index["rows"],
+                           "rows_per_second": round(index["rows"] / max(index["seconds"], 1e-9), 1)}
+    similar, depth, recall = _similarity(cfg, here, vectors, place_of_embedding, table, lat, lon, groups, stages)
     started = time.perf_counter()
     merged = merge_negatives(geo.negative_rows, similar.negative_rows, cfg.mine.geo_negatives, cfg.mine.num_negatives)
     present = merged >= 0
@@ -122,13 +127,11 @@ def _geographic(cfg: RunConfig, here: storage.Location, table: pa.Table, lat, lo
     return result
 
 
-def _similarity(cfg: RunConfig, embeddings_dir: str, vectors: np.ndarray, place_of_embedding: np.ndarray, table: pa.Table,
+def _similarity(cfg: RunConfig, here: storage.Location, vectors: np.ndarray, place_of_embedding: np.ndarray, table: pa.Table,
                 lat: np.ndarray, lon: np.ndarray, groups: np.ndarray, stages: dict) -> tuple[MiningResult, int, object]:
     """``num_negatives`` similarity negatives per place (rows are place rows), the search depth and its recall."""
-    started = time.perf_counter()
-    with open_index(embeddings_dir, cfg.index) as index:
-        stages["sim_index"] = stage_timing(started, index.ntotal)
-        return _search_and_mine(cfg, index, embeddings_dir, vectors, place_of_embedding, table, lat, lon, groups, stages)
+    with open_index(here.join("index").url, cfg.index) as index:
+        return _search_and_mine(cfg, index, here.join("embeddings").url, vectors, place_of_embedding, table, lat, lon, groups, stages)
 
 
 def _search_and_mine(cfg: RunConfig, index, embeddings_dir: str, vectors: np.ndarray, place_of_embedding: np.ndarray,
