@@ -22,12 +22,10 @@ from hardneg import storage
 from hardneg.config import RunConfig
 from hardneg.miners import FILTERS, Ragged, hash_texts, mine_similarity
 from hardneg.pipelines.inputs import Inputs, group_codes, load_corpus
+from hardneg.pipelines.write import kept_rows
 from hardneg.search import Index, embedding_files, exact_search_files, open_index, read_embeddings, recall_at_k
 
 logger = logging.getLogger(__name__)
-
-PART_ROWS = 100_000
-
 
 @dataclass
 class CorpusView:
@@ -174,9 +172,7 @@ def mined_table(mined: dict, queries: pa.Table, cfg: RunConfig, round_index: int
     """One row per (query, positive) pair, the DESIGN.md schema; ``on_short=drop`` drops short queries."""
     view, rows, scores, counts = mined["view"], mined["negative_rows"], mined["negative_scores"], mined["counts"]
     pair_query = mined["pair_query"]
-    keep = np.ones(len(pair_query), dtype=bool)
-    if cfg.mine.on_short == "drop":
-        keep = counts[pair_query] == cfg.mine.num_negatives
+    keep = kept_rows(cfg, counts)[pair_query]
     pairs = np.flatnonzero(keep)
     owner = pair_query[pairs]
     present = rows[owner] >= 0
@@ -198,47 +194,3 @@ def mined_table(mined: dict, queries: pa.Table, cfg: RunConfig, round_index: int
     })
 
 
-def write_parts(table: pa.Table, out: storage.Location, rows_per_part: int = PART_ROWS) -> int:
-    """Write ``table`` as ``part-NNNNN.parquet`` files; returns the number of parts."""
-    parts = max(1, -(-table.num_rows // rows_per_part))
-    for part in range(parts):
-        storage.write_parquet(table.slice(part * rows_per_part, rows_per_part), out.join(f"part-{part:05d}.parquet"))
-    return parts
-
-
-def figures(table: pa.Table, mined: dict, num_negatives: int) -> dict:
-    """Score distributions, filter counts, short queries and the false-negative check of a mined table."""
-    counts = mined["counts"]
-    negative_scores = mined["negative_scores"][~np.isnan(mined["negative_scores"])]
-    hashes = mined["view"].text_hash
-    negatives = mined["negative_rows"]
-    positive_hash = hashes[mined["positive_rows"]]
-    same_text = (hashes[np.maximum(negatives[mined["pair_query"]], 0)] == positive_hash[:, None]) & (negatives[mined["pair_query"]] >= 0)
-    return {
-        "queries": int(len(counts)),
-        "rows": table.num_rows,
-        "negatives": int(counts.sum()),
-        "negatives_per_query": round(float(counts.mean()), 3) if len(counts) else 0.0,
-        "short_queries": int((counts < num_negatives).sum()),
-        "queries_without_negatives": int((counts == 0).sum()),
-        "positive_scores": distribution(mined["pair_scores"]),
-        "negative_scores": distribution(negative_scores),
-        "removed": mined["removed"],
-        "negatives_equal_to_positive_text": int(same_text.sum()),
-        "candidates_per_query": mined["depth"],
-        "recall": mined["recall"],
-        "scored_by": mined["scored_by"],
-    }
-
-
-def stage_timing(started: float, rows: int) -> dict:
-    """``seconds``, ``rows`` and ``rows_per_second`` of a stage that began at ``started`` (perf_counter)."""
-    seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 3), "rows": int(rows), "rows_per_second": round(rows / max(seconds, 1e-9), 1)}
-
-
-def distribution(values: np.ndarray) -> dict:
-    if len(values) == 0:
-        return {}
-    q = np.quantile(values, [0.05, 0.25, 0.5, 0.75, 0.95])
-    return {"mean": round(float(values.mean()), 4), **{f"p{p}": round(float(v), 4) for p, v in zip((5, 25, 50, 75, 95), q)}}

@@ -26,7 +26,7 @@ Example::
     cfg = load_config(overrides={"mine.miner": "mixed", "mine.geo_negatives": 2, "mine.num_negatives": 4,
                                  "corpus.path": "cities.jsonl", "mine.min_km": 5})
     manifest = mixed_round(cfg, storage.resolve("runs/mixed/rounds/00000"))
-    manifest["figures"]["by_source"]["similarity"]["negatives"]
+    manifest.figures["by_source"]["similarity"]["negatives"]
 """
 
 from __future__ import annotations
@@ -43,17 +43,18 @@ from hardneg.corpus import validate_corpus
 from hardneg.miners import (FILTERS, GEO_REMOVED, GeoResult, MiningResult, drop_same_place, hash_texts, haversine_km,
                             merge_negatives, mine_similarity)
 from hardneg.pipelines.embed import embed_or_reuse
+from hardneg.pipelines.figures import SOURCES, mixed_figures
+from hardneg.pipelines.geo import mine_places, place_arrays
 from hardneg.pipelines.index import index_or_reuse
-from hardneg.pipelines.geo import batch_stage, commit_mined, commit_round, kept_rows, mine_places, place_arrays, places_table
-from hardneg.pipelines.mine import distribution, search_recall, stage_timing
+from hardneg.pipelines.mine import search_recall
+from hardneg.pipelines.write import batch_stage, commit_mined, kept_rows, places_table
 from hardneg.places import Places, load_places
+from hardneg.rundir import RoundManifest, stage_timing, timing
 from hardneg.search import open_index, read_embeddings
 
-SOURCES = ("geographic", "similarity")
 
-
-def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, encoder: str = "base") -> dict:
-    """Embed, mine (geographic + similarity), merge and write the round folder ``here``; commits it, returns its manifest."""
+def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, encoder: str = "base") -> RoundManifest:
+    """Embed, mine (geographic + similarity), merge and write the round folder ``here``; returns its manifest (to commit)."""
     stages: dict[str, dict] = {}
     started = time.perf_counter()
     places = load_places(cfg.corpus)
@@ -67,8 +68,7 @@ def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, en
 
     geo = _geographic(cfg, here, table, lat, lon, groups, stages)
     index = index_or_reuse(cfg.index, embeddings_dir.url, here.join("index"))
-    stages["sim_index"] = {"seconds": index["seconds"], "rows": index["rows"],
-                           "rows_per_second": round(index["rows"] / max(index["seconds"], 1e-9), 1)}
+    stages["sim_index"] = timing(index["seconds"], index["rows"])
     similar, depth, recall = _similarity(cfg, here, vectors, place_of_embedding, table, lat, lon, groups, stages)
     started = time.perf_counter()
     merged = merge_negatives(geo.negative_rows, similar.negative_rows, cfg.mine.geo_negatives, cfg.mine.num_negatives)
@@ -89,13 +89,12 @@ def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, en
         started = time.perf_counter()
         outputs["batches"] = batch_stage(cfg, here, mined, merged, keep, (groups, lat, lon), round_index, figures)
         stages["batches"] = stage_timing(started, table.num_rows)
-    return commit_round(here, {
-        "kind": "round", "miner": "mixed", "round": round_index, "encoder": encoder,
-        "model": embeddings["model"], "model_hash": embeddings["model_hash"],
-        "inputs": {"corpus": cfg.corpus.path}, "config": cfg.model_dump(mode="json"),
-        "counts": {"corpus": table.num_rows, "queries": table.num_rows, "rows": int(keep.sum())},
-        "stages": stages, "figures": figures, "outputs": outputs,
-    })
+    return RoundManifest(
+        miner="mixed", round=round_index, encoder=encoder, model=embeddings["model"], model_hash=embeddings["model_hash"],
+        inputs={"corpus": cfg.corpus.path}, config=cfg.model_dump(mode="json"),
+        counts={"corpus": table.num_rows, "queries": table.num_rows, "rows": int(keep.sum())},
+        stages=stages, figures=figures, outputs=outputs,
+    )
 
 
 def _align(places: Places, ids: np.ndarray, vectors: np.ndarray) -> tuple[pa.Table, np.ndarray, np.ndarray]:
@@ -163,22 +162,3 @@ def _search_and_mine(cfg: RunConfig, index, embeddings_dir: str, vectors: np.nda
     return MiningResult(rows_out, scores_out, counts, removed, int((counts < cfg.mine.num_negatives).sum())), depth, recall
 
 
-def mixed_figures(merged: np.ndarray, km: np.ndarray, scores: np.ndarray, from_geo: np.ndarray, geo: GeoResult,
-                  similar: MiningResult, rows: int, places: Places, depth: int, recall) -> dict:
-    """Negatives per query and per source, km and score distributions (all and per source), removals per miner."""
-    present = merged >= 0
-    counts = present.sum(axis=1)
-    by_source = {}
-    for name, mask in zip(SOURCES, (present & from_geo, present & ~from_geo)):
-        by_source[name] = {"negatives": int(mask.sum()), "negative_km": distribution(km[mask]),
-                           "negative_scores": distribution(scores[mask])}
-    return {
-        "queries": int(len(counts)), "rows": rows, "negatives": int(counts.sum()),
-        "negatives_per_query": round(float(counts.mean()), 3) if len(counts) else 0.0,
-        "short_queries": int((counts < merged.shape[1]).sum()), "queries_without_negatives": int((counts == 0).sum()),
-        "geo_short_queries": geo.short_queries, "negative_km": distribution(km[present]),
-        "negative_scores": distribution(scores[present]), "by_source": by_source,
-        "removed": {"geographic": geo.removed, "similarity": similar.removed},
-        "uncertified_queries": geo.uncertified, "candidates_per_query": {"geographic": geo.depth, "similarity": depth},
-        "recall": recall, "dropped_places": places.dropped,
-    }
