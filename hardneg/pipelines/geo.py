@@ -32,7 +32,7 @@ from hardneg.miners import GeoResult, mine_geographic, unit_vectors
 from hardneg.pipelines.figures import geo_figures
 from hardneg.pipelines.index import index_or_reuse
 from hardneg.pipelines.inputs import group_codes
-from hardneg.pipelines.write import batch_stage, commit_mined, kept_rows, places_table, write_parts
+from hardneg.pipelines.write import kept_rows, places_table, write_parts, write_place_rows
 from hardneg.places import load_places
 from hardneg.rundir import RoundManifest, stage_timing
 from hardneg.search import build_index, open_index
@@ -50,17 +50,11 @@ def geo_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, enco
     result, mine_stages = mine_places(cfg, here, places.table, lat, lon, groups)
     stages.update(mine_stages)
 
-    started = time.perf_counter()
     mined = geo_table(places.table, result, round_index, encoder)
     keep = kept_rows(cfg, result.counts)
     figures = geo_figures(result, int(keep.sum()), places)
-    outputs = {"mined": commit_mined(here.join("mined"), mined, keep, {"miner": "geographic", "round": round_index,
-                                                                         "encoder": encoder, "figures": figures})}
-    stages["write"] = stage_timing(started, int(keep.sum()))
-    if cfg.mine.batches:
-        started = time.perf_counter()
-        outputs["batches"] = batch_stage(cfg, here, mined, result.negative_rows, keep, (groups, lat, lon), round_index, figures)
-        stages["batches"] = stage_timing(started, places.table.num_rows)
+    outputs = write_place_rows(cfg, here, mined, result.negative_rows, keep, (groups, lat, lon),
+                               {"miner": "geographic", "round": round_index, "encoder": encoder, "figures": figures}, stages)
     return RoundManifest(
         miner="geographic", round=round_index, encoder=encoder, model=None,
         inputs={"corpus": cfg.corpus.path}, config=cfg.model_dump(mode="json"),

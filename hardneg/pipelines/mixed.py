@@ -47,7 +47,7 @@ from hardneg.pipelines.figures import SOURCES, mixed_figures
 from hardneg.pipelines.geo import mine_places, place_arrays
 from hardneg.pipelines.index import index_or_reuse
 from hardneg.pipelines.mine import search_recall
-from hardneg.pipelines.write import batch_stage, commit_mined, kept_rows, places_table
+from hardneg.pipelines.write import kept_rows, places_table, write_place_rows
 from hardneg.places import Places, load_places
 from hardneg.rundir import RoundManifest, stage_timing, timing
 from hardneg.search import open_index, read_embeddings
@@ -82,13 +82,9 @@ def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, en
     mined = places_table(table, merged, round_index, encoder, negative_km=km, negative_scores=scores, negative_source=source)
     keep = kept_rows(cfg, present.sum(axis=1))
     figures = mixed_figures(merged, km, scores, from_geo, geo, similar, int(keep.sum()), places, depth, recall)
-    outputs = {"mined": commit_mined(here.join("mined"), mined, keep, {"miner": "mixed", "round": round_index,
-                                                                         "encoder": encoder, "figures": figures})}
-    stages["merge_write"] = stage_timing(started, int(keep.sum()))
-    if cfg.mine.batches:
-        started = time.perf_counter()
-        outputs["batches"] = batch_stage(cfg, here, mined, merged, keep, (groups, lat, lon), round_index, figures)
-        stages["batches"] = stage_timing(started, table.num_rows)
+    stages["merge"] = stage_timing(started, table.num_rows)
+    outputs = write_place_rows(cfg, here, mined, merged, keep, (groups, lat, lon),
+                               {"miner": "mixed", "round": round_index, "encoder": encoder, "figures": figures}, stages)
     return RoundManifest(
         miner="mixed", round=round_index, encoder=encoder, model=embeddings["model"], model_hash=embeddings["model_hash"],
         inputs={"corpus": cfg.corpus.path}, config=cfg.model_dump(mode="json"),

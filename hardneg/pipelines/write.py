@@ -11,6 +11,8 @@ Example::
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pyarrow as pa
 
@@ -18,6 +20,7 @@ from hardneg import storage
 from hardneg.config import RunConfig
 from hardneg.miners import compose_batches
 from hardneg.pipelines.views import view_table
+from hardneg.rundir import stage_timing
 
 PART_ROWS = 100_000
 ROW_GROUP_ROWS = 8192  # whole batches are gathered into row groups of about this many rows
@@ -74,6 +77,21 @@ def places_table(places: pa.Table, negative_rows: np.ndarray, round_index: int, 
     columns["round"] = pa.array(np.full(places.num_rows, round_index, np.int32))
     columns["encoder"] = pa.array([encoder] * places.num_rows, pa.string())
     return pa.table(columns)
+
+
+def write_place_rows(cfg: RunConfig, here: storage.Location, mined: pa.Table, negative_rows: np.ndarray, keep: np.ndarray,
+                     places: tuple[np.ndarray, np.ndarray, np.ndarray], manifest: dict, stages: dict) -> dict:
+    """The write stage of a round over places (geographic, mixed): commit ``mined/`` with ``manifest``
+    (``miner``, ``round``, ``encoder``, ``figures``) and, with ``mine.batches``, ``batches/`` composed
+    around ``negative_rows``; adds the ``write`` (and ``batches``) timings, returns the outputs."""
+    started = time.perf_counter()
+    outputs = {"mined": commit_mined(here.join("mined"), mined, keep, manifest)}
+    stages["write"] = stage_timing(started, int(keep.sum()))
+    if cfg.mine.batches:
+        started = time.perf_counter()
+        outputs["batches"] = batch_stage(cfg, here, mined, negative_rows, keep, places, manifest["round"], manifest["figures"])
+        stages["batches"] = stage_timing(started, len(negative_rows))
+    return outputs
 
 
 def batch_stage(cfg: RunConfig, here: storage.Location, mined: pa.Table, neighbours: np.ndarray, keep: np.ndarray,
