@@ -254,5 +254,13 @@ def commit(path: str | Location, manifest: dict) -> None:
 
 
 def write_text(loc: Location, text: str) -> None:
+    write_bytes(loc, text.encode("utf-8"))
+
+
+def write_bytes(loc: Location, data: bytes) -> None:
     loc.fs.makedirs(posixpath.dirname(loc.path), exist_ok=True)
-    loc.fs.pipe_file(loc.path, text.encode("utf-8"))
+    loc.fs.pipe_file(loc.path, data)
+
+
+def read_bytes(loc: Location) -> bytes:
+    return loc.fs.cat_file(loc.path)

@@ -29,23 +29,6 @@ def _km(d: dict) -> str:
     return f"mean {d['mean']:,.1f}  p5 {d['p5']:,.1f}  p50 {d['p50']:,.1f}  p95 {d['p95']:,.1f} km"
 
 
-def _geo_lines(manifest: dict) -> list[str]:
-    f = manifest["figures"]
-    removed = _removed(f["removed"])
-    lines = [
-        f"hardneg: round {manifest['round']} done (geographic miner, no model)",
-        f"  places           : {f['queries']:,} ({f['rows']:,} rows written; dropped {sum(f['dropped_places'].values()):,})",
-        f"  negatives/query  : {f['negatives_per_query']:.2f} ({f['short_queries']:,} queries short, "
-        f"{f['queries_without_negatives']:,} with none)",
-        f"  negative distance: {_km(f['negative_km'])}",
-        f"  removed by rule  : {removed} (up to {f['candidates_per_query']} candidates per query; "
-        f"{f['uncertified_queries']:,} queries not certified nearest)",
-    ]
-    if "together_share" in f:
-        lines.append(f"  batches          : {f['batches']:,}; {f['together_share']:.1%} of (anchor, negative) pairs share a batch")
-    return lines
-
-
 def _removed(counts: dict) -> str:
     return ", ".join(f"{name} {count:,}" for name, count in counts.items() if count) or "none"
 
@@ -56,43 +39,32 @@ def _recall_line(recall) -> str:
     return f"recall@{recall['k']} {recall['recall']:.4f} against exact search on {recall['queries']:,} queries"
 
 
-def _mixed_lines(manifest: dict) -> list[str]:
-    f, mine = manifest["figures"], manifest["config"]["mine"]
-    depth, removed = f["candidates_per_query"], f["removed"]
+def round_summary(manifest: dict) -> str:
+    """One block for every miner: what was mined from what, negatives per query, the miner's own figures,
+    per-stage time and rows/s, held-out eval, outputs."""
+    f, miner = manifest["figures"], manifest.get("miner", "similarity")
+    mine = manifest["config"]["mine"]
+    model = "no model" if manifest["model"] is None else f"encoder {manifest['encoder']}, {manifest['model']}"
+    what = {"similarity": "", "geographic": "geographic miner, ",
+            "mixed": f"mixed miner: {mine['geo_negatives']} geographic of {mine['num_negatives']} negatives; "}[miner]
+    queries = "places" if miner != "similarity" else "queries"
+    extra = (f"dropped {sum(f['dropped_places'].values()):,}" if "dropped_places" in f
+             else f"corpus {manifest['counts']['corpus']:,}")
+    short = f"; {f['geo_short_queries']:,} short of geographic ones" if "geo_short_queries" in f else ""
     lines = [
-        f"hardneg: round {manifest['round']} done (mixed miner: {mine['geo_negatives']} geographic of "
-        f"{mine['num_negatives']} negatives; encoder {manifest['encoder']}, {manifest['model']})",
-        f"  places           : {f['queries']:,} ({f['rows']:,} rows written; dropped {sum(f['dropped_places'].values()):,})",
+        f"hardneg: round {manifest['round']} done ({what}{model})",
+        f"  {queries:<17}: {f['queries']:,} ({f['rows']:,} rows written; {extra})",
         f"  negatives/query  : {f['negatives_per_query']:.2f} ({f['short_queries']:,} queries short, "
-        f"{f['queries_without_negatives']:,} with none; {f['geo_short_queries']:,} short of geographic ones)",
+        f"{f['queries_without_negatives']:,} with none{short})",
     ]
-    for name, source in f["by_source"].items():
-        lines += [f"  {name:<17}: {source['negatives']:,} negatives",
-                  f"    distance       : {_km(source['negative_km'])}",
-                  f"    scores         : {_dist(source['negative_scores'])}"]
-    lines += [
-        f"  removed (geo)    : {_removed(removed['geographic'])} (up to {depth['geographic']} candidates per query; "
-        f"{f['uncertified_queries']:,} queries not certified nearest)",
-        f"  removed (sim)    : {_removed(removed['similarity'])} (of {depth['similarity']} candidates per query)",
-        f"  index            : {_recall_line(f['recall'])}",
-    ]
+    lines += MINER_LINES[miner](f)
     if "together_share" in f:
         lines.append(f"  batches          : {f['batches']:,}; {f['together_share']:.1%} of (anchor, negative) pairs share a batch")
-    return lines
+    return _stage_lines(manifest, lines)
 
 
-def round_summary(manifest: dict) -> str:
-    """Queries, negatives, score (or km) distributions, filters, recall, per-stage time and rows/s, outputs."""
-    f = manifest["figures"]
-    if manifest.get("miner") == "geographic":
-        return _stage_lines(manifest, _geo_lines(manifest))
-    if manifest.get("miner") == "mixed":
-        return _stage_lines(manifest, _mixed_lines(manifest))
-    lines = [
-        f"hardneg: round {manifest['round']} done (encoder {manifest['encoder']}, {manifest['model']})",
-        f"  queries          : {f['queries']:,} ({f['rows']:,} rows, corpus {manifest['counts']['corpus']:,})",
-        f"  negatives/query  : {f['negatives_per_query']:.2f} ({f['short_queries']:,} queries short, "
-        f"{f['queries_without_negatives']:,} with none)",
+def _similarity_lines(f: dict) -> list[str]:
+    return [
         f"  scores           : {f.get('scored_by', 'bi-encoder')}",
         f"  positive scores  : {_dist(f['positive_scores'])}",
         f"  negative scores  : {_dist(f['negative_scores'])}",
@@ -100,7 +72,31 @@ def round_summary(manifest: dict) -> str:
         f"  false negatives  : {f['negatives_equal_to_positive_text']} negatives equal a positive's text",
         f"  index            : {_recall_line(f.get('recall'))}",
     ]
-    return _stage_lines(manifest, lines)
+
+
+def _geo_lines(f: dict) -> list[str]:
+    return [
+        f"  negative distance: {_km(f['negative_km'])}",
+        f"  removed by rule  : {_removed(f['removed'])} (up to {f['candidates_per_query']} candidates per query; "
+        f"{f['uncertified_queries']:,} queries not certified nearest)",
+    ]
+
+
+def _mixed_lines(f: dict) -> list[str]:
+    depth, removed, lines = f["candidates_per_query"], f["removed"], []
+    for name, source in f["by_source"].items():
+        lines += [f"  {name:<17}: {source['negatives']:,} negatives",
+                  f"    distance       : {_km(source['negative_km'])}",
+                  f"    scores         : {_dist(source['negative_scores'])}"]
+    return lines + [
+        f"  removed (geo)    : {_removed(removed['geographic'])} (up to {depth['geographic']} candidates per query; "
+        f"{f['uncertified_queries']:,} queries not certified nearest)",
+        f"  removed (sim)    : {_removed(removed['similarity'])} (of {depth['similarity']} candidates per query)",
+        f"  index            : {_recall_line(f['recall'])}",
+    ]
+
+
+MINER_LINES = {"similarity": _similarity_lines, "geographic": _geo_lines, "mixed": _mixed_lines}
 
 
 def _stage_lines(manifest: dict, lines: list[str]) -> str:

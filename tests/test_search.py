@@ -1,5 +1,7 @@
 """Search backends: exact torch vs brute force, faiss, sharded Ray actors == unsharded, recall, errors."""
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -8,7 +10,8 @@ from hardneg import storage
 from hardneg.config import IndexConfig
 from hardneg.errors import ConfigError, StorageError
 from hardneg.pipelines.embed import embedding_array
-from hardneg.search import build_index, exact_search, load_index, open_index, read_embeddings, recall_at_k
+from hardneg.pipelines.index import build_index_dir, index_or_reuse
+from hardneg.search import build_index, exact_search, exact_search_files, load_index, open_index, read_embeddings, recall_at_k
 
 
 def unit(rng, n, d=16):
@@ -36,6 +39,12 @@ def write_embeddings_dir(path, vectors, files=3):
         storage.write_parquet(table, out.join(f"part-{i:05d}.parquet"))
     storage.commit(out, {"kind": "embeddings", "rows": len(vectors)})
     return str(path)
+
+
+def persisted(embeddings, cfg, out):
+    """The index folder the index stage builds from ``embeddings``."""
+    build_index_dir(cfg, embeddings, storage.resolve(str(out)))
+    return str(out)
 
 
 @pytest.mark.parametrize("k, chunk", [(5, 7), (10, 1000), (60, 13)])
@@ -86,7 +95,7 @@ def test_sharded_search_equals_unsharded_exact(ray_session, tmp_path, shards):
     ids, vectors = read_embeddings(path)
     queries = np.concatenate([unit(rng, 30), vectors[-10:]])
     want_scores, want_rows = exact_search(queries, vectors, 15)
-    index = open_index(path, IndexConfig(num_shards=shards))
+    index = open_index(persisted(path, IndexConfig(num_shards=shards), tmp_path / "index"), IndexConfig())
     try:
         assert len(index.actors) == shards and index.ntotal == len(corpus)
         scores, rows = index.search(queries, 15)
@@ -97,9 +106,11 @@ def test_sharded_search_equals_unsharded_exact(ray_session, tmp_path, shards):
     assert len(set(ids)) == len(corpus)
 
 
-def test_an_uncommitted_embeddings_folder_is_refused(tmp_path):
+def test_an_uncommitted_embeddings_or_index_folder_is_refused(ray_session, tmp_path):
     (tmp_path / "emb").mkdir()
     with pytest.raises(StorageError, match="not a committed embeddings folder"):
+        build_index_dir(IndexConfig(), str(tmp_path / "emb"), storage.resolve(str(tmp_path / "index")))
+    with pytest.raises(StorageError, match="not a committed index folder"):
         open_index(str(tmp_path / "emb"), IndexConfig())
 
 
@@ -121,7 +132,7 @@ def test_a_killed_shard_actor_reloads_its_shard_and_answers_the_same(ray_session
     rng = np.random.default_rng(5)
     path = write_embeddings_dir(tmp_path / "emb", unit(rng, 300), files=4)
     queries = unit(rng, 20)
-    index = open_index(path, IndexConfig(num_shards=2))
+    index = open_index(persisted(path, IndexConfig(num_shards=2), tmp_path / "index"), IndexConfig())
     try:
         want = index.search(queries, 10)
         # This index's actors, by id: a closed index's actors from an earlier test may not be marked dead yet.
@@ -136,3 +147,74 @@ def test_a_killed_shard_actor_reloads_its_shard_and_answers_the_same(ray_session
     assert restarted[0]["restarts"] >= 1
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("backend", ["exact", "flat", "hnsw", "kdtree"])
+def test_every_in_process_backend_is_an_index_and_a_context_manager(backend):
+    from hardneg.search import Index
+
+    corpus = unit(np.random.default_rng(6), 40, 3)
+    with build_index(corpus, IndexConfig(backend=backend)) as index:
+        assert isinstance(index, Index)
+        _, rows = index.search(corpus[:2], 1)
+    assert rows.tolist() == [[0], [1]]
+
+
+def test_a_closed_sharded_index_has_released_its_actors(ray_session, tmp_path):
+    import ray
+
+    from hardneg.search import Index
+
+    path = write_embeddings_dir(tmp_path / "emb", unit(np.random.default_rng(7), 60), files=2)
+    with open_index(persisted(path, IndexConfig(num_shards=2), tmp_path / "index"), IndexConfig()) as index:
+        assert isinstance(index, Index)
+        actors = list(index.actors)
+        assert index.search(unit(np.random.default_rng(8), 3), 4)[1].shape == (3, 4)
+    assert index.actors == []
+    for actor in actors:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(actor.ntotal.remote())
+
+
+@pytest.mark.parametrize("cfg, files", [
+    (IndexConfig(), ["shard-00000.npy"]),
+    (IndexConfig(backend="hnsw", num_shards=2), ["shard-00000.faiss", "shard-00001.faiss"]),
+])
+def test_the_index_stage_persists_one_file_a_shard_and_loads_to_the_same_answers(ray_session, tmp_path, cfg, files):
+    rng = np.random.default_rng(9)
+    corpus = unit(rng, 400)
+    path = write_embeddings_dir(tmp_path / "emb", corpus, files=4)
+    out = storage.resolve(str(tmp_path / "index"))
+    manifest = index_or_reuse(cfg, path, out)
+    assert sorted(name for name in os.listdir(out.path) if name != "MANIFEST.json") == files
+    assert [s["file"] for s in manifest["shards"]] == files and manifest["rows"] == 400
+    assert sum(s["rows"] for s in manifest["shards"]) == 400 and manifest["backend"] == cfg.backend
+    queries = unit(rng, 25)
+    with open_index(out.url, IndexConfig()) as first:
+        want = first.search(queries, 12)
+    with open_index(out.url, IndexConfig()) as second:
+        got = second.search(queries, 12)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+    if cfg.backend == "exact":
+        np.testing.assert_array_equal(want[1], exact_search(queries, corpus, 12)[1])
+
+
+def test_a_committed_index_is_reused_not_rebuilt(ray_session, tmp_path):
+    path = write_embeddings_dir(tmp_path / "emb", unit(np.random.default_rng(10), 50), files=2)
+    out = storage.resolve(str(tmp_path / "index"))
+    first = index_or_reuse(IndexConfig(), path, out)
+    stamp = os.stat(os.path.join(out.path, "shard-00000.npy")).st_mtime_ns
+    assert index_or_reuse(IndexConfig(backend="hnsw"), path, out) == first
+    assert os.stat(os.path.join(out.path, "shard-00000.npy")).st_mtime_ns == stamp
+
+
+def test_exact_search_over_embedding_files_equals_in_memory_exact(tmp_path):
+    rng = np.random.default_rng(11)
+    corpus = np.concatenate([unit(rng, 90), unit(rng, 10)[np.repeat(np.arange(10), 2)]])  # ties across files
+    path = write_embeddings_dir(tmp_path / "emb", corpus, files=3)
+    queries = np.concatenate([unit(rng, 5), corpus[-4:]])
+    got = exact_search_files(path, queries, 7, chunk_size=16)
+    want = exact_search(queries, corpus, 7)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], atol=1e-6)

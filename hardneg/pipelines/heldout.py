@@ -5,8 +5,9 @@ The split is deterministic: queries are ranked by a hash of ``(train.seed, query
 ``round(train.eval_fraction * N)`` (at least one when the fraction is above 0 and there are two or
 more queries) are held out. It depends only on the ids, so every round and every restart agree.
 
-A round's evaluation uses what the round already has: its corpus embeddings and its query embeddings,
-made by the round's encoder. Exact search, so the figure measures the encoder, not the index.
+A round's evaluation uses what the round already has: its query embeddings, made by the round's
+encoder, searched in the round's persisted index (``rounds/NNNNN/index/``). With the default exact
+backend the figure measures the encoder alone; with an approximate one it includes the index's recall.
 ``rounds/NNNNN/eval/MANIFEST.json`` holds ``recall@{eval_k}``, ``ndcg@10`` and the query count.
 
 Example::
@@ -65,11 +66,8 @@ def evaluate_round(cfg: RunConfig, here: storage.Location, heldout: pa.Table) ->
     row_of = pd.Index(corpus_ids)
     relevant = [set(row_of.get_indexer(ids).tolist()) - {-1} for ids in heldout.column("positive_ids").to_pylist()]
     k = max(cfg.train.eval_k, 10)
-    index = open_index(embeddings, cfg.index.model_copy(update={"backend": "exact"}))
-    try:
+    with open_index(here.join("index").url, cfg.index) as index:
         _, ranked = index.search(query_vectors, k)
-    finally:
-        getattr(index, "close", lambda: None)()
     metrics = {**ranking_metrics(ranked, relevant, cfg.train.eval_k), **ranking_metrics(ranked, relevant, 10)}
     manifest = {
         "kind": "eval", "queries": len(wanted), "k": cfg.train.eval_k,

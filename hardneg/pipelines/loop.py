@@ -34,7 +34,8 @@ from hardneg.encoder import default_model_path
 from hardneg.errors import ConfigError
 from hardneg.pipelines.heldout import heldout_ids
 from hardneg.pipelines.remine import RUN_NAME, CheckpointInfo, checkpoints_dir, record_block, remine, run_state
-from hardneg.pipelines.run import round_dir, run_round
+from hardneg.pipelines.run import run_round
+from hardneg.rundir import round_dir
 
 logger = logging.getLogger(__name__)
 

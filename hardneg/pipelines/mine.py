@@ -22,12 +22,10 @@ from hardneg import storage
 from hardneg.config import RunConfig
 from hardneg.miners import FILTERS, Ragged, hash_texts, mine_similarity
 from hardneg.pipelines.inputs import Inputs, group_codes, load_corpus
-from hardneg.search import embedding_files, open_index, read_embeddings, recall_at_k
+from hardneg.pipelines.write import kept_rows
+from hardneg.search import Index, embedding_files, exact_search_files, open_index, read_embeddings, recall_at_k
 
 logger = logging.getLogger(__name__)
-
-PART_ROWS = 100_000
-
 
 @dataclass
 class CorpusView:
@@ -74,8 +72,8 @@ def gather_vectors(files: list[tuple[str, int]], rows: np.ndarray) -> np.ndarray
     return out
 
 
-def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embeddings_dir: str) -> dict:
-    """Search and mine every query. Returns arrays (per query and per pair) and figures."""
+def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embeddings_dir: str, index_dir: str) -> dict:
+    """Search (the committed index ``index_dir``) and mine every query. Returns arrays (per query and per pair) and figures."""
     timings = {}
     started = time.perf_counter()
     view = corpus_view(inputs, embeddings_dir)
@@ -106,17 +104,15 @@ def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embe
     timings["prepare"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    index = open_index(embeddings_dir, cfg.index)
-    timings["index"] = time.perf_counter() - started
-    depth = min(cfg.mine.candidate_depth() + int(np.diff(offsets).max()), index.ntotal)
-
     num_queries, n = queries.num_rows, cfg.mine.num_negatives
     negative_rows = np.full((num_queries, n), -1, dtype=np.int64)
     negative_scores = np.full((num_queries, n), np.nan, dtype=np.float32)
     removed = dict.fromkeys(FILTERS, 0)
     search_seconds = mine_seconds = 0.0
     step = cfg.index.query_batch_size
-    try:
+    with open_index(index_dir, cfg.index) as index:
+        timings["load_index"] = time.perf_counter() - started
+        depth = min(cfg.mine.candidate_depth() + int(np.diff(offsets).max()), index.ntotal)
         for batch, lo in enumerate(range(0, num_queries, step)):
             hi = min(lo + step, num_queries)
             t0 = time.perf_counter()
@@ -137,8 +133,6 @@ def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embe
             search_seconds += t1 - t0
             mine_seconds += time.perf_counter() - t1
         recall = search_recall(cfg, index, embeddings_dir, query_vectors, depth)
-    finally:
-        getattr(index, "close", lambda: None)()
     timings["search"], timings["mine"] = search_seconds, mine_seconds
     counts = (negative_rows >= 0).sum(axis=1)
     return {
@@ -162,17 +156,14 @@ def _forbidden_hashes(queries: pa.Table, positive_hashes: np.ndarray, offsets: n
     return out_offsets, values
 
 
-def search_recall(cfg: RunConfig, index, embeddings_dir: str, query_vectors: np.ndarray, depth: int):
-    """recall@depth of an approximate index against exact search on a sample of queries (None when exact)."""
-    if cfg.index.backend in ("exact", "kdtree") or cfg.index.recall_sample == 0:
+def search_recall(cfg: RunConfig, index: Index, embeddings_dir: str, query_vectors: np.ndarray, depth: int):
+    """recall@depth of an approximate ``index`` against exact search over the embedding files, on a sample
+    of queries (None when the index is exact)."""
+    if index.backend in ("exact", "kdtree") or cfg.index.recall_sample == 0:
         return None
     rng = np.random.default_rng(cfg.mine.seed)
     sample = np.sort(rng.choice(len(query_vectors), size=min(cfg.index.recall_sample, len(query_vectors)), replace=False))
-    exact = open_index(embeddings_dir, cfg.index.model_copy(update={"backend": "exact"}))
-    try:
-        _, exact_rows = exact.search(query_vectors[sample], depth)
-    finally:
-        getattr(exact, "close", lambda: None)()
+    _, exact_rows = exact_search_files(embeddings_dir, query_vectors[sample], depth, cfg.index.chunk_size)
     _, approx_rows = index.search(query_vectors[sample], depth)
     return {"k": depth, "queries": len(sample), "recall": round(float(recall_at_k(approx_rows, exact_rows)), 4)}
 
@@ -181,9 +172,7 @@ def mined_table(mined: dict, queries: pa.Table, cfg: RunConfig, round_index: int
     """One row per (query, positive) pair, the DESIGN.md schema; ``on_short=drop`` drops short queries."""
     view, rows, scores, counts = mined["view"], mined["negative_rows"], mined["negative_scores"], mined["counts"]
     pair_query = mined["pair_query"]
-    keep = np.ones(len(pair_query), dtype=bool)
-    if cfg.mine.on_short == "drop":
-        keep = counts[pair_query] == cfg.mine.num_negatives
+    keep = kept_rows(cfg, counts)[pair_query]
     pairs = np.flatnonzero(keep)
     owner = pair_query[pairs]
     present = rows[owner] >= 0
@@ -205,47 +194,3 @@ def mined_table(mined: dict, queries: pa.Table, cfg: RunConfig, round_index: int
     })
 
 
-def write_parts(table: pa.Table, out: storage.Location, rows_per_part: int = PART_ROWS) -> int:
-    """Write ``table`` as ``part-NNNNN.parquet`` files; returns the number of parts."""
-    parts = max(1, -(-table.num_rows // rows_per_part))
-    for part in range(parts):
-        storage.write_parquet(table.slice(part * rows_per_part, rows_per_part), out.join(f"part-{part:05d}.parquet"))
-    return parts
-
-
-def figures(table: pa.Table, mined: dict, num_negatives: int) -> dict:
-    """Score distributions, filter counts, short queries and the false-negative check of a mined table."""
-    counts = mined["counts"]
-    negative_scores = mined["negative_scores"][~np.isnan(mined["negative_scores"])]
-    hashes = mined["view"].text_hash
-    negatives = mined["negative_rows"]
-    positive_hash = hashes[mined["positive_rows"]]
-    same_text = (hashes[np.maximum(negatives[mined["pair_query"]], 0)] == positive_hash[:, None]) & (negatives[mined["pair_query"]] >= 0)
-    return {
-        "queries": int(len(counts)),
-        "rows": table.num_rows,
-        "negatives": int(counts.sum()),
-        "negatives_per_query": round(float(counts.mean()), 3) if len(counts) else 0.0,
-        "short_queries": int((counts < num_negatives).sum()),
-        "queries_without_negatives": int((counts == 0).sum()),
-        "positive_scores": distribution(mined["pair_scores"]),
-        "negative_scores": distribution(negative_scores),
-        "removed": mined["removed"],
-        "negatives_equal_to_positive_text": int(same_text.sum()),
-        "candidates_per_query": mined["depth"],
-        "recall": mined["recall"],
-        "scored_by": mined["scored_by"],
-    }
-
-
-def stage_timing(started: float, rows: int) -> dict:
-    """``seconds``, ``rows`` and ``rows_per_second`` of a stage that began at ``started`` (perf_counter)."""
-    seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 3), "rows": int(rows), "rows_per_second": round(rows / max(seconds, 1e-9), 1)}
-
-
-def distribution(values: np.ndarray) -> dict:
-    if len(values) == 0:
-        return {}
-    q = np.quantile(values, [0.05, 0.25, 0.5, 0.75, 0.95])
-    return {"mean": round(float(values.mean()), 4), **{f"p{p}": round(float(v), 4) for p, v in zip((5, 25, 50, 75, 95), q)}}

@@ -8,7 +8,8 @@ a mixed round gives both for the same anchors, the places themselves:
    round's encoder into ``rounds/NNNNN/embeddings/`` (committed, reused when the round resumes);
 2. geographic part: ``geo_round``'s own search and miner (``mine_places``) with
    ``num_negatives = geo_negatives``;
-3. similarity part: each place's own embedding is searched (``open_index``, ``cfg.index``) and
+3. similarity part: each place's own embedding is searched in the round's persisted index
+   (``rounds/NNNNN/index/``, ``hardneg.pipelines.index``) and
    ``mine_similarity`` picks ``num_negatives`` with the place as its own positive (margins off:
    its score is NaN), same-group and same-text items excluded, and candidates closer than
    ``min_km`` (the same place) dropped before the miner (``removed["same_place"]``);
@@ -25,7 +26,7 @@ Example::
     cfg = load_config(overrides={"mine.miner": "mixed", "mine.geo_negatives": 2, "mine.num_negatives": 4,
                                  "corpus.path": "cities.jsonl", "mine.min_km": 5})
     manifest = mixed_round(cfg, storage.resolve("runs/mixed/rounds/00000"))
-    manifest["figures"]["by_source"]["similarity"]["negatives"]
+    manifest.figures["by_source"]["similarity"]["negatives"]
 """
 
 from __future__ import annotations
@@ -42,16 +43,18 @@ from hardneg.corpus import validate_corpus
 from hardneg.miners import (FILTERS, GEO_REMOVED, GeoResult, MiningResult, drop_same_place, hash_texts, haversine_km,
                             merge_negatives, mine_similarity)
 from hardneg.pipelines.embed import embed_or_reuse
-from hardneg.pipelines.geo import batch_stage, commit_mined, commit_round, kept_rows, mine_places, place_arrays, places_table
-from hardneg.pipelines.mine import distribution, search_recall, stage_timing
+from hardneg.pipelines.figures import SOURCES, mixed_figures
+from hardneg.pipelines.geo import mine_places, place_arrays
+from hardneg.pipelines.index import index_or_reuse
+from hardneg.pipelines.mine import search_recall
+from hardneg.pipelines.write import kept_rows, places_table, write_place_rows
 from hardneg.places import Places, load_places
+from hardneg.rundir import RoundManifest, stage_timing, timing
 from hardneg.search import open_index, read_embeddings
 
-SOURCES = ("geographic", "similarity")
 
-
-def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, encoder: str = "base") -> dict:
-    """Embed, mine (geographic + similarity), merge and write the round folder ``here``; commits it, returns its manifest."""
+def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, encoder: str = "base") -> RoundManifest:
+    """Embed, mine (geographic + similarity), merge and write the round folder ``here``; returns its manifest (to commit)."""
     stages: dict[str, dict] = {}
     started = time.perf_counter()
     places = load_places(cfg.corpus)
@@ -64,7 +67,9 @@ def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, en
     lat, lon, groups = place_arrays(table)
 
     geo = _geographic(cfg, here, table, lat, lon, groups, stages)
-    similar, depth, recall = _similarity(cfg, embeddings_dir.url, vectors, place_of_embedding, table, lat, lon, groups, stages)
+    index = index_or_reuse(cfg.index, embeddings_dir.url, here.join("index"))
+    stages["sim_index"] = timing(index["seconds"], index["rows"])
+    similar, depth, recall = _similarity(cfg, here, vectors, place_of_embedding, table, lat, lon, groups, stages)
     started = time.perf_counter()
     merged = merge_negatives(geo.negative_rows, similar.negative_rows, cfg.mine.geo_negatives, cfg.mine.num_negatives)
     present = merged >= 0
@@ -77,20 +82,15 @@ def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, en
     mined = places_table(table, merged, round_index, encoder, negative_km=km, negative_scores=scores, negative_source=source)
     keep = kept_rows(cfg, present.sum(axis=1))
     figures = mixed_figures(merged, km, scores, from_geo, geo, similar, int(keep.sum()), places, depth, recall)
-    outputs = {"mined": commit_mined(here.join("mined"), mined, keep, {"miner": "mixed", "round": round_index,
-                                                                         "encoder": encoder, "figures": figures})}
-    stages["merge_write"] = stage_timing(started, int(keep.sum()))
-    if cfg.mine.batches:
-        started = time.perf_counter()
-        outputs["batches"] = batch_stage(cfg, here, mined, merged, keep, (groups, lat, lon), round_index, figures)
-        stages["batches"] = stage_timing(started, table.num_rows)
-    return commit_round(here, {
-        "kind": "round", "miner": "mixed", "round": round_index, "encoder": encoder,
-        "model": embeddings["model"], "model_hash": embeddings["model_hash"],
-        "inputs": {"corpus": cfg.corpus.path}, "config": cfg.model_dump(mode="json"),
-        "counts": {"corpus": table.num_rows, "queries": table.num_rows, "rows": int(keep.sum())},
-        "stages": stages, "figures": figures, "outputs": outputs,
-    })
+    stages["merge"] = stage_timing(started, table.num_rows)
+    outputs = write_place_rows(cfg, here, mined, merged, keep, (groups, lat, lon),
+                               {"miner": "mixed", "round": round_index, "encoder": encoder, "figures": figures}, stages)
+    return RoundManifest(
+        miner="mixed", round=round_index, encoder=encoder, model=embeddings["model"], model_hash=embeddings["model_hash"],
+        inputs={"corpus": cfg.corpus.path}, config=cfg.model_dump(mode="json"),
+        counts={"corpus": table.num_rows, "queries": table.num_rows, "rows": int(keep.sum())},
+        stages=stages, figures=figures, outputs=outputs,
+    )
 
 
 def _align(places: Places, ids: np.ndarray, vectors: np.ndarray) -> tuple[pa.Table, np.ndarray, np.ndarray]:
@@ -122,12 +122,17 @@ def _geographic(cfg: RunConfig, here: storage.Location, table: pa.Table, lat, lo
     return result
 
 
-def _similarity(cfg: RunConfig, embeddings_dir: str, vectors: np.ndarray, place_of_embedding: np.ndarray, table: pa.Table,
+def _similarity(cfg: RunConfig, here: storage.Location, vectors: np.ndarray, place_of_embedding: np.ndarray, table: pa.Table,
                 lat: np.ndarray, lon: np.ndarray, groups: np.ndarray, stages: dict) -> tuple[MiningResult, int, object]:
     """``num_negatives`` similarity negatives per place (rows are place rows), the search depth and its recall."""
-    started = time.perf_counter()
-    index = open_index(embeddings_dir, cfg.index)
-    stages["sim_index"] = stage_timing(started, index.ntotal)
+    with open_index(here.join("index").url, cfg.index) as index:
+        return _search_and_mine(cfg, index, here.join("embeddings").url, vectors, place_of_embedding, table, lat, lon, groups, stages)
+
+
+def _search_and_mine(cfg: RunConfig, index, embeddings_dir: str, vectors: np.ndarray, place_of_embedding: np.ndarray,
+                     table: pa.Table, lat: np.ndarray, lon: np.ndarray, groups: np.ndarray,
+                     stages: dict) -> tuple[MiningResult, int, object]:
+    """``_similarity``'s batches over an open ``index``."""
     text_hash = hash_texts(table.column("text").to_pylist())
     depth = min(cfg.mine.candidate_depth() + 1, index.ntotal)  # + 1: the place itself comes back first
     num_places, step = len(vectors), cfg.index.query_batch_size
@@ -135,43 +140,21 @@ def _similarity(cfg: RunConfig, embeddings_dir: str, vectors: np.ndarray, place_
     scores_out = np.full((num_places, cfg.mine.num_negatives), np.nan, np.float32)
     removed = dict.fromkeys(("same_place",) + FILTERS, 0)
     started = time.perf_counter()
-    try:
-        for batch, lo in enumerate(range(0, num_places, step)):
-            anchors = np.arange(lo, min(lo + step, num_places))
-            scores, found = index.search(vectors[anchors], depth)
-            found = np.where(found >= 0, place_of_embedding[np.maximum(found, 0)], -1)
-            rows, scores, same_place = drop_same_place(anchors, found, scores, lat, lon, cfg.mine.min_km)
-            removed["same_place"] += same_place
-            result = mine_similarity(rows, scores, anchors[:, None], np.full(len(anchors), np.nan, np.float32), cfg.mine,
-                                     corpus_groups=groups, query_groups=groups[anchors], corpus_text_hash=text_hash,
-                                     query_forbidden_hashes=text_hash[anchors, None], seed=cfg.mine.seed + batch)
-            rows_out[anchors], scores_out[anchors] = result.negative_rows, result.negative_scores
-            for name, count in result.removed.items():
-                removed[name] += count
-        recall = search_recall(cfg, index, embeddings_dir, vectors, depth)
-    finally:
-        getattr(index, "close", lambda: None)()
+    for batch, lo in enumerate(range(0, num_places, step)):
+        anchors = np.arange(lo, min(lo + step, num_places))
+        scores, found = index.search(vectors[anchors], depth)
+        found = np.where(found >= 0, place_of_embedding[np.maximum(found, 0)], -1)
+        rows, scores, same_place = drop_same_place(anchors, found, scores, lat, lon, cfg.mine.min_km)
+        removed["same_place"] += same_place
+        result = mine_similarity(rows, scores, anchors[:, None], np.full(len(anchors), np.nan, np.float32), cfg.mine,
+                                 corpus_groups=groups, query_groups=groups[anchors], corpus_text_hash=text_hash,
+                                 query_forbidden_hashes=text_hash[anchors, None], seed=cfg.mine.seed + batch)
+        rows_out[anchors], scores_out[anchors] = result.negative_rows, result.negative_scores
+        for name, count in result.removed.items():
+            removed[name] += count
+    recall = search_recall(cfg, index, embeddings_dir, vectors, depth)
     stages["sim_mine"] = stage_timing(started, num_places)
     counts = (rows_out >= 0).sum(axis=1)
     return MiningResult(rows_out, scores_out, counts, removed, int((counts < cfg.mine.num_negatives).sum())), depth, recall
 
 
-def mixed_figures(merged: np.ndarray, km: np.ndarray, scores: np.ndarray, from_geo: np.ndarray, geo: GeoResult,
-                  similar: MiningResult, rows: int, places: Places, depth: int, recall) -> dict:
-    """Negatives per query and per source, km and score distributions (all and per source), removals per miner."""
-    present = merged >= 0
-    counts = present.sum(axis=1)
-    by_source = {}
-    for name, mask in zip(SOURCES, (present & from_geo, present & ~from_geo)):
-        by_source[name] = {"negatives": int(mask.sum()), "negative_km": distribution(km[mask]),
-                           "negative_scores": distribution(scores[mask])}
-    return {
-        "queries": int(len(counts)), "rows": rows, "negatives": int(counts.sum()),
-        "negatives_per_query": round(float(counts.mean()), 3) if len(counts) else 0.0,
-        "short_queries": int((counts < merged.shape[1]).sum()), "queries_without_negatives": int((counts == 0).sum()),
-        "geo_short_queries": geo.short_queries, "negative_km": distribution(km[present]),
-        "negative_scores": distribution(scores[present]), "by_source": by_source,
-        "removed": {"geographic": geo.removed, "similarity": similar.removed},
-        "uncertified_queries": geo.uncertified, "candidates_per_query": {"geographic": geo.depth, "similarity": depth},
-        "recall": recall, "dropped_places": places.dropped,
-    }

@@ -30,7 +30,8 @@ from typing import Optional
 from hardneg import storage
 from hardneg.config import RunConfig
 from hardneg.errors import ConfigError, InputError
-from hardneg.pipelines.run import round_dir, run_round
+from hardneg.pipelines.run import run_round
+from hardneg.rundir import round_dir
 
 logger = logging.getLogger(__name__)
 

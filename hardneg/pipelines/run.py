@@ -1,20 +1,9 @@
-"""One round of the run directory: embed -> index -> mine -> write, each stage committed on its own.
+"""One round of the run directory, for every miner: inputs -> embed -> index -> mine -> write -> eval.
 
-::
-
-    RUN_DIR/run.yaml                      the resolved config of the first run
-    RUN_DIR/inputs/{corpus,queries}/      prepared once, reused by every round
-    RUN_DIR/rounds/NNNNN/embeddings/      corpus embeddings (embed stage)
-    RUN_DIR/rounds/NNNNN/query_embeddings/
-    RUN_DIR/rounds/NNNNN/index/           index manifest (and a faiss index when single-shard)
-    RUN_DIR/rounds/NNNNN/mined/           the mined table (DESIGN.md schema)
-    RUN_DIR/rounds/NNNNN/<format>/        the triplet / n-tuple / labeled-pair view, when asked
-    RUN_DIR/rounds/NNNNN/batches/         mine.batches: rows with batch_id (geographic and mixed miners)
-    RUN_DIR/rounds/NNNNN/eval/            held-out recall@k / nDCG@10 of the round's encoder (training loop only)
-    RUN_DIR/rounds/NNNNN/MANIFEST.json    written last: the round exists once it does
-
-``mine.miner=geographic`` rounds skip the model: see ``hardneg.pipelines.geo``; ``mine.miner=mixed``
-rounds embed the places corpus and mine it both ways: see ``hardneg.pipelines.mixed``.
+Each stage commits its own folder (layout: ``hardneg.rundir``), and the round commits one
+``RoundManifest`` last. ``mine.miner`` picks the strategy: ``similarity`` (queries against the
+corpus embeddings), ``geographic`` (no model: the places' coordinates, ``hardneg.pipelines.geo``)
+or ``mixed`` (both over the places corpus, ``hardneg.pipelines.mixed``).
 A stage whose folder is committed is not redone, so a re-run after a crash resumes; a folder
 without its MANIFEST.json is cleared and redone. A committed round is returned as it is.
 
@@ -35,18 +24,19 @@ from hardneg import storage
 from hardneg.config import CorpusConfig, RunConfig, dump_config
 from hardneg.errors import ConfigError
 from hardneg.pipelines.embed import embed_or_reuse
-from hardneg.pipelines.heldout import evaluate_round, split_queries
-from hardneg.pipelines.inputs import prepare_inputs
+from hardneg.pipelines.figures import similarity_figures
 from hardneg.pipelines.geo import geo_round
+from hardneg.pipelines.heldout import evaluate_round, split_queries
+from hardneg.pipelines.index import index_or_reuse
+from hardneg.pipelines.inputs import prepare_inputs
+from hardneg.pipelines.mine import mine_queries, mined_table
 from hardneg.pipelines.mixed import mixed_round
-from hardneg.pipelines.mine import figures, mine_queries, mined_table, stage_timing, write_parts
-from hardneg.pipelines.views import view_table
+from hardneg.pipelines.write import write_parts, write_view
+from hardneg.rundir import RoundManifest, commit_round, round_dir, stage_timing, timing
 
 logger = logging.getLogger(__name__)
 
-
-def round_dir(run_dir: str, round_index: int) -> storage.Location:
-    return storage.resolve(run_dir).join("rounds", f"{round_index:05d}")
+__all__ = ["round_dir", "run_round"]
 
 
 def run_round(
@@ -58,7 +48,8 @@ def run_round(
         model_path: the encoder that embeds this round (a checkpoint dir); ``cfg.model.path`` when None.
         encoder: the checkpoint id written into the rows and the manifest.
         holdout: leave ``train.eval_fraction`` of the queries out of the mined rows and evaluate the
-            round's encoder on them (``hardneg.pipelines.heldout``); what the training loop does.
+            round's encoder on them (``hardneg.pipelines.heldout``); what the training loop does
+            (similarity miner).
     """
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set (the folder, local or s3://, that holds the rounds)")
@@ -69,13 +60,20 @@ def run_round(
         return storage.read_manifest(here)
     if not storage.exists(run_dir.join("run.yaml")):
         storage.write_text(run_dir.join("run.yaml"), dump_config(cfg))
-    if cfg.mine.miner == "geographic":
-        return geo_round(cfg, here, round_index, encoder)
-    if model_path:
+    if model_path and cfg.mine.miner != "geographic":
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path})})
-    if cfg.mine.miner == "mixed":
-        return mixed_round(cfg, here, round_index, encoder)
+    if cfg.mine.miner == "geographic":
+        manifest = geo_round(cfg, here, round_index, encoder)
+    elif cfg.mine.miner == "mixed":
+        manifest = mixed_round(cfg, here, round_index, encoder)
+    else:
+        manifest = similarity_round(cfg, here, round_index, encoder, holdout)
+    return commit_round(here, manifest)
 
+
+def similarity_round(cfg: RunConfig, here: storage.Location, round_index: int, encoder: str, holdout: bool) -> RoundManifest:
+    """Embed corpus and queries, build the index, mine, write (and evaluate the held-out queries); the round's manifest."""
+    run_dir = storage.resolve(cfg.run_dir)
     started = time.perf_counter()
     stages: dict[str, dict] = {}
     inputs = prepare_inputs(cfg, run_dir)
@@ -83,11 +81,12 @@ def run_round(
     train_queries, heldout_queries = split_queries(inputs.queries, cfg.train) if holdout else (inputs.queries, None)
 
     embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": inputs.corpus_cfg}), here.join("embeddings"), inputs.corpus)
-    stages["embed_corpus"] = {"seconds": embeddings["seconds"], "rows": embeddings["rows"], "rows_per_second": embeddings["rows_per_second"]}
+    stages["embed_corpus"] = timing(embeddings["seconds"], embeddings["rows"])
     queries_cfg = CorpusConfig(path=run_dir.join("inputs", "queries").url, id_column="query_id", text_column="query")
     query_embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": queries_cfg}), here.join("query_embeddings"), None, cfg.model.query_prompt)
-    stages["embed_queries"] = {"seconds": query_embeddings["seconds"], "rows": query_embeddings["rows"],
-                               "rows_per_second": query_embeddings["rows_per_second"]}
+    stages["embed_queries"] = timing(query_embeddings["seconds"], query_embeddings["rows"])
+    index = index_or_reuse(cfg.index, here.join("embeddings").url, here.join("index"))
+    stages["index"] = timing(index["seconds"], index["rows"])
 
     mined_dir = here.join("mined")
     if storage.is_committed(mined_dir):
@@ -98,69 +97,40 @@ def run_round(
     round_figures = dict(mined_manifest["figures"])
     if heldout_queries is not None and heldout_queries.num_rows:
         round_figures["eval"] = evaluate_round(cfg, here, heldout_queries)
-        seconds = round_figures["eval"]["seconds"]
-        stages["eval"] = {"seconds": seconds, "rows": heldout_queries.num_rows,
-                          "rows_per_second": round(heldout_queries.num_rows / max(seconds, 1e-9), 1)}
+        stages["eval"] = timing(round_figures["eval"]["seconds"], heldout_queries.num_rows)
     outputs = {"mined": mined_dir.url}
     if cfg.mine.format != "default":
-        outputs[cfg.mine.format] = _view(cfg, mined_dir, here.join(cfg.mine.format))
-
-    manifest = {
-        "kind": "round",
-        "round": round_index,
-        "encoder": encoder,
-        "model": embeddings["model"],
-        "model_hash": embeddings["model_hash"],
-        "inputs": {"queries": cfg.queries.path, "corpus": cfg.corpus.path, "format": cfg.queries.format},
-        "config": cfg.model_dump(mode="json"),
-        "counts": {"corpus": embeddings["rows"], "queries": query_embeddings["rows"], "rows": mined_manifest["rows"]},
-        "stages": stages,
-        "figures": round_figures,
-        "heldout": {"fraction": cfg.train.eval_fraction, "seed": cfg.train.seed,
-                    "queries": heldout_queries.num_rows} if heldout_queries is not None else None,
-        "outputs": outputs,
-        "seconds": round(sum(stage["seconds"] for stage in stages.values()), 3),
-    }
-    storage.commit(here, manifest)
-    return manifest
-
-
-def _view(cfg: RunConfig, mined_dir: storage.Location, out: storage.Location) -> str:
-    """Write and commit the ``mine.format`` view of the committed mined table (once)."""
-    if not storage.is_committed(out):
-        view = view_table(storage.read_table(mined_dir.url), cfg.mine.format, cfg.mine.num_negatives)
-        storage.prepare_output(out)
-        write_parts(view, out)
-        storage.commit(out, {"kind": "view", "format": cfg.mine.format, "rows": view.num_rows})
-    return out.url
+        outputs[cfg.mine.format] = write_view(cfg, mined_dir, here.join(cfg.mine.format))
+    return RoundManifest(
+        miner="similarity", round=round_index, encoder=encoder, model=embeddings["model"], model_hash=embeddings["model_hash"],
+        inputs={"queries": cfg.queries.path, "corpus": cfg.corpus.path, "format": cfg.queries.format},
+        config=cfg.model_dump(mode="json"),
+        counts={"corpus": embeddings["rows"], "queries": query_embeddings["rows"], "rows": mined_manifest["rows"]},
+        stages=stages, figures=round_figures, outputs=outputs,
+        heldout={"fraction": cfg.train.eval_fraction, "seed": cfg.train.seed,
+                 "queries": heldout_queries.num_rows} if heldout_queries is not None else None,
+    )
 
 
 def _mine(cfg: RunConfig, inputs, here: storage.Location, round_index: int, encoder: str) -> dict:
-    """Search + mine + write the mined table (and its view), committing index/, mined/ and the view."""
+    """Search the committed index + mine + write and commit the mined table."""
     started = time.perf_counter()
-    mined = mine_queries(cfg, inputs, here.join("embeddings").url, here.join("query_embeddings").url)
+    mined = mine_queries(cfg, inputs, here.join("embeddings").url, here.join("query_embeddings").url, here.join("index").url)
     t = mined["timings"]
     table = mined_table(mined, inputs.queries, cfg, round_index, encoder)
-    index_dir = here.join("index")
-    if not storage.is_committed(index_dir):  # the index is rebuilt from the embeddings, its figures kept once
-        storage.prepare_output(index_dir)
-        storage.commit(index_dir, {"kind": "index", **cfg.index.model_dump(mode="json"), "seconds": round(t["index"], 3),
-                                   "recall": mined["recall"]})
     write_started = time.perf_counter()
     mined_dir = storage.prepare_output(here.join("mined"))
     parts = write_parts(table, mined_dir)
     queries = inputs.queries.num_rows
     stages = {
-        "index": {"seconds": round(t["index"], 3), "rows": len(mined["view"].ids),
-                  "rows_per_second": round(len(mined["view"].ids) / max(t["index"], 1e-9), 1)},
-        "search": {"seconds": round(t["search"], 3), "rows": queries, "rows_per_second": round(queries / max(t["search"], 1e-9), 1)},
-        "mine": {"seconds": round(t["prepare"] + t["mine"], 3), "rows": queries,
-                 "rows_per_second": round(queries / max(t["prepare"] + t["mine"], 1e-9), 1)},
+        "load_index": timing(t["load_index"], len(mined["view"].ids)),
+        "search": timing(t["search"], queries),
+        "mine": timing(t["prepare"] + t["mine"], queries),
         "write": stage_timing(write_started, table.num_rows),
     }
     manifest = {
         "kind": "mined", "round": round_index, "encoder": encoder, "rows": table.num_rows, "parts": parts,
-        "figures": figures(table, mined, cfg.mine.num_negatives), "stages": stages,
+        "figures": similarity_figures(table, mined, cfg.mine.num_negatives), "stages": stages,
         "seconds": round(time.perf_counter() - started, 3),
     }
     storage.commit(mined_dir, manifest)

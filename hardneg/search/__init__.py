@@ -1,4 +1,4 @@
-"""Search backends behind one small interface.
+"""Search backends behind one small interface (``Index``: ``search``, ``close``, a context manager).
 
 Every index answers ``search(queries, k) -> (scores (q, k) float32, rows (q, k) int64)``: inner
 product, best first, ties broken by the lower row, ``-inf``/``-1`` past the corpus size.
@@ -8,56 +8,51 @@ product, best first, ties broken by the lower row, ``-inf``/``-1`` past the corp
 - ``kdtree``: scipy k-d tree, exact, for low-dimensional unit vectors (geographic mining);
 - sharded (``index.num_shards > 1``): the corpus split across Ray actors, top-k merged.
 
+A round's index is built once from its embedding shards and persisted (``hardneg.search.stored``,
+written by ``hardneg.pipelines.index``); ``open_index`` opens such a folder.
+
 Example::
 
-    index = open_index("runs/a/rounds/00000/embeddings", IndexConfig(backend="hnsw"))
-    scores, rows = index.search(query_vectors, k=50)
+    with open_index("runs/a/rounds/00000/index", IndexConfig()) as index:
+        scores, rows = index.search(query_vectors, k=50)
 """
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
-from hardneg.config import IndexConfig
-from hardneg.search.exact import ExactIndex, exact_search, merge_topk, resolve_device
+from hardneg.search.base import Index
+from hardneg.search.build import build_index, load_index
+from hardneg.search.exact import ExactIndex, exact_search, merge_topk, pad_to, resolve_device
 from hardneg.search.faiss_index import FaissIndex
-from hardneg.search.kdtree import KDTreeIndex
 from hardneg.search.files import embedding_files, read_embeddings, vectors_of
-from hardneg.search.sharded import ShardedIndex
+from hardneg.search.kdtree import KDTreeIndex
+from hardneg.search.sharded import ShardedIndex, split_files
+from hardneg.search.stored import index_manifest, open_index, shard_name, write_shard
 
 __all__ = [
-    "ExactIndex", "FaissIndex", "KDTreeIndex", "ShardedIndex", "build_index", "embedding_files", "exact_search", "load_index",
-    "merge_topk", "open_index", "read_embeddings", "recall_at_k", "resolve_device", "vectors_of",
+    "ExactIndex", "FaissIndex", "Index", "KDTreeIndex", "ShardedIndex", "build_index", "embedding_files", "exact_search",
+    "exact_search_files", "index_manifest", "load_index", "merge_topk", "open_index", "read_embeddings", "recall_at_k",
+    "resolve_device", "shard_name", "split_files", "vectors_of", "write_shard",
 ]
 
 
-def build_index(corpus: np.ndarray, cfg: IndexConfig):
-    """An in-process index over ``corpus`` for ``cfg.backend``."""
-    if cfg.backend == "exact":
-        return ExactIndex(corpus, cfg.chunk_size, cfg.device, "float16" if resolve_device(cfg.device) == "cuda" else "float32")
-    if cfg.backend == "kdtree":
-        return KDTreeIndex(corpus)
-    return FaissIndex(corpus, cfg)
+def exact_search_files(embeddings_dir: str, queries: np.ndarray, k: int, chunk_size: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` over a committed embeddings folder, one file in memory at a time (global rows).
 
-
-def load_index(data: bytes, cfg: IndexConfig):
-    """The index ``to_bytes`` wrote."""
-    if cfg.backend in ("exact", "kdtree"):
-        return build_index(np.load(io.BytesIO(data), allow_pickle=False), cfg)
-    import faiss
-
-    index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-    return FaissIndex(np.zeros((0, index.d), np.float32), cfg, index=index)
-
-
-def open_index(embeddings_dir: str, cfg: IndexConfig):
-    """The index over a committed embeddings folder: in-process for one shard, Ray actors for several."""
-    if cfg.num_shards > 1:
-        return ShardedIndex(embeddings_dir, cfg)
-    _, vectors = read_embeddings(embeddings_dir)
-    return build_index(vectors, cfg)
+    The reference an approximate index is measured against (``recall_at_k``).
+    """
+    scores = np.zeros((len(queries), 0), np.float32)
+    rows = np.zeros((len(queries), 0), np.int64)
+    offset = 0
+    for url, count in embedding_files(embeddings_dir):
+        _, vectors = read_embeddings(url, [(url, count)])
+        file_scores, file_rows = exact_search(queries, vectors, k, chunk_size)
+        scores = np.concatenate([scores, file_scores], 1)
+        rows = np.concatenate([rows, np.where(file_rows >= 0, file_rows + offset, -1)], 1)
+        scores, rows = merge_topk(scores, rows, k)
+        offset += count
+    return pad_to(scores, rows, k)
 
 
 def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hardneg.search.base import Index
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUERY_BATCH = 4096
 
@@ -41,7 +43,7 @@ def pad_to(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np
             np.concatenate([rows, np.full((q, missing), -1, np.int64)], 1))
 
 
-class ExactIndex:
+class ExactIndex(Index):
     """The corpus held as one torch tensor (on ``device``, in ``dtype``), searched chunk by chunk."""
 
     backend = "exact"

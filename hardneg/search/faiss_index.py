@@ -15,6 +15,7 @@ import numpy as np
 
 from hardneg.config import IndexConfig
 from hardneg.errors import ConfigError
+from hardneg.search.base import Index
 from hardneg.search.exact import merge_topk, pad_to, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def make_faiss_index(dim: int, n: int, cfg: IndexConfig):
     return index
 
 
-class FaissIndex:
+class FaissIndex(Index):
     """A trained and filled faiss index over ``corpus`` (float32, rows 0..n-1)."""
 
     def __init__(self, corpus: np.ndarray, cfg: IndexConfig, index=None):

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from hardneg.search.base import Index
 
-class KDTreeIndex:
+
+class KDTreeIndex(Index):
     """``search(queries, k) -> (scores (q, k) float32, rows (q, k) int64)`` over unit vectors; threads: ``workers``."""
 
     backend = "kdtree"

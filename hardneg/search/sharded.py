@@ -1,15 +1,14 @@
-"""Sharded search: the corpus split across Ray actors, queries fanned out, top-k merged in the driver.
+"""Sharded search: the corpus split across Ray actors, queries fanned out, top-k merged in the caller.
 
-Each actor reads a contiguous range of embedding files from storage and builds its own index;
-a killed actor is restarted by Ray and reloads its shard (``max_restarts``/``max_task_retries``).
+Each actor loads one shard file of a persisted index folder (``hardneg.search.stored``); a killed
+actor is restarted by Ray and reloads its shard (``max_restarts``/``max_task_retries``).
 Global rows are the shard's offset plus its local rows, so with the exact backend the merged
 result equals the unsharded search, scores and rows (ties by lower row).
 
 Example::
 
-    index = ShardedIndex("runs/a/rounds/00000/embeddings", IndexConfig(num_shards=4))
-    scores, rows = index.search(queries, k=10)
-    index.close()
+    with open_index("runs/a/rounds/00000/index", IndexConfig()) as index:   # a folder of 4 shards
+        scores, rows = index.search(queries, k=10)
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ from typing import Optional
 import numpy as np
 
 from hardneg.config import IndexConfig
+from hardneg.search.base import Index
 from hardneg.search.exact import merge_topk
-from hardneg.search.files import embedding_files
 
 
 def split_files(files: list[tuple[str, int]], num_shards: int) -> list[tuple[list[tuple[str, int]], int]]:
@@ -41,17 +40,15 @@ def split_files(files: list[tuple[str, int]], num_shards: int) -> list[tuple[lis
 
 
 class ShardActor:
-    """Holds one shard's index; ``search`` returns global rows."""
+    """Holds one shard of a persisted index (loaded from its file); ``search`` returns global rows."""
 
-    def __init__(self, files: list[tuple[str, int]], offset: int, cfg: IndexConfig, storage_options: dict):
+    def __init__(self, index_dir: str, shard: dict, cfg: IndexConfig, storage_options: dict):
         from hardneg import storage
-        from hardneg.search import build_index
-        from hardneg.search.files import read_embeddings
+        from hardneg.search.stored import read_shard
 
         storage.restore_options(storage_options)
-        _, vectors = read_embeddings("", files)
-        self.index = build_index(vectors, cfg)
-        self.offset = offset
+        self.index = read_shard(index_dir, shard, cfg)
+        self.offset = shard["offset"]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         scores, rows = self.index.search(queries, k)
@@ -61,29 +58,26 @@ class ShardActor:
         return self.index.ntotal
 
 
-class ShardedIndex:
-    """``num_shards`` (default ``cfg.num_shards``) Ray actors over the files of a committed embeddings folder.
+class ShardedIndex(Index):
+    """One Ray actor per shard of a committed index folder (``shards``: its manifest's entries).
 
     Each actor takes one CPU (one GPU with a GPU index on a GPU cluster), or a share of them when
     there are more shards than CPUs (``hardneg.resources.shard_resources``).
     """
 
-    backend = "sharded"
-
-    def __init__(self, embeddings_dir: str, cfg: IndexConfig, num_shards: Optional[int] = None,
-                 resources_per_shard: Optional[dict] = None):
+    def __init__(self, index_dir: str, shards: list[dict], cfg: IndexConfig, resources_per_shard: Optional[dict] = None):
         import ray
 
         from hardneg import storage
         from hardneg.resources import cluster_resources, shard_resources
 
-        shards = split_files(embedding_files(embeddings_dir), num_shards or cfg.num_shards)
+        self.backend = cfg.backend  # the shards' backend
         if resources_per_shard is None:
             cpus, gpus = shard_resources(len(shards), cluster_resources(), cfg.device)
             resources_per_shard = {"num_cpus": cpus, "num_gpus": gpus}
         options = {"max_restarts": -1, "max_task_retries": -1, **resources_per_shard}
         actor = ray.remote(ShardActor).options(**options)
-        self.actors = [actor.remote(files, offset, cfg, storage.s3_options()) for files, offset in shards]
+        self.actors = [actor.remote(index_dir, shard, cfg, storage.s3_options()) for shard in shards]
         self.ntotal = sum(ray.get([a.ntotal.remote() for a in self.actors]))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

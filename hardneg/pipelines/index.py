@@ -1,0 +1,54 @@
+"""The index stage: build a round's index once from its embedding shards and persist it.
+
+``rounds/NNNNN/index/`` holds one file per search shard (``hardneg.search.stored``) and a
+MANIFEST.json written last. Each shard is built by a Ray task that reads only its own embedding
+files, so the driver never holds the vectors. Mining, the recall check and the held-out
+evaluation all open this folder (``hardneg.search.open_index``); a resumed round reuses it.
+
+Example::
+
+    manifest = index_or_reuse(cfg.index, "runs/a/rounds/00000/embeddings", storage.resolve("runs/a/rounds/00000/index"))
+    manifest["shards"][0]["file"]   # "shard-00000.npy"
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from hardneg import storage
+from hardneg.config import IndexConfig
+from hardneg.search import embedding_files, index_manifest, shard_name, split_files, write_shard
+
+logger = logging.getLogger(__name__)
+
+
+def index_or_reuse(cfg: IndexConfig, embeddings_dir: str, out: storage.Location) -> dict:
+    """The manifest of the committed index ``out``, building and committing it from ``embeddings_dir`` when absent."""
+    if storage.is_committed(out):
+        logger.info("index already built: %s", out.url)
+        return index_manifest(out.url)
+    return build_index_dir(cfg, embeddings_dir, out)
+
+
+def build_index_dir(cfg: IndexConfig, embeddings_dir: str, out: storage.Location) -> dict:
+    """Build ``cfg.num_shards`` shards over the committed embeddings (one Ray task each), write them, commit ``out``."""
+    import ray
+
+    from hardneg.resources import cluster_resources, shard_resources
+
+    started = time.perf_counter()
+    shards = split_files(embedding_files(embeddings_dir), cfg.num_shards) or [([], 0)]
+    storage.prepare_output(out)
+    cpus, gpus = shard_resources(len(shards), cluster_resources(), cfg.device)
+    task = ray.remote(write_shard).options(num_cpus=cpus, num_gpus=gpus, max_retries=3)
+    names = [shard_name(shard, cfg.backend) for shard in range(len(shards))]
+    rows = ray.get([task.remote(files, cfg, out.join(name).url, storage.s3_options())
+                    for (files, _), name in zip(shards, names)])
+    manifest = {
+        "kind": "index", "backend": cfg.backend, "embeddings": storage.resolve(embeddings_dir).url, "rows": sum(rows),
+        "shards": [{"file": name, "offset": offset, "rows": count} for name, (_, offset), count in zip(names, shards, rows)],
+        "config": cfg.model_dump(mode="json"), "seconds": round(time.perf_counter() - started, 3),
+    }
+    storage.commit(out, manifest)
+    return manifest

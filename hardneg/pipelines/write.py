@@ -1,0 +1,131 @@
+"""The write stage: the mined table in parts, its ST view, and batch mode, each folder committed once.
+
+``on_short`` is decided here, once for every miner (``kept_rows``). Batch mode (``mine.batches``)
+adds ``batch_id``, sorts rows by it and writes each Parquet row group as whole batches, so a Ray
+Train worker reads a batch whole (``compose_batches``, epoch = round).
+
+Example::
+
+    parts = write_parts(table, storage.prepare_output(here.join("mined")))
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from hardneg import storage
+from hardneg.config import RunConfig
+from hardneg.miners import compose_batches
+from hardneg.pipelines.views import view_table
+from hardneg.rundir import stage_timing
+
+PART_ROWS = 100_000
+ROW_GROUP_ROWS = 8192  # whole batches are gathered into row groups of about this many rows
+
+
+def write_parts(table: pa.Table, out: storage.Location, rows_per_part: int = PART_ROWS) -> int:
+    """Write ``table`` as ``part-NNNNN.parquet`` files; returns the number of parts."""
+    parts = max(1, -(-table.num_rows // rows_per_part))
+    for part in range(parts):
+        storage.write_parquet(table.slice(part * rows_per_part, rows_per_part), out.join(f"part-{part:05d}.parquet"))
+    return parts
+
+
+def kept_rows(cfg: RunConfig, counts: np.ndarray) -> np.ndarray:
+    """Rows to write: all of them, or (``mine.on_short=drop``) those with ``num_negatives`` negatives."""
+    return np.ones(len(counts), bool) if cfg.mine.on_short == "keep" else counts == cfg.mine.num_negatives
+
+
+def commit_mined(mined_dir: storage.Location, mined: pa.Table, keep: np.ndarray, manifest: dict) -> str:
+    """Write the kept rows of ``mined`` and commit ``mined_dir`` (once: a resumed round keeps what is committed)."""
+    if not storage.is_committed(mined_dir):  # a resumed round re-mines (deterministic) and keeps what is committed
+        storage.prepare_output(mined_dir)
+        parts = write_parts(mined.filter(pa.array(keep)), mined_dir)
+        storage.commit(mined_dir, {"kind": "mined", **manifest, "rows": int(keep.sum()), "parts": parts})
+    return mined_dir.url
+
+
+def write_view(cfg: RunConfig, mined_dir: storage.Location, out: storage.Location) -> str:
+    """Write and commit the ``mine.format`` view of the committed mined table (once)."""
+    if not storage.is_committed(out):
+        view = view_table(storage.read_table(mined_dir.url), cfg.mine.format, cfg.mine.num_negatives)
+        storage.prepare_output(out)
+        write_parts(view, out)
+        storage.commit(out, {"kind": "view", "format": cfg.mine.format, "rows": view.num_rows})
+    return out.url
+
+
+def places_table(places: pa.Table, negative_rows: np.ndarray, round_index: int, encoder: str, **lists: np.ndarray) -> pa.Table:
+    """One row per place: ``query_id``, ``query``, ``negative_ids``, ``negatives``, then ``lists`` (each a
+    ``(q, n)`` array aligned with ``negative_rows``; floats are written as float32), ``round``, ``encoder``."""
+    present = negative_rows >= 0
+    offsets = pa.array(np.concatenate([[0], np.cumsum(present.sum(axis=1))]).astype(np.int32))
+    take = pa.array(negative_rows[present])
+    ids, texts = places.column("id").combine_chunks(), places.column("text").combine_chunks()
+    columns = {
+        "query_id": ids,
+        "query": texts,
+        "negative_ids": pa.ListArray.from_arrays(offsets, ids.take(take)),
+        "negatives": pa.ListArray.from_arrays(offsets, texts.take(take)),
+    }
+    for name, values in lists.items():
+        flat = values[present]
+        columns[name] = pa.ListArray.from_arrays(offsets, pa.array(flat, pa.float32() if flat.dtype.kind == "f" else None))
+    columns["round"] = pa.array(np.full(places.num_rows, round_index, np.int32))
+    columns["encoder"] = pa.array([encoder] * places.num_rows, pa.string())
+    return pa.table(columns)
+
+
+def write_place_rows(cfg: RunConfig, here: storage.Location, mined: pa.Table, negative_rows: np.ndarray, keep: np.ndarray,
+                     places: tuple[np.ndarray, np.ndarray, np.ndarray], manifest: dict, stages: dict) -> dict:
+    """The write stage of a round over places (geographic, mixed): commit ``mined/`` with ``manifest``
+    (``miner``, ``round``, ``encoder``, ``figures``) and, with ``mine.batches``, ``batches/`` composed
+    around ``negative_rows``; adds the ``write`` (and ``batches``) timings, returns the outputs."""
+    started = time.perf_counter()
+    outputs = {"mined": commit_mined(here.join("mined"), mined, keep, manifest)}
+    stages["write"] = stage_timing(started, int(keep.sum()))
+    if cfg.mine.batches:
+        started = time.perf_counter()
+        outputs["batches"] = batch_stage(cfg, here, mined, negative_rows, keep, places, manifest["round"], manifest["figures"])
+        stages["batches"] = stage_timing(started, len(negative_rows))
+    return outputs
+
+
+def batch_stage(cfg: RunConfig, here: storage.Location, mined: pa.Table, neighbours: np.ndarray, keep: np.ndarray,
+                places: tuple[np.ndarray, np.ndarray, np.ndarray], round_index: int, figures: dict) -> str:
+    """Compose batches around ``neighbours`` (each row's negatives), write ``batches/``; adds the batch figures."""
+    groups, lat, lon = places
+    plan = compose_batches(neighbours, cfg.mine.batch_size, cfg.mine.seed, round_index, groups, lat, lon, cfg.mine.min_km)
+    figures["together_share"] = round(plan.together_share, 4)
+    figures["batches"] = plan.num_batches
+    return write_batches(mined, plan, keep, here.join("batches"), cfg.mine.batch_size)
+
+
+def write_batches(mined: pa.Table, plan, keep: np.ndarray, out: storage.Location, batch_size: int) -> str:
+    """``mined`` rows plus ``batch_id`` in plan order, row groups of whole batches; committed (once)."""
+    if storage.is_committed(out):
+        return out.url
+    order = plan.order[keep[plan.order]]
+    ids = plan.batch_ids[order]
+    table = mined.take(pa.array(order)).append_column("batch_id", pa.array(ids, pa.int64()))
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
+    cuts = [0]
+    for start in starts.tolist():
+        if start - cuts[-1] >= ROW_GROUP_ROWS:
+            cuts.append(start)
+    cuts.append(len(ids))
+    files: list[list[pa.Table]] = [[]]
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        if sum(piece.num_rows for piece in files[-1]) >= PART_ROWS:
+            files.append([])
+        files[-1].append(table.slice(lo, hi - lo))
+    storage.prepare_output(out)
+    for part, pieces in enumerate(files):
+        storage.write_parquet_row_groups(pieces, table.schema, out.join(f"part-{part:05d}.parquet"))
+    storage.commit(out, {"kind": "batches", "rows": len(ids), "parts": len(files), "batch_size": batch_size,
+                         "batches": int(len(starts)), "together_share": round(plan.together_share, 4),
+                         "row_groups": "whole batches, rows sorted by batch_id"})
+    return out.url
