@@ -40,9 +40,10 @@ def init_ray(
         _quiet_ray_data()
         return
     logger.info("starting a local Ray instance")
-    # A new local instance turns token authentication on and warns that it did, unless the mode is
-    # chosen: choose it (token, Ray's secure default) so the run starts without a warning.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # A new local instance turns token authentication on (Ray's secure default, kept) and warns that it
+    # did, as if something were wrong; RAY_AUTH_MODE=token would say it too, but the driver reads its
+    # mode before we could set it. Mute only that notice; other authentication errors still show.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(
         # "local": a new instance, never a cluster some earlier `ray start` (or a crashed test) left behind.
         address="local",

@@ -79,7 +79,7 @@ def build_report(run_dir: str) -> str:
     if state.checkpoints or any(r.manifest["figures"].get("eval") for r in state.rounds):
         body.append(training_section(state))
     for info in reversed(state.rounds):
-        body.append(round_section(info.manifest, run_dir))
+        body.append(round_section(info.manifest, storage.resolve(state.run_dir).join("rounds", f"{info.index:05d}")))
     return PAGE.format(title=_e(f"hardneg report: {state.run_dir}"), body="\n".join(body))
 
 
@@ -115,11 +115,10 @@ def training_section(state) -> str:
     return "\n".join(parts)
 
 
-def round_section(manifest: dict, run_dir: str) -> str:
-    """Everything about one committed round."""
+def round_section(manifest: dict, here: storage.Location) -> str:
+    """Everything about one committed round (``here``: its folder, whose ``mined/`` is sampled)."""
     index, f, miner = manifest["round"], manifest["figures"], manifest.get("miner", "similarity")
-    mined = manifest["outputs"].get("mined")
-    sample = read_sample(mined, _sample_columns(miner)) if mined else None
+    sample = read_sample(here.join("mined").url, _sample_columns(miner))
     parts = [f"<section class='round' id='round-{index}'><h2>Round {index}</h2>",
              f"<p class='meta'>{_e(miner)} miner &middot; encoder {_e(manifest['encoder'])} &middot; model "
              f"{_e(manifest.get('model') or 'none')} &middot; {manifest['seconds']:.1f} s</p>",
@@ -134,7 +133,7 @@ def round_section(manifest: dict, run_dir: str) -> str:
     figures.append(removed_chart(f["removed"]))
     figures.append(stage_chart(manifest["stages"]))
     if miner in ("geographic", "mixed") and sample is not None:
-        figures.append(place_map(manifest, sample))
+        figures.append(place_map(manifest, sample, here))
     parts.append("<div class='figures'>" + "".join(fig for fig in figures if fig) + "</div>")
     parts.append(_stage_table(manifest["stages"]))
     if sample is not None:
@@ -251,10 +250,10 @@ def stage_chart(stages: dict) -> str:
     return _img(fig, "stage times")
 
 
-def place_map(manifest: dict, sample: pa.Table) -> str:
+def place_map(manifest: dict, sample: pa.Table, here: storage.Location) -> str:
     """Lat/lon of the places in the first few batches (one colour each); without batches, of a few
     places with their negatives (one colour per place)."""
-    groups = _map_groups(manifest, sample)
+    groups = _map_groups(manifest, sample, here)
     if not groups:
         return ""
     coords = place_coordinates(manifest["config"]["corpus"], [i for _, ids in groups for i in ids])
@@ -264,17 +263,17 @@ def place_map(manifest: dict, sample: pa.Table) -> str:
         if points:
             lat, lon = np.array(points).T
             ax.scatter(lon, lat, s=14, label=label)
-    what = "batches" if "batches" in manifest["outputs"] else "places and their negatives"
+    what = "batches" if storage.is_committed(here.join("batches")) else "places and their negatives"
     ax.set(xlabel="longitude", ylabel="latitude", title=f"{len(groups)} {what}")
     ax.legend(fontsize=7, loc="best")
     return _img(fig, f"lat/lon of a few {what}")
 
 
-def _map_groups(manifest: dict, sample: pa.Table) -> list[tuple[str, list[str]]]:
-    if "batches" not in manifest["outputs"]:
+def _map_groups(manifest: dict, sample: pa.Table, here: storage.Location) -> list[tuple[str, list[str]]]:
+    if not storage.is_committed(here.join("batches")):
         rows = sample.slice(0, MAP_BATCHES).select(["query_id", "negative_ids"]).to_pylist()
         return [(_clip(str(r["query_id"])), [str(r["query_id"])] + [str(n) for n in r["negative_ids"] or []]) for r in rows]
-    rows = read_sample(manifest["outputs"]["batches"], ["batch_id", "query_id"], limit=4096)
+    rows = read_sample(here.join("batches").url, ["batch_id", "query_id"], limit=4096)
     if rows is None or not rows.num_rows:
         return []
     batch_ids = np.asarray(rows.column("batch_id"))

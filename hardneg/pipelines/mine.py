@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from hardneg import storage
+from hardneg import console, storage
 from hardneg.config import RunConfig
 from hardneg.miners import FILTERS, Ragged, hash_texts, mine_similarity
 from hardneg.pipelines.inputs import Inputs, group_codes, load_corpus
@@ -117,7 +117,7 @@ def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embe
     search_seconds = mine_seconds = 0.0
     step = cfg.index.query_batch_size
     try:
-        for batch, lo in enumerate(range(0, num_queries, step)):
+        for batch, lo in enumerate(console.progress(range(0, num_queries, step), "search + mine", total=-(-num_queries // step))):
             hi = min(lo + step, num_queries)
             t0 = time.perf_counter()
             scores, rows = index.search(query_vectors[lo:hi], depth)
