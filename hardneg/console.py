@@ -117,6 +117,6 @@ def progress(iterable: Iterable[T], desc: str, total: Optional[int] = None) -> I
     """tqdm over ``iterable`` in a terminal; the iterable itself otherwise."""
     if not show_progress():
         return iterable
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
