@@ -201,7 +201,8 @@ def embed_corpus(cfg: RunConfig, output: str, corpus: Optional[ValidatedCorpus] 
         part = corpus.subset(files)
         storage.prepare_output(part_dir)
         ds = embed_tables(corpus_dataset(part, cfg.corpus.id_column, cfg.corpus.text_column), cfg.model, cfg.embed, model_path, prefix)
-        with console.stage(f"embed {posixpath.basename(out.path)} part {number}", rows=expected):
+        name = f"embed {posixpath.basename(out.path)}" + (f" part {number + 1}/{len(parts)}" if len(parts) > 1 else "")
+        with console.stage(name, rows=expected):
             written = write_embeddings(ds, part_dir)
         if written != expected:
             raise storage.StorageError(f"{part_dir.url}: wrote {written} rows, expected {expected}; not committed")
