@@ -3,7 +3,8 @@
 In a terminal (stdout and stderr both TTYs): Ray Data's own progress bars for Ray stages and tqdm
 for loops that run in the driver. Otherwise (``make demo > demo.log``, CI, cron, an orchestrator):
 no bars and no Ray Data status blocks; each long stage logs one line when it starts, one line at
-most every ``HEARTBEAT_SECONDS`` while it runs, and one when it ends. ``--quiet`` keeps warnings,
+most every ``HEARTBEAT_SECONDS`` while it runs (then less often: 30 s, 60 s, 120 s, ... 5 min), and
+one when it ends. ``--quiet`` keeps warnings,
 errors and the final summary; ``-v`` adds debug lines.
 
 Example::
@@ -27,7 +28,8 @@ from typing import Iterable, Iterator, Optional, TypeVar
 
 logger = logging.getLogger("hardneg")
 
-HEARTBEAT_SECONDS = 30.0
+HEARTBEAT_SECONDS = 30.0  # the first "still running" line; the gap then doubles, up to MAX_HEARTBEAT_SECONDS
+MAX_HEARTBEAT_SECONDS = 300.0  # a log stays alive for watchdogs that kill a job silent for 10 minutes
 NOISY_LOGGERS = ("botocore", "s3fs", "aiobotocore", "urllib3", "filelock", "fsspec", "matplotlib", "PIL")
 # Environment the Ray workers get when the output is a log: libraries' own bars would print a line each.
 QUIET_WORKER_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -87,7 +89,7 @@ def verbose_logging() -> bool:
 
 @contextlib.contextmanager
 def stage(name: str, rows: Optional[int] = None) -> Iterator[None]:
-    """Log ``name`` starting and ending; in a log, a ``still running`` line every ``HEARTBEAT_SECONDS`` between.
+    """Log ``name`` starting and ending; in a log, ``still running`` lines between (after 30 s, 90 s, 210 s, ...).
 
     In a terminal Ray Data's bars show the progress, so only the start and end lines are logged.
     """
@@ -109,8 +111,10 @@ def stage(name: str, rows: Optional[int] = None) -> Iterator[None]:
 
 
 def _heartbeat(name: str, started: float, done: threading.Event) -> None:
-    while not done.wait(HEARTBEAT_SECONDS):
+    gap = HEARTBEAT_SECONDS
+    while not done.wait(gap):
         logger.info("%s: still running (%.0f s)", name, time.perf_counter() - started)
+        gap = min(2 * gap, MAX_HEARTBEAT_SECONDS)
 
 
 def progress(iterable: Iterable[T], desc: str, total: Optional[int] = None) -> Iterable[T]:
