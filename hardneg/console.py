@@ -2,10 +2,10 @@
 
 In a terminal (stdout and stderr both TTYs): Ray Data's own progress bars for Ray stages and tqdm
 for loops that run in the driver. Otherwise (``make demo > demo.log``, CI, cron, an orchestrator):
-no bars and no Ray Data status blocks; each long stage logs one line when it starts, one line at
-most every ``HEARTBEAT_SECONDS`` while it runs (then less often: 30 s, 60 s, 120 s, ... 5 min), and
-one when it ends. ``--quiet`` keeps warnings,
-errors and the final summary; ``-v`` adds debug lines.
+no bars and no Ray Data status blocks; each long stage logs one line when it starts, one when it
+ends, and "still running" lines between, never closer than ``HEARTBEAT_SECONDS`` (30 s, then gaps
+of 60 s, 120 s, ... up to 5 min). ``--quiet`` keeps warnings, errors and the final summary; ``-v``
+adds debug lines.
 
 Example::
 
