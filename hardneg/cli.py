@@ -161,9 +161,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_round(cfg: RunConfig) -> int:
     from hardneg.pipelines.run import run_round
-    from hardneg.summary import round_summary
-
     from hardneg.report import report_line
+    from hardneg.summary import round_summary
 
     _start(cfg)
     print(round_summary(run_round(cfg)))
@@ -175,6 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hardneg import storage
     from hardneg.pipelines.loop import train_loop
     from hardneg.pipelines.remine import run_state
+    from hardneg.report import report_line
     from hardneg.summary import run_summary
 
     overrides = overrides_from(args)
@@ -183,8 +183,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.run_dir:
         cfg.run_dir = storage.resolve(cfg.run_dir).url  # Ray Train's storage_path must be absolute
     _start(cfg)
-    from hardneg.report import report_line
-
     train_loop(cfg, args.max_blocks)
     print(run_summary(run_state(cfg.run_dir)))
     print(report_line(cfg.run_dir))
@@ -203,13 +201,12 @@ def load_run(run_dir: str, overrides: Optional[dict] = None) -> RunConfig:
 
 def cmd_remine(args: argparse.Namespace) -> int:
     from hardneg.pipelines.remine import remine
+    from hardneg.report import report_line
 
     cfg = load_run(args.run_dir)
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         _start(cfg)
         status, manifest = remine(cfg, args.checkpoint)
-    from hardneg.report import report_line
-
     line = f"hardneg remine: {status}: round {manifest['round']} (encoder {manifest['encoder']})\n{report_line(cfg.run_dir)}"
     if args.json:
         print(line, file=sys.stderr)
@@ -222,11 +219,10 @@ def cmd_remine(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from hardneg.pipelines.remine import run_state
-    from hardneg.summary import run_summary
-
     from hardneg import storage
+    from hardneg.pipelines.remine import run_state
     from hardneg.report import report_location
+    from hardneg.summary import run_summary
 
     state = run_state(load_run(args.run_dir).run_dir)
     report = report_location(state.run_dir)
