@@ -232,6 +232,8 @@ def removed_chart(removed: dict) -> str:
     for y, name in enumerate(names):
         ax.text(flat[name], y, f" {flat[name]:,}", va="center", fontsize=8)
     ax.invert_yaxis()
+    ax.locator_params(axis="x", nbins=4)
+    ax.set_xlim(0, max(list(flat.values()) + [1]) * 1.25)
     ax.set(xlabel="candidates removed", title="What each filter removed")
     return _img(fig, "candidates removed by filter")
 
@@ -306,7 +308,7 @@ def place_coordinates(corpus_cfg: dict, ids: Sequence[str]) -> dict[str, tuple[f
 def sample_table(sample: pa.Table, miner: str) -> str:
     """The first few rows: query, positive (with its score) and negatives (with score or km), texts shortened."""
     rows = []
-    for row in sample.slice(0, SAMPLE_QUERIES).to_pylist():
+    for row in _sample_rows(sample):
         negatives = row.get("negatives") or [None] * len(row.get("negative_ids") or [])
         ids = row.get("negative_ids") or []
         scores = row.get("negative_scores") or [None] * len(ids)
@@ -321,6 +323,14 @@ def sample_table(sample: pa.Table, miner: str) -> str:
         rows.append(cells)
     head = ["query", "positive", "negatives"] if miner == "similarity" else ["place", "negatives"]
     return "<h3>Sample queries</h3>" + _table(head, rows, raw=True, cls="samples")
+
+
+def _sample_rows(sample: pa.Table) -> list[dict]:
+    """The first ``SAMPLE_QUERIES`` rows that have negatives (rows without any fill up when too few do)."""
+    head = sample.slice(0, 50 * SAMPLE_QUERIES)
+    counts = np.asarray(head.column("negative_ids").combine_chunks().value_lengths().fill_null(0))
+    order = np.concatenate([np.flatnonzero(counts > 0), np.flatnonzero(counts == 0)])[:SAMPLE_QUERIES]
+    return head.take(pa.array(np.sort(order), pa.int64())).to_pylist()
 
 
 def _measure(score, km) -> str:
