@@ -1,4 +1,4 @@
-"""``hardneg`` command line: run | embed | mine | train | remine | inspect.
+"""``hardneg`` command line: run | embed | mine | train | remine | inspect | report.
 
 Every config value is a flag. The sections a command is about take bare names
 (``--num-negatives``, ``--batch-size``); every field of every section is also
@@ -11,7 +11,9 @@ Exit codes: 0 done (or nothing to do), 1 failure, 2 bad input or config.
 epochs, each followed by a round re-mined with the new checkpoint). ``hardneg remine RUN_DIR`` is
 the orchestrator's step: the newest checkpoint (or ``--checkpoint PATH``) becomes the next round;
 it prints ``done`` or ``nothing to do`` (exit 0 both), and with ``--json`` only the round manifest
-goes to stdout. ``hardneg inspect RUN_DIR`` lists the committed rounds and checkpoints.
+goes to stdout. ``hardneg inspect RUN_DIR`` lists the committed rounds and checkpoints and names the
+report. ``run``, ``mine``, ``train`` and ``remine`` (re)write ``RUN_DIR/report.html`` (``hardneg.report``);
+``hardneg report RUN_DIR [-o FILE]`` writes it on demand. ``-q`` keeps only warnings and the summary.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from pydantic import BaseModel
 
+from hardneg import console
 from hardneg.config import RunConfig, load_config, parse_config
 from hardneg.errors import HardnegError, InputError
 
@@ -80,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hardneg", description="Hard-negative mining for contrastive embedding models.",
                                      epilog=EXIT_CODES)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the final summary")
     commands = parser.add_subparsers(dest="command", required=True)
 
     embed = commands.add_parser("embed", help="embed a corpus into Parquet shards")
@@ -113,13 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                                   epilog=EXIT_CODES)
     inspect.add_argument("run_dir", help="run directory (local or s3://)")
     inspect.add_argument("--json", action="store_true", help="print the rounds and checkpoints as JSON")
+
+    report = commands.add_parser("report", help="write the run's HTML report (RUN_DIR/report.html)", epilog=EXIT_CODES)
+    report.add_argument("run_dir", help="run directory (local or s3://)")
+    report.add_argument("-o", "--output", help="where to write it (local or s3://; default RUN_DIR/report.html)")
     return parser
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("botocore", "s3fs", "aiobotocore", "urllib3", "filelock", "fsspec"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _start(cfg: RunConfig) -> None:
@@ -159,10 +161,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_round(cfg: RunConfig) -> int:
     from hardneg.pipelines.run import run_round
+    from hardneg.report import report_line
     from hardneg.summary import round_summary
 
     _start(cfg)
     print(round_summary(run_round(cfg)))
+    print(report_line(cfg.run_dir))
     return 0
 
 
@@ -170,6 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hardneg import storage
     from hardneg.pipelines.loop import train_loop
     from hardneg.pipelines.remine import run_state
+    from hardneg.report import report_line
     from hardneg.summary import run_summary
 
     overrides = overrides_from(args)
@@ -180,6 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _start(cfg)
     train_loop(cfg, args.max_blocks)
     print(run_summary(run_state(cfg.run_dir)))
+    print(report_line(cfg.run_dir))
     return 0
 
 
@@ -195,12 +201,13 @@ def load_run(run_dir: str, overrides: Optional[dict] = None) -> RunConfig:
 
 def cmd_remine(args: argparse.Namespace) -> int:
     from hardneg.pipelines.remine import remine
+    from hardneg.report import report_line
 
     cfg = load_run(args.run_dir)
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         _start(cfg)
         status, manifest = remine(cfg, args.checkpoint)
-    line = f"hardneg remine: {status}: round {manifest['round']} (encoder {manifest['encoder']})"
+    line = f"hardneg remine: {status}: round {manifest['round']} (encoder {manifest['encoder']})\n{report_line(cfg.run_dir)}"
     if args.json:
         print(line, file=sys.stderr)
         print(json.dumps(manifest, sort_keys=True, default=str))
@@ -212,20 +219,39 @@ def cmd_remine(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from hardneg import storage
     from hardneg.pipelines.remine import run_state
+    from hardneg.report import report_location
     from hardneg.summary import run_summary
 
     state = run_state(load_run(args.run_dir).run_dir)
-    print(json.dumps(asdict(state), sort_keys=True, default=str) if args.json else run_summary(state))
+    report = report_location(state.run_dir)
+    report_url = report.url if storage.exists(report) else None
+    if args.json:
+        print(json.dumps({**asdict(state), "report": report_url}, sort_keys=True, default=str))
+    else:
+        print(run_summary(state))
+        print(f"  report: {report_url or f'none yet (make it with `hardneg report {state.run_dir}`)'}")
     return 0
 
 
-COMMANDS = {"embed": cmd_embed, "mine": cmd_mine, "run": cmd_run, "train": cmd_train, "remine": cmd_remine, "inspect": cmd_inspect}
+def cmd_report(args: argparse.Namespace) -> int:
+    from hardneg import storage
+    from hardneg.report import write_report
+
+    cfg = load_run(args.run_dir)
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    print(f"hardneg report: {write_report(cfg.run_dir, args.output)}")
+    return 0
+
+
+COMMANDS = {"embed": cmd_embed, "mine": cmd_mine, "run": cmd_run, "train": cmd_train, "remine": cmd_remine, "inspect": cmd_inspect,
+            "report": cmd_report}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    console.setup(args.verbose, args.quiet)
     try:
         return COMMANDS[args.command](args)
     except HardnegError as err:

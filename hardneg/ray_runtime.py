@@ -25,7 +25,9 @@ def init_ray(
 
     if ray.is_initialized():
         return
-    env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    from hardneg import console
+
+    env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **console.worker_env()}
     if faults.enabled():
         env[faults.GATE_ENV] = "1"
     if extra_pythonpath:
@@ -35,8 +37,13 @@ def init_ray(
     if address:
         logger.info("joining Ray cluster at %s", address)
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        _quiet_ray_data()
         return
     logger.info("starting a local Ray instance")
+    # A new local instance turns token authentication on (Ray's secure default, kept) and warns that it
+    # did, as if something were wrong; RAY_AUTH_MODE=token would say it too, but the driver reads its
+    # mode before we could set it. Mute only that notice; other authentication errors still show.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(
         # "local": a new instance, never a cluster some earlier `ray start` (or a crashed test) left behind.
         address="local",
@@ -50,11 +57,9 @@ def init_ray(
 
 
 def _quiet_ray_data() -> None:
-    from ray.data import DataContext
+    from hardneg import console
 
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = os.environ.get("HARDNEG_PROGRESS", "1") == "1"
-    ctx.print_on_execution_start = False
+    console.configure_ray_data()
 
 
 def get(refs):

@@ -23,12 +23,13 @@ import logging
 import os
 import posixpath
 import time
+import warnings
 from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 
-from hardneg import faults, storage
+from hardneg import console, faults, storage
 from hardneg.config import EmbedConfig, ModelConfig, RunConfig
 from hardneg.corpus import ValidatedCorpus, validate_corpus
 from hardneg.encoder import Encoder, default_model_path, model_fingerprint, read_pooling_spec
@@ -122,20 +123,24 @@ def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, pr
         fn_kwargs={"model_path": model_path, "max_length": max_length, "prefix": prefix, "trust_remote_code": model.trust_remote_code},
         num_cpus=1,
     )
-    return tokens.map_batches(
-        EncoderActor,
-        batch_size=None,
-        batch_format="pyarrow",
-        fn_constructor_kwargs={"model": model, "embed": embed, "model_path": model_path, "torch_threads": plan.torch_threads},
-        compute=ray.data.ActorPoolStrategy(size=plan.num_actors),
-        num_gpus=plan.gpus_per_actor,
-        num_cpus=plan.cpus_per_actor,
-        max_restarts=3,
-        # Unbounded: while a restarted actor loads its model, Ray fast-fails the calls sent to it and
-        # counts each as a retry; 3 ran out when a node was lost mid-block (ActorUnavailableError).
-        # The calls still fail once the actor is dead for good (max_restarts spent).
-        max_task_retries=-1,
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 names no max_restarts / max_task_retries in map_batches: they go as ray_remote_args,
+        # which it warns about on every call (RayDeprecationWarning) although there is no other way.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        return tokens.map_batches(
+            EncoderActor,
+            batch_size=None,
+            batch_format="pyarrow",
+            fn_constructor_kwargs={"model": model, "embed": embed, "model_path": model_path, "torch_threads": plan.torch_threads},
+            compute=ray.data.ActorPoolStrategy(size=plan.num_actors),
+            num_gpus=plan.gpus_per_actor,
+            num_cpus=plan.cpus_per_actor,
+            max_restarts=3,
+            # Unbounded: while a restarted actor loads its model, Ray fast-fails the calls sent to it and
+            # counts each as a retry; 3 ran out when a node was lost mid-block (ActorUnavailableError).
+            # The calls still fail once the actor is dead for good (max_restarts spent).
+            max_task_retries=-1,
+        )
 
 
 def corpus_dataset(corpus: ValidatedCorpus, id_column: str, text_column: str):
@@ -196,7 +201,9 @@ def embed_corpus(cfg: RunConfig, output: str, corpus: Optional[ValidatedCorpus] 
         part = corpus.subset(files)
         storage.prepare_output(part_dir)
         ds = embed_tables(corpus_dataset(part, cfg.corpus.id_column, cfg.corpus.text_column), cfg.model, cfg.embed, model_path, prefix)
-        written = write_embeddings(ds, part_dir)
+        name = f"embed {posixpath.basename(out.path)}" + (f" part {number + 1}/{len(parts)}" if len(parts) > 1 else "")
+        with console.stage(name, rows=expected):
+            written = write_embeddings(ds, part_dir)
         if written != expected:
             raise storage.StorageError(f"{part_dir.url}: wrote {written} rows, expected {expected}; not committed")
         storage.commit(part_dir, {"kind": "embeddings-part", "files": urls, "rows": written})

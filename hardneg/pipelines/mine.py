@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from hardneg import storage
+from hardneg import console, storage
 from hardneg.config import RunConfig
 from hardneg.miners import FILTERS, Ragged, hash_texts, mine_similarity
 from hardneg.pipelines.inputs import Inputs, group_codes, load_corpus
@@ -113,7 +113,7 @@ def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embe
     with open_index(index_dir, cfg.index) as index:
         timings["load_index"] = time.perf_counter() - started
         depth = min(cfg.mine.candidate_depth() + int(np.diff(offsets).max()), index.ntotal)
-        for batch, lo in enumerate(range(0, num_queries, step)):
+        for batch, lo in enumerate(console.progress(range(0, num_queries, step), "search + mine", total=-(-num_queries // step))):
             hi = min(lo + step, num_queries)
             t0 = time.perf_counter()
             scores, rows = index.search(query_vectors[lo:hi], depth)
