@@ -22,9 +22,10 @@ from hardneg.errors import ConfigError
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are re-validated on assignment."""
+    """Base of every config section: unknown keys are errors, values are re-validated on assignment,
+    and no float may be NaN or infinite (a NaN threshold would switch its filter off without a word)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class StorageConfig(Section):
