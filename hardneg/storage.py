@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import typing
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -33,6 +34,7 @@ from hardneg.errors import InputError, StorageError
 
 MANIFEST = "MANIFEST.json"
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson")
+JSON_MAX_LINE_BYTES = 1 << 30  # Arrow's JSON block size is an int32; longer lines are refused by name
 
 _s3_options: dict[str, Any] = {}
 
@@ -131,20 +133,22 @@ def list_table_files(path: str) -> list[Location]:
 
 
 def read_table_file(loc: Location, columns: Optional[Sequence[str]] = None) -> pa.Table:
-    """One Parquet or JSONL file as an Arrow table (only ``columns`` when given)."""
+    """One Parquet or JSONL file as an Arrow table (only ``columns`` when given).
+
+    Raises:
+        InputError: the file cannot be read, or holds invalid UTF-8 text; names the file and row.
+    """
     try:
         if loc.path.endswith(".parquet"):
             with loc.fs.open(loc.path, "rb") as handle:
                 parquet = pq.ParquetFile(handle)
                 names = parquet.schema_arrow.names
                 # Missing columns are the caller's to report, with the file's name.
-                return parquet.read(columns=[c for c in columns if c in names] if columns else None)
-        with loc.fs.open(loc.path, "rb") as handle:
-            table = pa_json.read_json(handle)
-    except pa.ArrowInvalid as err:
-        if loc.path.endswith(".parquet"):
-            raise InputError(f"{loc.url}: cannot be read as Parquet: {err}") from None
-        table = _read_json_lines_strictly(loc, columns, err)
+                table = parquet.read(columns=[c for c in columns if c in names] if columns else None)
+        else:
+            table = _read_json_lines(loc, columns)
+    except pa.ArrowInvalid as err:  # Parquet only: the JSON reader names the row at fault itself
+        raise InputError(f"{loc.url}: cannot be read as Parquet: {err}") from None
     except OSError as err:
         raise InputError(f"{loc.url}: cannot be read as a table: {err}") from None
     if columns:
@@ -152,14 +156,75 @@ def read_table_file(loc: Location, columns: Optional[Sequence[str]] = None) -> p
         if missing:
             return table  # the caller reports missing columns with the file's name
         table = table.select(list(columns))
+    _check_utf8(loc, table)
     return table
 
 
-def _read_json_lines_strictly(loc: Location, columns: Optional[Sequence[str]], arrow_error: Exception) -> pa.Table:
+def _read_json_lines(loc: Location, columns: Optional[Sequence[str]]) -> pa.Table:
+    """Arrow's JSON reader; a line longer than its default block is read with a block that holds it."""
+    try:
+        return _arrow_json(loc, None)
+    except pa.ArrowInvalid as err:
+        if "straddl" not in str(err):
+            _read_json_lines_strictly(loc, columns, err)
+    try:
+        return _arrow_json(loc, pa_json.ReadOptions(block_size=_block_size_for(loc)))
+    except pa.ArrowInvalid as err:
+        _read_json_lines_strictly(loc, columns, err)
+        raise  # pragma: no cover - the strict reader always raises
+
+
+def _arrow_json(loc: Location, options: Optional[pa_json.ReadOptions]) -> pa.Table:
+    with loc.fs.open(loc.path, "rb") as handle:
+        return pa_json.read_json(handle, read_options=options)
+
+
+def _block_size_for(loc: Location) -> int:
+    """A JSON block size that holds the file's longest line (refused, by line, above ``JSON_MAX_LINE_BYTES``)."""
+    longest, where = 0, 0
+    with loc.fs.open(loc.path, "rb") as handle:
+        for number, line in enumerate(handle):
+            if len(line) > longest:
+                longest, where = len(line), number
+    if longest >= JSON_MAX_LINE_BYTES:
+        raise InputError(f"{loc.url}: line {where + 1} is {longest:,} bytes; JSON lines longer than "
+                         f"{JSON_MAX_LINE_BYTES:,} bytes cannot be read: store such texts in Parquet")
+    return max(1 << 20, longest + 1024)
+
+
+def _check_utf8(loc: Location, table: pa.Table) -> None:
+    """Refuse text columns holding invalid UTF-8 (Arrow reads them; Python cannot), naming row and column."""
+    for name in table.column_names:
+        column = table.column(name)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        try:
+            column.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        for row, value in enumerate(column.cast(pa.large_binary()).to_pylist()):
+            try:
+                if value is not None:
+                    value.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(f"{loc.url}: row {row}, column {name}: {_utf8_problem(value, err)}") from None
+
+
+def _utf8_problem(raw: bytes, err: UnicodeDecodeError) -> str:
+    return (f"not valid UTF-8 ({err.reason} at byte {err.start}: {raw[max(0, err.start - 10):err.start + 10]!r}); "
+            "re-encode the file as UTF-8")
+
+
+def _read_json_lines_strictly(loc: Location, columns: Optional[Sequence[str]], arrow_error: Exception) -> typing.NoReturn:
     """Re-read JSON lines that Arrow rejected, to name the row and column at fault."""
     rows = []
-    with loc.fs.open(loc.path, "r", encoding="utf-8") as handle:
-        for number, line in enumerate(handle):
+    with loc.fs.open(loc.path, "rb") as handle:
+        for number, raw in enumerate(handle):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(f"{loc.url}: row {len(rows)} (line {number + 1}): {_utf8_problem(raw, err)}") from None
             if not line.strip():
                 continue
             try:

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from hardneg import storage
 from hardneg.config import CorpusConfig, RunConfig
-from hardneg.corpus import MAX_REPORTED, ValidatedCorpus, text_problems, validate_corpus
+from hardneg.corpus import MAX_REPORTED, ValidatedCorpus, refuse_float_ids, text_problems, validate_corpus
 from hardneg.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -205,6 +205,8 @@ def _from_queries(cfg: RunConfig, corpus_ids: pa.ChunkedArray) -> pa.Table:
     errors, tables, seen = [], [], set()
     for loc, table in _read_checked(q.path, [q.query_id_column, q.query_column, q.positive_ids_column], "queries.format=queries"):
         errors += _text_errors(loc, table, [q.query_column])
+        refuse_float_ids(loc, table.column(q.query_id_column), q.query_id_column)
+        refuse_float_ids(loc, table.column(q.positive_ids_column), q.positive_ids_column)
         qids = table.column(q.query_id_column).cast(pa.string()).to_pylist()
         lists = table.column(q.positive_ids_column).to_pylist()
         for row, (qid, positive_ids) in enumerate(zip(qids, lists)):
