@@ -7,6 +7,10 @@ Flags override the ``--config`` YAML, which overrides the defaults.
 
 Exit codes: 0 done (or nothing to do), 1 failure, 2 bad input or config.
 
+Before anything else a command applies the storage settings (``--endpoint-url``, ``--region``, else
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), so even the config file is read from the right
+endpoint, and an endpoint that does not answer is one line naming it (exit 1).
+
 ``hardneg train CONFIG`` runs the re-mining loop (round 0, then blocks of ``train.remine_every``
 epochs, each followed by a round re-mined with the new checkpoint). ``hardneg remine RUN_DIR`` is
 the orchestrator's step: the newest checkpoint (or ``--checkpoint PATH``) becomes the next round;
@@ -108,12 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     remine.add_argument("run_dir", help="run directory (local or s3://) holding run.yaml")
     remine.add_argument("--checkpoint", default="latest", help="'latest' (the newest recorded) or a checkpoint folder")
     remine.add_argument("--json", action="store_true", help="print only the round manifest as JSON on stdout")
+    _add_storage_flags(remine)
 
     inspect = commands.add_parser("inspect", help="committed rounds (encoder, counts, figures, eval) and checkpoints",
                                   epilog=EXIT_CODES)
     inspect.add_argument("run_dir", help="run directory (local or s3://)")
     inspect.add_argument("--json", action="store_true", help="print the rounds and checkpoints as JSON")
+    _add_storage_flags(inspect)
     return parser
+
+
+def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
+    """``--endpoint-url`` / ``--region`` for the commands that take no config flags (they read run.yaml)."""
+    for field_name in ("endpoint_url", "region"):
+        field = SECTIONS["storage"].model_fields[field_name]
+        parser.add_argument(f"--{field_name}".replace("_", "-"), f"--storage-{field_name}".replace("_", "-"),
+                            dest=f"storage.{field_name}", default=None, help=field.description)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -122,12 +136,29 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _start(cfg: RunConfig) -> None:
+def _configure_storage(args: argparse.Namespace) -> None:
+    """Apply ``--endpoint-url`` / ``--region`` (else the AWS_ENDPOINT_URL* variables) before the first byte is read."""
     from hardneg import storage
+
+    storage.configure(getattr(args, "storage.endpoint_url", None), getattr(args, "storage.region", None))
+
+
+def _load(args: argparse.Namespace, path: Optional[str], overrides: dict) -> RunConfig:
+    """The config at ``path`` read through the flags' storage settings; then its own settings apply."""
+    from hardneg import storage
+
+    _configure_storage(args)
+    if path:
+        storage.check_reachable(path)
+    cfg = load_config(path, overrides)
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)  # flags are overrides: they still win
+    return cfg
+
+
+def _start(cfg: RunConfig) -> None:
     from hardneg.ray_runtime import init_ray
     from hardneg.resources import describe, plan_resources
 
-    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_memory)
     logger.info("resources:\n  %s", describe(plan_resources(cfg)).replace("\n", "\n  "))
 
@@ -138,7 +169,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     overrides = overrides_from(args)
     overrides["corpus.path"] = args.corpus
-    cfg = load_config(args.config, overrides)
+    cfg = _load(args, args.config, overrides)
     _start(cfg)
     manifest = embed_corpus(cfg, args.output)
     print(embed_summary(manifest, args.output))
@@ -148,13 +179,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_mine(args: argparse.Namespace) -> int:
     overrides = overrides_from(args)
     overrides["run_dir"] = args.output
-    cfg = load_config(args.config, overrides)
+    cfg = _load(args, args.config, overrides)
     where = "corpus.path" if cfg.mine.miner in ("geographic", "mixed") else "queries.path"
     return _run_round(parse_config(cfg.model_dump(mode="json", exclude_unset=True), overrides={where: args.input}))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run_round(load_config(args.config, overrides_from(args)))
+    return _run_round(_load(args, args.config, overrides_from(args)))
 
 
 def _run_round(cfg: RunConfig) -> int:
@@ -173,8 +204,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hardneg.summary import run_summary
 
     overrides = overrides_from(args)
+    _configure_storage(args)
+    storage.check_reachable(args.config)
     is_run_dir = storage.exists(storage.resolve(args.config).join("run.yaml"))
-    cfg = load_run(args.config, overrides) if is_run_dir else load_config(args.config, overrides)
+    cfg = load_run(args.config, overrides) if is_run_dir else _load(args, args.config, overrides)
     if cfg.run_dir:
         cfg.run_dir = storage.resolve(cfg.run_dir).url  # Ray Train's storage_path must be absolute
     _start(cfg)
@@ -187,16 +220,20 @@ def load_run(run_dir: str, overrides: Optional[dict] = None) -> RunConfig:
     """The config of an existing run directory (its ``run.yaml``), with ``run_dir`` pointing at it."""
     from hardneg import storage
 
+    storage.check_reachable(run_dir)
     loc = storage.resolve(run_dir)
     if not storage.exists(loc.join("run.yaml")):
         raise InputError(f"{run_dir}: not a hardneg run directory (no run.yaml); make one with `hardneg run` or `hardneg train`")
-    return load_config(loc.join("run.yaml").url, {**(overrides or {}), "run_dir": loc.url})
+    cfg = load_config(loc.join("run.yaml").url, {**(overrides or {}), "run_dir": loc.url})
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    return cfg
 
 
 def cmd_remine(args: argparse.Namespace) -> int:
     from hardneg.pipelines.remine import remine
 
-    cfg = load_run(args.run_dir)
+    _configure_storage(args)
+    cfg = load_run(args.run_dir, overrides_from(args))
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         _start(cfg)
         status, manifest = remine(cfg, args.checkpoint)
@@ -215,7 +252,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from hardneg.pipelines.remine import run_state
     from hardneg.summary import run_summary
 
-    state = run_state(load_run(args.run_dir).run_dir)
+    _configure_storage(args)
+    state = run_state(load_run(args.run_dir, overrides_from(args)).run_dir)
     print(json.dumps(asdict(state), sort_keys=True, default=str) if args.json else run_summary(state))
     return 0
 
@@ -224,6 +262,8 @@ COMMANDS = {"embed": cmd_embed, "mine": cmd_mine, "run": cmd_run, "train": cmd_t
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from hardneg import storage
+
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
@@ -231,6 +271,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except HardnegError as err:
         print(f"hardneg {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except storage.CONNECTION_ERRORS as err:  # the endpoint went away after the door checked it
+        print(f"hardneg {args.command}: error: {storage.unreachable('an s3:// path', err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"hardneg {args.command}: interrupted; committed work is kept, re-run to resume", file=sys.stderr)
         return 130

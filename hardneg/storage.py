@@ -7,7 +7,8 @@ one. Nothing committed is ever overwritten.
 
 S3 credentials come only from the standard AWS chain (environment, profile,
 instance role); ``configure(endpoint_url=...)`` points s3fs at MinIO, moto or an
-on-prem store.
+on-prem store (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` when no URL is given).
+The CLI configures storage before it reads the first byte, the config file included.
 
 Example::
 
@@ -17,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import posixpath
@@ -34,14 +36,26 @@ from hardneg.errors import InputError, StorageError
 
 MANIFEST = "MANIFEST.json"
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson")
+
+ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 JSON_MAX_LINE_BYTES = 1 << 30  # Arrow's JSON block size is an int32; longer lines are refused by name
 
 _s3_options: dict[str, Any] = {}
 
 
 def configure(endpoint_url: Optional[str] = None, region: Optional[str] = None) -> None:
-    """Set the S3 endpoint and region for every ``s3://`` path opened afterwards in this process."""
+    """Set the S3 endpoint and region for every ``s3://`` path opened afterwards in this process.
+
+    Without ``endpoint_url`` the standard ``AWS_ENDPOINT_URL_S3`` (then ``AWS_ENDPOINT_URL``) applies,
+    so the driver hands Ray workers the endpoint it used itself.
+
+    Example::
+
+        storage.configure("http://127.0.0.1:9000")          # MinIO / moto
+        storage.endpoint()                                   # 'http://127.0.0.1:9000'
+    """
     _s3_options.clear()
+    endpoint_url = endpoint_url or next((os.environ[name] for name in ENDPOINT_ENV if os.environ.get(name)), None)
     client_kwargs = {}
     if endpoint_url:
         client_kwargs["endpoint_url"] = endpoint_url
@@ -49,6 +63,11 @@ def configure(endpoint_url: Optional[str] = None, region: Optional[str] = None) 
         client_kwargs["region_name"] = region
     if client_kwargs:
         _s3_options["client_kwargs"] = client_kwargs
+
+
+def endpoint() -> str:
+    """The S3 endpoint ``s3://`` paths go to (AWS's own when none is configured), for messages."""
+    return _s3_options.get("client_kwargs", {}).get("endpoint_url") or "the AWS S3 endpoint of the bucket's region"
 
 
 def s3_options() -> dict[str, Any]:
@@ -94,7 +113,7 @@ def resolve(path: str) -> Location:
     """Resolve a local path or URL to a ``Location`` (the only place paths are interpreted)."""
     path = str(path)
     if path.startswith("s3://") or path.startswith("s3a://"):
-        fs = fsspec.filesystem("s3", use_listings_cache=False, **_s3_options)
+        fs = fsspec.filesystem("s3", use_listings_cache=False, **copy.deepcopy(_s3_options))  # botocore edits its config
         return Location(fs, path.split("://", 1)[1].rstrip("/"))
     if is_remote(path):
         fs, inner = fsspec.core.url_to_fs(path)
@@ -102,6 +121,59 @@ def resolve(path: str) -> Location:
     if path.startswith("file://"):
         path = path[len("file://"):]
     return Location(fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path)))
+
+
+def check_reachable(path: str) -> None:
+    """For an ``s3://`` path: one quick request to its bucket, so a wrong or dead endpoint fails at the door.
+
+    Local paths pass. A bucket that answers at all (even "access denied") counts as reachable.
+
+    Raises:
+        StorageError: the endpoint cannot be reached; names the URL and the endpoint, never credentials.
+    """
+    if not path.startswith(("s3://", "s3a://")):
+        return
+    options = copy.deepcopy(_s3_options)
+    options["config_kwargs"] = {"retries": {"max_attempts": 1}, "connect_timeout": 5, "read_timeout": 10}
+    probe = fsspec.filesystem("s3", use_listings_cache=False, skip_instance_cache=True, **options)
+    probe.retries = 1
+    bucket = path.split("://", 1)[1].split("/", 1)[0]
+    from botocore.exceptions import NoCredentialsError
+
+    try:
+        probe.call_s3("head_bucket", Bucket=bucket)
+    except CONNECTION_ERRORS as err:
+        raise unreachable(path, err) from None
+    except NoCredentialsError:
+        raise StorageError(f"no AWS credentials for {path} (endpoint {endpoint()}): set AWS_ACCESS_KEY_ID and "
+                           "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance role") from None
+    except (OSError, ValueError):
+        pass  # the endpoint answered (no such bucket, access denied, ...): the real request will say what is wrong
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+    errors: tuple[type[BaseException], ...] = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError)
+    try:
+        from aiohttp import ClientConnectorError
+
+        errors += (ClientConnectorError,)
+    except ImportError:  # pragma: no cover - s3fs brings aiohttp
+        pass
+    return errors
+
+
+CONNECTION_ERRORS = _connection_errors()
+
+
+def unreachable(url: str, err: BaseException) -> StorageError:
+    """The error for an S3 endpoint that does not answer: the URL, the endpoint and what to check."""
+    return StorageError(
+        f"cannot reach S3 for {url}: endpoint {endpoint()} does not answer ({type(err).__name__}: {err}). "
+        "Check --endpoint-url (storage.endpoint_url, or AWS_ENDPOINT_URL_S3), that the store is running, "
+        "and that this host can reach it."
+    )
 
 
 def read_text(path: str) -> str:
