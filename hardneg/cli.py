@@ -9,7 +9,8 @@ Exit codes: 0 done (or nothing to do), 1 failure, 2 bad input or config.
 
 Before anything else a command applies the storage settings (``--endpoint-url``, ``--region``, else
 ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), so even the config file is read from the right
-endpoint, and an endpoint that does not answer is one line naming it (exit 1).
+endpoint, and an endpoint that does not answer is one line naming it (exit 1). Then the door checks
+(``hardneg.door``) refuse bad config, models and inputs before Ray starts, writing nothing.
 
 ``hardneg train CONFIG`` runs the re-mining loop (round 0, then blocks of ``train.remine_every``
 epochs, each followed by a round re-mined with the new checkpoint). ``hardneg remine RUN_DIR`` is
@@ -164,14 +165,17 @@ def _start(cfg: RunConfig) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from hardneg.pipelines.embed import embed_corpus
-    from hardneg.summary import embed_summary
+    from hardneg import door
 
     overrides = overrides_from(args)
     overrides["corpus.path"] = args.corpus
     cfg = _load(args, args.config, overrides)
+    corpus = door.check_embed(cfg, args.output)
+    from hardneg.pipelines.embed import embed_corpus  # torch and Ray Data load only past the door
+    from hardneg.summary import embed_summary
+
     _start(cfg)
-    manifest = embed_corpus(cfg, args.output)
+    manifest = embed_corpus(cfg, args.output, corpus)
     print(embed_summary(manifest, args.output))
     return 0
 
@@ -189,7 +193,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_round(cfg: RunConfig) -> int:
-    from hardneg.pipelines.run import run_round
+    from hardneg import door
+
+    door.check_round(cfg)
+    from hardneg.pipelines.run import run_round  # torch and Ray Data load only past the door
     from hardneg.summary import round_summary
 
     _start(cfg)
@@ -198,10 +205,7 @@ def _run_round(cfg: RunConfig) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hardneg import storage
-    from hardneg.pipelines.loop import train_loop
-    from hardneg.pipelines.remine import run_state
-    from hardneg.summary import run_summary
+    from hardneg import door, storage
 
     overrides = overrides_from(args)
     _configure_storage(args)
@@ -210,6 +214,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_run(args.config, overrides) if is_run_dir else _load(args, args.config, overrides)
     if cfg.run_dir:
         cfg.run_dir = storage.resolve(cfg.run_dir).url  # Ray Train's storage_path must be absolute
+    door.check_round(cfg, training=True)
+    from hardneg.pipelines.loop import train_loop  # torch and Ray Train load only past the door
+    from hardneg.pipelines.remine import run_state
+    from hardneg.summary import run_summary
+
     _start(cfg)
     train_loop(cfg, args.max_blocks)
     print(run_summary(run_state(cfg.run_dir)))
@@ -230,10 +239,13 @@ def load_run(run_dir: str, overrides: Optional[dict] = None) -> RunConfig:
 
 
 def cmd_remine(args: argparse.Namespace) -> int:
-    from hardneg.pipelines.remine import remine
+    from hardneg import door
 
     _configure_storage(args)
     cfg = load_run(args.run_dir, overrides_from(args))
+    door.check_round(cfg, checkpoint=None if args.checkpoint == "latest" else args.checkpoint)
+    from hardneg.pipelines.remine import remine  # torch and Ray Data load only past the door
+
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         _start(cfg)
         status, manifest = remine(cfg, args.checkpoint)

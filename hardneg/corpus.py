@@ -7,13 +7,16 @@ text is a non-empty string. A rejected corpus writes nothing. With ``drop_invali
 rows (and the second and later copies of a duplicate id) are dropped instead and counted in
 the summary; float ids and type clashes between files are refused either way.
 
-Each file is scanned by its own Ray task; only 64-bit id hashes and the numbers
-of bad rows come back to the driver, never the text.
+Each file is scanned by its own Ray task once Ray runs; before it starts (the CLI's door
+checks) the files are scanned in this process. Only 64-bit id hashes and the numbers of bad
+rows come back to the driver, never the text.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -163,7 +166,9 @@ def scan_file(loc: Location, cfg: CorpusConfig) -> FileScan:
 
 
 def validate_corpus(cfg: CorpusConfig, path: str | None = None) -> ValidatedCorpus:
-    """Scan every file of the corpus (Ray tasks) and fail on the first bad rows, or drop them.
+    """Scan every file of the corpus and fail on the first bad rows, or drop them.
+
+    The files are scanned on Ray tasks when Ray runs in this process, else here (the door checks).
 
     Raises:
         InputError: naming file, row and column of up to ten bad rows, or both files of a type clash.
@@ -177,6 +182,9 @@ def validate_corpus(cfg: CorpusConfig, path: str | None = None) -> ValidatedCorp
 def _scan_files(files: list[Location], cfg: CorpusConfig) -> list[FileScan]:
     import ray
 
+    if not ray.is_initialized():  # Arrow reads without the GIL: threads use the driver's cores
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            return list(pool.map(lambda loc: scan_file(loc, cfg), files))
     scan = ray.remote(scan_file).options(num_cpus=1, max_retries=2)
     return get([scan.remote(loc, cfg) for loc in files])
 

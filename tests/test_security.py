@@ -43,6 +43,7 @@ def test_endpoint_flag_applies_before_the_config_is_read(s3_server, tmp_path, ca
     assert main(["run", job, "--endpoint-url", s3_server]) == 2
     # the config came from the moto endpoint: its (missing) queries path is what the door reports
     assert "s3://hardneg-test/endpoint-flag/missing.jsonl: no such file or folder" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "run")
 
 
 def test_aws_endpoint_url_s3_variable_applies_before_the_config_is_read(s3_server, tmp_path, capsys, monkeypatch):
@@ -58,7 +59,8 @@ def test_aws_endpoint_url_s3_variable_applies_before_the_config_is_read(s3_serve
 # --- 9: an endpoint that does not answer -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [["run", "s3://hardneg-test/job.yaml"], ["remine", "s3://hardneg-test/runs/a"]])
+@pytest.mark.parametrize("command", [["run", "s3://hardneg-test/job.yaml"], ["remine", "s3://hardneg-test/runs/a"],
+                                     ["mine", "pairs.jsonl", "s3://hardneg-test/runs/a"]])
 def test_unreachable_endpoint_is_one_line_naming_url_and_endpoint(closed_port, command, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sEcReT-never-printed")
     monkeypatch.chdir(tmp_path)

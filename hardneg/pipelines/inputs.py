@@ -90,6 +90,25 @@ def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
     return Inputs(corpus_cfg, validated, queries)
 
 
+def check_inputs(cfg: RunConfig, run_dir: storage.Location) -> None:
+    """Run every check ``prepare_inputs`` runs, writing nothing (the CLI's door, before Ray starts).
+
+    Inputs a run directory already committed are only compared with the sources (a resumed run).
+
+    Raises:
+        InputError: what ``prepare_inputs`` would raise.
+    """
+    queries_dir = run_dir.join("inputs", "queries")
+    if storage.is_committed(queries_dir):
+        _check_same_sources(queries_dir, input_fingerprint(cfg))
+    elif cfg.queries.format == "pairs":
+        _from_pairs(cfg)
+    elif not cfg.corpus.path:
+        raise InputError("queries.format=queries needs corpus.path (the corpus the positive_ids refer to)")
+    else:
+        _from_queries(cfg, load_corpus(validate_corpus(cfg.corpus), cfg.corpus).column("id"))
+
+
 def input_fingerprint(cfg: RunConfig) -> list[list]:
     """``[url, size, modified]`` of every queries and corpus file: what a resumed run must still read."""
     out = []
