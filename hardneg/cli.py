@@ -6,11 +6,14 @@ reachable as ``--SECTION-FIELD`` (``--embed-batch-size``, ``--index-nprobe``).
 Flags override the ``--config`` YAML, which overrides the defaults.
 
 Exit codes: 0 done (or nothing to do), 1 failure, 2 bad input or config.
+A run directory locked by another live writer exits 1 (nothing was written; retry when it ends).
 
 Before anything else a command applies the storage settings (``--endpoint-url``, ``--region``, else
 ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), so even the config file is read from the right
 endpoint, and an endpoint that does not answer is one line naming it (exit 1). Then the door checks
-(``hardneg.door``) refuse bad config, models and inputs before Ray starts, writing nothing.
+(``hardneg.door``) refuse bad config, models and inputs before Ray starts, writing nothing, and the
+writing commands (run, mine, train, remine) take the run directory's lock
+(``hardneg.lease``) for their whole run. ``embed`` writes no run directory and takes no lock.
 
 ``hardneg train CONFIG`` runs the re-mining loop (round 0, then blocks of ``train.remine_every``
 epochs, each followed by a round re-mined with the new checkpoint). ``hardneg remine RUN_DIR`` is
@@ -36,7 +39,7 @@ from hardneg.errors import HardnegError, InputError
 
 logger = logging.getLogger("hardneg")
 
-EXIT_CODES = "exit codes: 0 done or nothing to do, 1 failure, 2 bad input or config"
+EXIT_CODES = "exit codes: 0 done or nothing to do, 1 failure (or the run directory is locked by another writer), 2 bad input or config"
 
 SECTIONS = {name: field.annotation for name, field in RunConfig.model_fields.items() if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
 RENAMED = {"model.path": "model", "index.backend": "index", "corpus.path": "corpus", "queries.path": "queries"}
@@ -164,6 +167,13 @@ def _start(cfg: RunConfig) -> None:
     logger.info("resources:\n  %s", describe(plan_resources(cfg)).replace("\n", "\n  "))
 
 
+def _locked(cfg: RunConfig, command: str):
+    """Hold the run directory's lock (``RUN_DIR/LOCK.json``) for a writing command's whole run."""
+    from hardneg.lease import hold_run_dir
+
+    return hold_run_dir(cfg.run_dir, cfg.storage.lease_ttl, command)
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from hardneg import door
 
@@ -185,22 +195,23 @@ def cmd_mine(args: argparse.Namespace) -> int:
     overrides["run_dir"] = args.output
     cfg = _load(args, args.config, overrides)
     where = "corpus.path" if cfg.mine.miner in ("geographic", "mixed") else "queries.path"
-    return _run_round(parse_config(cfg.model_dump(mode="json", exclude_unset=True), overrides={where: args.input}))
+    return _run_round(parse_config(cfg.model_dump(mode="json", exclude_unset=True), overrides={where: args.input}), "mine")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run_round(_load(args, args.config, overrides_from(args)))
+    return _run_round(_load(args, args.config, overrides_from(args)), "run")
 
 
-def _run_round(cfg: RunConfig) -> int:
+def _run_round(cfg: RunConfig, command: str) -> int:
     from hardneg import door
 
     door.check_round(cfg)
     from hardneg.pipelines.run import run_round  # torch and Ray Data load only past the door
     from hardneg.summary import round_summary
 
-    _start(cfg)
-    print(round_summary(run_round(cfg)))
+    with _locked(cfg, command):
+        _start(cfg)
+        print(round_summary(run_round(cfg)))
     return 0
 
 
@@ -219,9 +230,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hardneg.pipelines.remine import run_state
     from hardneg.summary import run_summary
 
-    _start(cfg)
-    train_loop(cfg, args.max_blocks)
-    print(run_summary(run_state(cfg.run_dir)))
+    with _locked(cfg, "train"):
+        _start(cfg)
+        train_loop(cfg, args.max_blocks)
+        print(run_summary(run_state(cfg.run_dir)))
     return 0
 
 
@@ -246,7 +258,7 @@ def cmd_remine(args: argparse.Namespace) -> int:
     door.check_round(cfg, checkpoint=None if args.checkpoint == "latest" else args.checkpoint)
     from hardneg.pipelines.remine import remine  # torch and Ray Data load only past the door
 
-    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext(), _locked(cfg, "remine"):
         _start(cfg)
         status, manifest = remine(cfg, args.checkpoint)
     line = f"hardneg remine: {status}: round {manifest['round']} (encoder {manifest['encoder']})"

@@ -25,7 +25,7 @@ import posixpath
 import typing
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import fsspec
 import pyarrow as pa
@@ -41,6 +41,7 @@ ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 JSON_MAX_LINE_BYTES = 1 << 30  # Arrow's JSON block size is an int32; longer lines are refused by name
 
 _s3_options: dict[str, Any] = {}
+_commit_checks: list[Callable[["Location"], None]] = []
 
 
 def configure(endpoint_url: Optional[str] = None, region: Optional[str] = None) -> None:
@@ -85,6 +86,12 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def is_local(loc: "Location") -> bool:
+    """Whether ``loc`` is on a local (or mounted) disk, where renames and ``flock`` work."""
+    protocol = loc.fs.protocol
+    return protocol in ("file", "local") or "file" in protocol
+
+
 @dataclass(frozen=True)
 class Location:
     """A resolved path: a (picklable) fsspec filesystem and the path inside it."""
@@ -104,7 +111,7 @@ class Location:
         """A pyarrow filesystem over the same fsspec filesystem (what Ray Data takes)."""
         from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
 
-        if self.fs.protocol in ("file", "local") or "file" in self.fs.protocol:
+        if is_local(self):
             return LocalFileSystem()
         return PyFileSystem(FSSpecHandler(self.fs))
 
@@ -372,14 +379,30 @@ def prepare_output(path: str | Location) -> Location:
     return loc
 
 
+def add_commit_check(check: Callable[[Location], None]) -> None:
+    """Run ``check(location)`` before every ``commit`` in this process (a run-directory lease fences its commits)."""
+    _commit_checks.append(check)
+
+
+def remove_commit_check(check: Callable[[Location], None]) -> None:
+    if check in _commit_checks:
+        _commit_checks.remove(check)
+
+
 def commit(path: str | Location, manifest: dict) -> None:
-    """Commit a directory by writing its manifest last (atomic on S3 and on a local disk)."""
+    """Commit a directory by writing its manifest last (atomic on S3 and on a local disk).
+
+    Raises:
+        StorageError: the directory is already committed, or a commit check refuses (a lost lease).
+    """
     loc = path if isinstance(path, Location) else resolve(path)
+    for check in list(_commit_checks):
+        check(loc)
     if is_committed(loc):
         raise StorageError(f"{loc.url} is already committed; refusing to overwrite its {MANIFEST}")
     body = json.dumps(manifest, indent=2, sort_keys=False, default=str)
     target = posixpath.join(loc.path, MANIFEST)
-    if loc.fs.protocol in ("file", "local") or "file" in loc.fs.protocol:
+    if is_local(loc):
         tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(body)
