@@ -21,7 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 from hardneg import storage
@@ -29,8 +28,6 @@ from hardneg.config import RunConfig
 from hardneg.corpus import ValidatedCorpus, validate_corpus
 from hardneg.errors import ConfigError, StorageError
 from hardneg.model_dir import check_model_dir, default_model_path
-
-logger = logging.getLogger(__name__)
 
 
 def check_reachable(*paths: Optional[str]) -> None:
