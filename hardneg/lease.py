@@ -373,6 +373,8 @@ class RunDirLease:
                     self.file.delete(self._token)
                 except Conflict:
                     logger.warning("%s: the lock was not this writer's any more; left it", self.url)
+                except OSError as err:  # never mask the command's own outcome: the lease goes stale by itself
+                    logger.warning("%s: could not delete the lock (%s); it is taken over once %g s old", self.url, err, self.ttl)
             self._token = None
         if self._created_dir:
             with contextlib.suppress(OSError):
