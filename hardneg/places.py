@@ -1,7 +1,7 @@
 """A places corpus (``id``, ``lat``, ``lon``, optional ``text`` and ``group``), validated at the door.
 
 Rules, each failure named by file, row and column: the id, lat and lon columns exist; ids are
-not null and unique across files; lat and lon are numbers, not null or NaN, lat in [-90, 90],
+strings or integers (not floats), not null and unique across files; lat and lon are numbers, not null or NaN, lat in [-90, 90],
 lon in [-180, 180]. With ``corpus.drop_invalid`` the bad rows are dropped and counted instead.
 A corpus of 100 rows or more whose every coordinate lies within [-pi, pi] is probably in
 radians: a WARNING says so (the values are still read as degrees).
@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from hardneg import storage
 from hardneg.config import CorpusConfig
-from hardneg.corpus import MAX_REPORTED
+from hardneg.corpus import MAX_REPORTED, refuse_float_ids
 from hardneg.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ def _read_file(loc: storage.Location, cfg: CorpusConfig) -> tuple[pa.Table, list
                          f"corpus.lat_column={cfg.lat_column!r}, corpus.lon_column={cfg.lon_column!r}); "
                          f"columns found: {', '.join(raw.column_names)}")
     ids = raw.column(cfg.id_column)
+    refuse_float_ids(loc, ids, cfg.id_column)
     problems = [(int(row), cfg.id_column, "null id") for row in np.flatnonzero(pc.is_null(ids).to_numpy(zero_copy_only=False))]
     problems += coordinate_problems(raw.column(cfg.lat_column), cfg.lat_column, 90)
     problems += coordinate_problems(raw.column(cfg.lon_column), cfg.lon_column, 180)

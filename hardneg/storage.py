@@ -7,7 +7,8 @@ one. Nothing committed is ever overwritten.
 
 S3 credentials come only from the standard AWS chain (environment, profile,
 instance role); ``configure(endpoint_url=...)`` points s3fs at MinIO, moto or an
-on-prem store.
+on-prem store (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` when no URL is given).
+The CLI configures storage before it reads the first byte, the config file included.
 
 Example::
 
@@ -17,12 +18,14 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import posixpath
+import typing
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import fsspec
 import pyarrow as pa
@@ -34,12 +37,26 @@ from hardneg.errors import InputError, StorageError
 MANIFEST = "MANIFEST.json"
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson")
 
+ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+JSON_MAX_LINE_BYTES = 1 << 30  # Arrow's JSON block size is an int32; longer lines are refused by name
+
 _s3_options: dict[str, Any] = {}
+_commit_checks: list[Callable[["Location"], None]] = []
 
 
 def configure(endpoint_url: Optional[str] = None, region: Optional[str] = None) -> None:
-    """Set the S3 endpoint and region for every ``s3://`` path opened afterwards in this process."""
+    """Set the S3 endpoint and region for every ``s3://`` path opened afterwards in this process.
+
+    Without ``endpoint_url`` the standard ``AWS_ENDPOINT_URL_S3`` (then ``AWS_ENDPOINT_URL``) applies,
+    so the driver hands Ray workers the endpoint it used itself.
+
+    Example::
+
+        storage.configure("http://127.0.0.1:9000")          # MinIO / moto
+        storage.endpoint()                                   # 'http://127.0.0.1:9000'
+    """
     _s3_options.clear()
+    endpoint_url = endpoint_url or next((os.environ[name] for name in ENDPOINT_ENV if os.environ.get(name)), None)
     client_kwargs = {}
     if endpoint_url:
         client_kwargs["endpoint_url"] = endpoint_url
@@ -47,6 +64,11 @@ def configure(endpoint_url: Optional[str] = None, region: Optional[str] = None) 
         client_kwargs["region_name"] = region
     if client_kwargs:
         _s3_options["client_kwargs"] = client_kwargs
+
+
+def endpoint() -> str:
+    """The S3 endpoint ``s3://`` paths go to (AWS's own when none is configured), for messages."""
+    return _s3_options.get("client_kwargs", {}).get("endpoint_url") or "the AWS S3 endpoint of the bucket's region"
 
 
 def s3_options() -> dict[str, Any]:
@@ -62,6 +84,12 @@ def restore_options(options: dict[str, Any]) -> None:
 
 def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
+
+
+def is_local(loc: "Location") -> bool:
+    """Whether ``loc`` is on a local (or mounted) disk, where renames and ``flock`` work."""
+    protocol = loc.fs.protocol
+    return protocol in ("file", "local") or "file" in protocol
 
 
 @dataclass(frozen=True)
@@ -83,7 +111,7 @@ class Location:
         """A pyarrow filesystem over the same fsspec filesystem (what Ray Data takes)."""
         from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
 
-        if self.fs.protocol in ("file", "local") or "file" in self.fs.protocol:
+        if is_local(self):
             return LocalFileSystem()
         return PyFileSystem(FSSpecHandler(self.fs))
 
@@ -92,7 +120,7 @@ def resolve(path: str) -> Location:
     """Resolve a local path or URL to a ``Location`` (the only place paths are interpreted)."""
     path = str(path)
     if path.startswith("s3://") or path.startswith("s3a://"):
-        fs = fsspec.filesystem("s3", use_listings_cache=False, **_s3_options)
+        fs = fsspec.filesystem("s3", use_listings_cache=False, **copy.deepcopy(_s3_options))  # botocore edits its config
         return Location(fs, path.split("://", 1)[1].rstrip("/"))
     if is_remote(path):
         fs, inner = fsspec.core.url_to_fs(path)
@@ -100,6 +128,59 @@ def resolve(path: str) -> Location:
     if path.startswith("file://"):
         path = path[len("file://"):]
     return Location(fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path)))
+
+
+def check_reachable(path: str) -> None:
+    """For an ``s3://`` path: one quick request to its bucket, so a wrong or dead endpoint fails at the door.
+
+    Local paths pass. A bucket that answers at all (even "access denied") counts as reachable.
+
+    Raises:
+        StorageError: the endpoint cannot be reached; names the URL and the endpoint, never credentials.
+    """
+    if not path.startswith(("s3://", "s3a://")):
+        return
+    options = copy.deepcopy(_s3_options)
+    options["config_kwargs"] = {"retries": {"max_attempts": 1}, "connect_timeout": 5, "read_timeout": 10}
+    probe = fsspec.filesystem("s3", use_listings_cache=False, skip_instance_cache=True, **options)
+    probe.retries = 1
+    bucket = path.split("://", 1)[1].split("/", 1)[0]
+    from botocore.exceptions import NoCredentialsError
+
+    try:
+        probe.call_s3("head_bucket", Bucket=bucket)
+    except CONNECTION_ERRORS as err:
+        raise unreachable(path, err) from None
+    except NoCredentialsError:
+        raise StorageError(f"no AWS credentials for {path} (endpoint {endpoint()}): set AWS_ACCESS_KEY_ID and "
+                           "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance role") from None
+    except (OSError, ValueError):
+        pass  # the endpoint answered (no such bucket, access denied, ...): the real request will say what is wrong
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+    errors: tuple[type[BaseException], ...] = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError)
+    try:
+        from aiohttp import ClientConnectorError
+
+        errors += (ClientConnectorError,)
+    except ImportError:  # pragma: no cover - s3fs brings aiohttp
+        pass
+    return errors
+
+
+CONNECTION_ERRORS = _connection_errors()
+
+
+def unreachable(url: str, err: BaseException) -> StorageError:
+    """The error for an S3 endpoint that does not answer: the URL, the endpoint and what to check."""
+    return StorageError(
+        f"cannot reach S3 for {url}: endpoint {endpoint()} does not answer ({type(err).__name__}: {err}). "
+        "Check --endpoint-url (storage.endpoint_url, or AWS_ENDPOINT_URL_S3), that the store is running, "
+        "and that this host can reach it."
+    )
 
 
 def read_text(path: str) -> str:
@@ -131,20 +212,22 @@ def list_table_files(path: str) -> list[Location]:
 
 
 def read_table_file(loc: Location, columns: Optional[Sequence[str]] = None) -> pa.Table:
-    """One Parquet or JSONL file as an Arrow table (only ``columns`` when given)."""
+    """One Parquet or JSONL file as an Arrow table (only ``columns`` when given).
+
+    Raises:
+        InputError: the file cannot be read, or holds invalid UTF-8 text; names the file and row.
+    """
     try:
         if loc.path.endswith(".parquet"):
             with loc.fs.open(loc.path, "rb") as handle:
                 parquet = pq.ParquetFile(handle)
                 names = parquet.schema_arrow.names
                 # Missing columns are the caller's to report, with the file's name.
-                return parquet.read(columns=[c for c in columns if c in names] if columns else None)
-        with loc.fs.open(loc.path, "rb") as handle:
-            table = pa_json.read_json(handle)
-    except pa.ArrowInvalid as err:
-        if loc.path.endswith(".parquet"):
-            raise InputError(f"{loc.url}: cannot be read as Parquet: {err}") from None
-        table = _read_json_lines_strictly(loc, columns, err)
+                table = parquet.read(columns=[c for c in columns if c in names] if columns else None)
+        else:
+            table = _read_json_lines(loc, columns)
+    except pa.ArrowInvalid as err:  # Parquet only: the JSON reader names the row at fault itself
+        raise InputError(f"{loc.url}: cannot be read as Parquet: {err}") from None
     except OSError as err:
         raise InputError(f"{loc.url}: cannot be read as a table: {err}") from None
     if columns:
@@ -152,14 +235,75 @@ def read_table_file(loc: Location, columns: Optional[Sequence[str]] = None) -> p
         if missing:
             return table  # the caller reports missing columns with the file's name
         table = table.select(list(columns))
+    _check_utf8(loc, table)
     return table
 
 
-def _read_json_lines_strictly(loc: Location, columns: Optional[Sequence[str]], arrow_error: Exception) -> pa.Table:
+def _read_json_lines(loc: Location, columns: Optional[Sequence[str]]) -> pa.Table:
+    """Arrow's JSON reader; a line longer than its default block is read with a block that holds it."""
+    try:
+        return _arrow_json(loc, None)
+    except pa.ArrowInvalid as err:
+        if "straddl" not in str(err):
+            _read_json_lines_strictly(loc, columns, err)
+    try:
+        return _arrow_json(loc, pa_json.ReadOptions(block_size=_block_size_for(loc)))
+    except pa.ArrowInvalid as err:
+        _read_json_lines_strictly(loc, columns, err)
+        raise  # pragma: no cover - the strict reader always raises
+
+
+def _arrow_json(loc: Location, options: Optional[pa_json.ReadOptions]) -> pa.Table:
+    with loc.fs.open(loc.path, "rb") as handle:
+        return pa_json.read_json(handle, read_options=options)
+
+
+def _block_size_for(loc: Location) -> int:
+    """A JSON block size that holds the file's longest line (refused, by line, above ``JSON_MAX_LINE_BYTES``)."""
+    longest, where = 0, 0
+    with loc.fs.open(loc.path, "rb") as handle:
+        for number, line in enumerate(handle):
+            if len(line) > longest:
+                longest, where = len(line), number
+    if longest >= JSON_MAX_LINE_BYTES:
+        raise InputError(f"{loc.url}: line {where + 1} is {longest:,} bytes; JSON lines longer than "
+                         f"{JSON_MAX_LINE_BYTES:,} bytes cannot be read: store such texts in Parquet")
+    return max(1 << 20, longest + 1024)
+
+
+def _check_utf8(loc: Location, table: pa.Table) -> None:
+    """Refuse text columns holding invalid UTF-8 (Arrow reads them; Python cannot), naming row and column."""
+    for name in table.column_names:
+        column = table.column(name)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        try:
+            column.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        for row, value in enumerate(column.cast(pa.large_binary()).to_pylist()):
+            try:
+                if value is not None:
+                    value.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(f"{loc.url}: row {row}, column {name}: {_utf8_problem(value, err)}") from None
+
+
+def _utf8_problem(raw: bytes, err: UnicodeDecodeError) -> str:
+    return (f"not valid UTF-8 ({err.reason} at byte {err.start}: {raw[max(0, err.start - 10):err.start + 10]!r}); "
+            "re-encode the file as UTF-8")
+
+
+def _read_json_lines_strictly(loc: Location, columns: Optional[Sequence[str]], arrow_error: Exception) -> typing.NoReturn:
     """Re-read JSON lines that Arrow rejected, to name the row and column at fault."""
     rows = []
-    with loc.fs.open(loc.path, "r", encoding="utf-8") as handle:
-        for number, line in enumerate(handle):
+    with loc.fs.open(loc.path, "rb") as handle:
+        for number, raw in enumerate(handle):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(f"{loc.url}: row {len(rows)} (line {number + 1}): {_utf8_problem(raw, err)}") from None
             if not line.strip():
                 continue
             try:
@@ -235,14 +379,30 @@ def prepare_output(path: str | Location) -> Location:
     return loc
 
 
+def add_commit_check(check: Callable[[Location], None]) -> None:
+    """Run ``check(location)`` before every ``commit`` in this process (a run-directory lease fences its commits)."""
+    _commit_checks.append(check)
+
+
+def remove_commit_check(check: Callable[[Location], None]) -> None:
+    if check in _commit_checks:
+        _commit_checks.remove(check)
+
+
 def commit(path: str | Location, manifest: dict) -> None:
-    """Commit a directory by writing its manifest last (atomic on S3 and on a local disk)."""
+    """Commit a directory by writing its manifest last (atomic on S3 and on a local disk).
+
+    Raises:
+        StorageError: the directory is already committed, or a commit check refuses (a lost lease).
+    """
     loc = path if isinstance(path, Location) else resolve(path)
+    for check in list(_commit_checks):
+        check(loc)
     if is_committed(loc):
         raise StorageError(f"{loc.url} is already committed; refusing to overwrite its {MANIFEST}")
     body = json.dumps(manifest, indent=2, sort_keys=False, default=str)
     target = posixpath.join(loc.path, MANIFEST)
-    if loc.fs.protocol in ("file", "local") or "file" in loc.fs.protocol:
+    if is_local(loc):
         tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(body)

@@ -46,3 +46,24 @@ def test_embed_flags_use_bare_names():
 def test_range_max_must_exceed_range_min():
     with pytest.raises(ConfigError, match="range_max \\(3\\) must be greater than range_min \\(5\\)"):
         parse_config({"mine": {"range_min": 5, "range_max": 3}})
+
+
+def test_nan_and_infinite_floats_are_refused_by_their_path():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"mine": {"absolute_margin": float("nan"), "max_score": float("nan"), "min_score": float("-inf")},
+                      "train": {"learning_rate": float("inf")}})
+    message = str(err.value)
+    assert "mine.absolute_margin: Input should be a finite number (got nan)" in message
+    assert "mine.max_score: Input should be a finite number (got nan)" in message
+    assert "mine.min_score: Input should be a finite number (got -inf)" in message
+    assert "train.learning_rate: Input should be a finite number (got inf)" in message
+
+
+def test_nan_from_a_flag_or_yaml_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("mine:\n  max_score: .nan\n")
+    args = build_parser().parse_args(["run", str(path), "--absolute-margin", "nan"])
+    with pytest.raises(ConfigError) as err:
+        load_config(args.config, overrides_from(args))
+    assert "mine.max_score: Input should be a finite number (got nan)" in str(err.value)
+    assert "mine.absolute_margin: Input should be a finite number (got nan)" in str(err.value)

@@ -77,3 +77,36 @@ def test_no_corpus_files(ray_session, tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(InputError, match="no Parquet"):
         validate_corpus(corpus_cfg(tmp_path))
+
+
+def test_float_ids_are_refused_with_file_row_and_column(ray_session, tmp_path):
+    write_jsonl(tmp_path / "c.jsonl", [{"id": None, "text": "none"}, {"id": 0.0, "text": "zero"}, {"id": 1.0, "text": "one"}])
+    with pytest.raises(InputError, match=r"c\.jsonl: row 1, column id: float id 0\.0 .*ids must be strings or integers"):
+        validate_corpus(corpus_cfg(tmp_path, drop_invalid=True))  # a column type, not a row: dropping does not help
+
+
+def test_files_giving_ids_different_types_name_both_files(ray_session, tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"id": 1, "text": "one"}])
+    write_jsonl(tmp_path / "b.jsonl", [{"id": "x", "text": "ex"}])
+    with pytest.raises(InputError, match=r"a\.jsonl and .*b\.jsonl: column id holds integer values in the first and string "
+                                         r"values in the second"):
+        validate_corpus(corpus_cfg(tmp_path))
+
+
+def test_int32_and_int64_ids_or_string_and_large_string_texts_agree(ray_session, tmp_path):
+    pq.write_table(pa.table({"id": pa.array([1], pa.int32()), "text": ["one"]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"id": pa.array([2], pa.int64()), "text": pa.array(["two"], pa.large_string())}), tmp_path / "b.parquet")
+    assert validate_corpus(corpus_cfg(tmp_path)).num_valid == 2
+
+
+def test_invalid_utf8_names_row_and_column(ray_session, tmp_path):
+    (tmp_path / "c.jsonl").write_bytes(b'{"id": 1, "text": "fine"}\n{"id": 2, "text": "caf\xe9"}\n')
+    with pytest.raises(InputError, match=r"c\.jsonl: row 1, column text: not valid UTF-8 \(unexpected end of data at byte 3"):
+        validate_corpus(corpus_cfg(tmp_path))
+
+
+def test_a_json_line_longer_than_arrows_block_is_read_whole(tmp_path):
+    long_text = "word " * (2 << 20)  # 10 MiB, ten times Arrow's default block
+    write_jsonl(tmp_path / "c.jsonl", [{"id": 1, "text": long_text}, {"id": 2, "text": "short"}])
+    table = storage.read_table_file(storage.resolve(str(tmp_path / "c.jsonl")), ["id", "text"])
+    assert table.column("text").to_pylist() == [long_text, "short"]

@@ -7,7 +7,10 @@ with ``id`` and ``embedding`` (fixed-size list). ``MANIFEST.json`` is written
 last, so a crash leaves no readable partial output.
 
 The corpus files are grouped into parts of about ``embed.part_rows`` rows, each embedded
-into ``OUTPUT/part-NNNNN/`` and committed with its own manifest. A re-run after a driver
+into ``OUTPUT/part-NNNNN/`` and committed with its own manifest. Each attempt at a part names
+its shards ``a<id>_*.parquet``; it commits only if the part folder holds its own shards alone and
+their rows are the rows expected, and the manifest lists them (``shards``), so a commit never
+mixes two writers' files. A re-run after a driver
 crash keeps the committed parts and embeds only the rest; the output's manifest counts
 the rows it reused (``resumed_rows``). Rows are in file order: part by part, and readers take
 the shards in sorted path order.
@@ -23,6 +26,7 @@ import logging
 import os
 import posixpath
 import time
+import uuid
 import warnings
 from typing import Any, Optional
 
@@ -158,17 +162,43 @@ def corpus_dataset(corpus: ValidatedCorpus, id_column: str, text_column: str):
     return files.map_batches(read, batch_size=1, batch_format="numpy", num_cpus=0.5)
 
 
-def write_embeddings(ds, out: storage.Location) -> int:
-    """Write the (id, embedding) dataset as Parquet shards under ``out``; returns rows written."""
+def write_embeddings(ds, out: storage.Location, attempt: str) -> tuple[int, list[str]]:
+    """Write the (id, embedding) dataset as Parquet shards ``{attempt}_*.parquet`` under ``out``.
+
+    Returns:
+        (rows written, shard names), counted from this attempt's own shards.
+
+    Raises:
+        StorageError: ``out`` also holds shards this attempt did not write (another writer).
+    """
+    from ray.data.datasource import FilenameProvider
+
+    ds.write_parquet(out.path, filesystem=out.arrow_fs(), filename_provider=FilenameProvider(attempt, "parquet"))
+    shards = shard_rows(out)
+    foreign = sorted(name for name in shards if not name.startswith(f"{attempt}_"))
+    if foreign:
+        raise storage.StorageError(f"{out.url} holds shards this writer did not write ({', '.join(foreign[:3])}): "
+                                   "another writer is writing into it; not committed")
+    return sum(shards.values()), sorted(shards)
+
+
+def shard_rows(out: storage.Location) -> dict[str, int]:
+    """``{shard file name: rows}`` of the Parquet shards in a part folder (from their footers)."""
     import pyarrow.parquet as pq
 
-    ds.write_parquet(out.path, filesystem=out.arrow_fs())
-    rows = 0
+    rows = {}
     for path in out.fs.find(out.path):
         if path.endswith(".parquet"):
             with out.fs.open(path, "rb") as handle:
-                rows += pq.ParquetFile(handle).metadata.num_rows
+                rows[posixpath.basename(path)] = pq.ParquetFile(handle).metadata.num_rows
     return rows
+
+
+def part_is_whole(part_dir: storage.Location, manifest: dict) -> bool:
+    """A committed part's shards are the ones its manifest lists, with the rows it counts."""
+    shards = shard_rows(part_dir)
+    listed = manifest.get("shards")
+    return sum(shards.values()) == manifest.get("rows") and (listed is None or sorted(shards) == sorted(listed))
 
 
 def embed_corpus(cfg: RunConfig, output: str, corpus: Optional[ValidatedCorpus] = None, prefix: str = "") -> dict:
@@ -194,6 +224,10 @@ def embed_corpus(cfg: RunConfig, output: str, corpus: Optional[ValidatedCorpus] 
         expected = sum(corpus.valid_rows(i) for i in files)
         urls = [corpus.files[i].url for i in files]
         done = storage.read_manifest(part_dir) if storage.is_committed(part_dir) else {}
+        if done and not part_is_whole(part_dir, done):
+            logger.warning("%s: its shards disagree with its manifest (%d rows); embedding the part again", part_dir.url, done["rows"])
+            part_dir.fs.rm(part_dir.path, recursive=True)
+            done = {}
         if done.get("files") == urls and done.get("rows") == expected:
             rows += expected
             resumed_rows += expected
@@ -203,10 +237,10 @@ def embed_corpus(cfg: RunConfig, output: str, corpus: Optional[ValidatedCorpus] 
         ds = embed_tables(corpus_dataset(part, cfg.corpus.id_column, cfg.corpus.text_column), cfg.model, cfg.embed, model_path, prefix)
         name = f"embed {posixpath.basename(out.path)}" + (f" part {number + 1}/{len(parts)}" if len(parts) > 1 else "")
         with console.stage(name, rows=expected):
-            written = write_embeddings(ds, part_dir)
+            written, shards = write_embeddings(ds, part_dir, f"a{uuid.uuid4().hex[:12]}")
         if written != expected:
             raise storage.StorageError(f"{part_dir.url}: wrote {written} rows, expected {expected}; not committed")
-        storage.commit(part_dir, {"kind": "embeddings-part", "files": urls, "rows": written})
+        storage.commit(part_dir, {"kind": "embeddings-part", "files": urls, "rows": written, "shards": shards})
         rows += written
     if resumed_rows:
         logger.info("resumed: %d of %d rows were already embedded in committed parts", resumed_rows, rows)

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from hardneg import storage
 from hardneg.config import CorpusConfig, RunConfig
-from hardneg.corpus import MAX_REPORTED, ValidatedCorpus, text_problems, validate_corpus
+from hardneg.corpus import MAX_REPORTED, ValidatedCorpus, refuse_float_ids, text_problems, validate_corpus
 from hardneg.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,25 @@ def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
             _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path, "sources": sources})
     queries = storage.read_table(queries_dir.url)
     return Inputs(corpus_cfg, validated, queries)
+
+
+def check_inputs(cfg: RunConfig, run_dir: storage.Location) -> None:
+    """Run every check ``prepare_inputs`` runs, writing nothing (the CLI's door, before Ray starts).
+
+    Inputs a run directory already committed are only compared with the sources (a resumed run).
+
+    Raises:
+        InputError: what ``prepare_inputs`` would raise.
+    """
+    queries_dir = run_dir.join("inputs", "queries")
+    if storage.is_committed(queries_dir):
+        _check_same_sources(queries_dir, input_fingerprint(cfg))
+    elif cfg.queries.format == "pairs":
+        _from_pairs(cfg)
+    elif not cfg.corpus.path:
+        raise InputError("queries.format=queries needs corpus.path (the corpus the positive_ids refer to)")
+    else:
+        _from_queries(cfg, load_corpus(validate_corpus(cfg.corpus), cfg.corpus).column("id"))
 
 
 def input_fingerprint(cfg: RunConfig) -> list[list]:
@@ -205,6 +224,8 @@ def _from_queries(cfg: RunConfig, corpus_ids: pa.ChunkedArray) -> pa.Table:
     errors, tables, seen = [], [], set()
     for loc, table in _read_checked(q.path, [q.query_id_column, q.query_column, q.positive_ids_column], "queries.format=queries"):
         errors += _text_errors(loc, table, [q.query_column])
+        refuse_float_ids(loc, table.column(q.query_id_column), q.query_id_column)
+        refuse_float_ids(loc, table.column(q.positive_ids_column), q.positive_ids_column)
         qids = table.column(q.query_id_column).cast(pa.string()).to_pylist()
         lists = table.column(q.positive_ids_column).to_pylist()
         for row, (qid, positive_ids) in enumerate(zip(qids, lists)):

@@ -25,7 +25,8 @@ def embedding_files(embeddings_dir: str) -> list[tuple[str, int]]:
     """``(file URL, rows)`` of a committed embeddings folder, in global-row order.
 
     Raises:
-        StorageError: the folder has no MANIFEST.json (it is not, or not yet, a whole output).
+        StorageError: the folder has no MANIFEST.json (it is not, or not yet, a whole output), or its
+            shards hold other rows than the manifest counts (never read a folder two writers wrote to).
     """
     loc = storage.resolve(embeddings_dir)
     if not storage.is_committed(loc):
@@ -34,6 +35,10 @@ def embedding_files(embeddings_dir: str) -> list[tuple[str, int]]:
     for file in sorted(storage.list_table_files(embeddings_dir), key=lambda f: f.path):
         with file.fs.open(file.path, "rb") as handle:
             out.append((file.url, pq.ParquetFile(handle).metadata.num_rows))
+    expected = storage.read_manifest(loc).get("rows")
+    if expected is not None and sum(rows for _, rows in out) != expected:
+        raise StorageError(f"{loc.url}: its shards hold {sum(rows for _, rows in out)} rows but its MANIFEST.json "
+                           f"says {expected}: it was written to by more than one writer; delete it and run again")
     return out
 
 

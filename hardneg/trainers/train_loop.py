@@ -71,6 +71,30 @@ def read_trainer_state(path: str) -> dict:
         return json.load(handle)
 
 
+def load_training_state(path: str) -> dict:
+    """The optimizer and logit-scale state of a checkpoint directory, loaded with ``weights_only=True``.
+
+    Only tensors and plain containers load: a file that would run code when unpickled is refused.
+
+    Raises:
+        StorageError: the file holds anything else (names the file and what to do).
+    """
+    import pickle
+
+    from hardneg.errors import StorageError
+
+    state_file = os.path.join(path, OPTIMIZER_FILE)
+    try:
+        return torch.load(state_file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line or "error:" in line),
+                      type(err).__name__).split(" Please use")[0]
+        raise StorageError(
+            f"{state_file}: refused to load: it holds objects other than tensors and plain containers, which could "
+            f"run code when unpickled ({reason}). Delete the checkpoint folder if it was not written by hardneg."
+        ) from None
+
+
 def _load_start(config: dict, cfg: TrainConfig) -> tuple[ContrastiveModel, dict, Optional[dict]]:
     """The model to start from: the run's latest checkpoint when there is one, else ``model_path``."""
     import ray.train
@@ -83,7 +107,7 @@ def _load_start(config: dict, cfg: TrainConfig) -> tuple[ContrastiveModel, dict,
         logger.info("resuming from checkpoint %s", path)
         model = ContrastiveModel(Encoder.load(path), scale)
         state = read_trainer_state(path)
-        saved = torch.load(os.path.join(path, OPTIMIZER_FILE), map_location="cpu", weights_only=False)
+        saved = load_training_state(path)
     model.logit_scale.load_state_dict(saved["logit_scale"])
     model.logit_scale.log_scale.requires_grad_(cfg.learnable_scale)
     return model, state, saved["optimizer"]

