@@ -85,7 +85,7 @@ def test_rejected_input_leaves_no_run_yaml_and_a_fixed_input_then_runs(ray_sessi
 
     good = write_jsonl(tmp_path / "good.jsonl", PLACES)
     assert main(["mine", good, str(run_dir), *GEO_ARGS]) == 0
-    assert sorted(os.listdir(run_dir)) == ["rounds", "run.yaml"]  # the lock is gone with its writer
+    assert sorted(os.listdir(run_dir)) == ["report.html", "rounds", "run.yaml"]  # the lock is gone with its writer
     capsys.readouterr()
     assert main(["inspect", str(run_dir)]) == 0
     assert "rounds (1)" in capsys.readouterr().out

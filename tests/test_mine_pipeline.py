@@ -93,6 +93,7 @@ def test_rerun_resumes_committed_stages_and_redoes_a_partial_one(ray_session, ti
         run_round(cfg)
 
 
+@pytest.mark.slow  # the default run stays under 8 minutes (issue 11)
 def test_on_short_drop_and_keep(ray_session, tiny_model_path, tmp_path):
     corpus, queries = small_corpus(tmp_path)
     base = {"model": {"path": tiny_model_path}, "corpus": {"path": corpus}, "queries": {"path": queries, "format": "queries"}}
@@ -131,6 +132,7 @@ def test_pairs_match_sentence_transformers_mine_hard_negatives(ray_session, pack
     assert len(ours) > 300 and agree / len(union) >= 0.99, f"{agree}/{len(union)} pairs agree"
 
 
+@pytest.mark.slow  # the default run stays under 8 minutes (issue 11)
 def test_views_load_in_sentence_transformers_trainer(ray_session, tiny_model_path, real_pairs, tmp_path):
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments

@@ -109,6 +109,7 @@ def test_remine_bad_run_dir_or_checkpoint_exits_2_with_a_message(round0, tmp_pat
     assert "not a model directory (no config.json)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the default run stays under 8 minutes (issue 11)
 def test_remine_resumes_a_half_done_round_of_the_same_checkpoint(round0, tiny_model_path, tmp_path):
     cfg, _ = round0
     run = tmp_path / "copy"
@@ -162,6 +163,7 @@ def test_train_loop_two_rounds_resumes_after_a_stop_between_rounds(ray_session, 
     assert "nothing to do: round 2" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # the default run stays under 8 minutes (issue 11)
 def test_orchestrator_tick_commands_run_in_order_and_repeat_safely(ray_session, real_pairs, tiny_model_path, tmp_path, capsys):
     """The commands the Airflow DAG / Prefect flow run, through the CLI: tick 1 makes round 0 and trains
     block 0; tick 2 re-mines round 1 with block 0's checkpoint; a repeated remine is a no-op."""

@@ -87,7 +87,7 @@ def test_ivfpq_rejects_a_sub_quantizer_count_that_does_not_divide_the_dimension(
         build_index(corpus, IndexConfig(backend="ivfpq", pq_m=16))
 
 
-@pytest.mark.parametrize("shards", [2, 3])
+@pytest.mark.parametrize("shards", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_sharded_search_equals_unsharded_exact(ray_session, tmp_path, shards):
     rng = np.random.default_rng(3)
     corpus = np.concatenate([unit(rng, 200), unit(rng, 20)[np.repeat(np.arange(20), 3)]])  # duplicates: ties

@@ -35,7 +35,7 @@ def docstring_pairs(limit=300):
 
 @pytest.mark.parametrize("settings", [
     dict(range_min=0, range_max=20, relative_margin=0.05),
-    dict(range_min=2, range_max=30, absolute_margin=0.02, max_score=0.8),
+    pytest.param(dict(range_min=2, range_max=30, absolute_margin=0.02, max_score=0.8), marks=pytest.mark.slow),
 ])
 def test_same_negatives_as_sentence_transformers(packaged_model_path, settings):
     from datasets import Dataset

@@ -91,6 +91,7 @@ def embed_pairs(model_dir, texts):
     return Encoder.load(model_dir).encode(texts)
 
 
+@pytest.mark.slow  # the default run stays under 8 minutes (issue 11)
 def test_fit_round_checkpoints_loadable_and_resumes(ray_session, tiny_model_path, tmp_path):
     import ray
     from sentence_transformers import SentenceTransformer
@@ -143,6 +144,7 @@ def record_batches_loop(config):
     ray.train.report({"batches": len(seen)})
 
 
+@pytest.mark.slow  # the default run stays under 8 minutes (issue 11)
 def test_batch_mode_gives_each_whole_batch_to_exactly_one_of_two_workers(ray_session, tmp_path):
     import ray
     from ray.train import RunConfig, ScalingConfig
