@@ -63,6 +63,7 @@ def test_queries_with_ids_exclude_positives_groups_and_duplicate_texts(ray_sessi
     assert json.loads((tmp_path / "run" / "rounds" / "00000" / "MANIFEST.json").read_text())["round"] == 0
 
 
+@pytest.mark.slow  # the default run stays under 8 minutes (issue 11)
 def test_rerun_resumes_committed_stages_and_redoes_a_partial_one(ray_session, tiny_model_path, tmp_path):
     corpus, queries = small_corpus(tmp_path)
     cfg = parse_config({
@@ -161,6 +162,7 @@ def test_views_load_in_sentence_transformers_trainer(ray_session, tiny_model_pat
     assert trainer.train().global_step == 1
 
 
+@pytest.mark.slow  # the default run stays under 8 minutes (issue 11)
 def test_cli_mine_writes_the_round_and_rejects_bad_flags(ray_session, tiny_model_path, real_pairs, tmp_path, capsys):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", real_pairs[:50])
     out = tmp_path / "out"
