@@ -17,7 +17,7 @@ import pytest
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-SLOW_TIMEOUT = 900  # seconds; the default run's tests get pyproject's 300
+SLOW_TIMEOUT = 1200  # seconds; the default run's tests get pyproject's 600
 
 
 def pytest_collection_modifyitems(config, items):
