@@ -44,6 +44,11 @@ def init_ray(
     # did, as if something were wrong; RAY_AUTH_MODE=token would say it too, but the driver reads its
     # mode before we could set it. Mute only that notice; other authentication errors still show.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    # Ray starts its workers at nice 15 so the raylet stays responsive on a shared node. A local run is
+    # the job the user asked for: at nice 15 any other busy process (a build, a second test run) takes
+    # nearly all the CPU from the Encoder actor and a 30 s embed took over 10 minutes. A value the user
+    # set is kept.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
         # "local": a new instance, never a cluster some earlier `ray start` (or a crashed test) left behind.
         address="local",

@@ -11,6 +11,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("HARDNEG_FAULT_GATE", "1")  # fault points report to a test's gate (hardneg/faults.py)
+# Ray workers run at nice 0, not Ray's 15, in every cluster a test starts (init_ray does this for local
+# runs; the multi-node Cluster tests inherit it from here): at 15 a busy machine starves them.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 import pytest
 
