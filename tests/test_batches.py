@@ -84,3 +84,36 @@ def test_d_deterministic_per_seed_and_epoch(places, plan):
     next_epoch = compose_batches(neighbours, BATCH, seed=3, epoch=1, **kwargs)
     assert not np.array_equal(next_epoch.order, plan.order)
     assert abs(next_epoch.together_share - plan.together_share) < 0.05
+
+
+def test_sample4geo_selection_takes_the_nearest_then_draws_from_the_rest_of_the_pool():
+    from hardneg.miners.batches import pick_neighbours
+
+    # Item 0's pool, nearest first: 1..8, padded. 2 nearest, then 2 drawn from ranks 3..8.
+    pool = np.array([[1, 2, 3, 4, 5, 6, 7, 8, -1, -1]])
+    draws = [pick_neighbours(pool, 2, 2, np.random.default_rng(seed))[0] for seed in range(200)]
+    assert all(list(row[:2]) == [1, 2] for row in draws)
+    drawn = np.concatenate([row[2:] for row in draws])
+    assert set(drawn.tolist()) == {3, 4, 5, 6, 7, 8}  # every rank of the rest can be drawn, padding never
+    assert all(row[2] != row[3] for row in draws)
+    counts = np.bincount(drawn, minlength=9)[3:]
+    assert counts.min() > 0.6 * counts.mean()  # uniform draw, not the next-nearest
+
+
+def test_sample4geo_batches_hold_anchor_near_and_random_neighbours_each_place_once(places):
+    lat, lon, groups, _ = places
+    # A 16-wide pool per place from a k-d tree (nearest first, its own place excluded): the GPS pool.
+    from scipy.spatial import cKDTree
+
+    _, pool = cKDTree(unit_vectors(lat, lon)).query(unit_vectors(lat, lon), k=17)
+    pool = pool[:, 1:].astype(np.int64)
+    plans = [compose_batches(pool, 32, seed=1, epoch=epoch, hops=1, near_neighbours=4, random_neighbours=4) for epoch in (0, 1)]
+    for plan in plans:
+        assert np.array_equal(np.sort(plan.order), np.arange(len(lat)))  # every place once per epoch
+        # A seed's 4 nearest join it whenever they are still free: most anchors keep their nearest.
+        assert together_share(pool[:, :4], plan.batch_ids) > 0.25
+        # Only the chosen 8 of the 16 can be pulled in, so the far half is together much less often.
+        assert together_share(pool[:, 8:], plan.batch_ids) < together_share(pool[:, :4], plan.batch_ids)
+    assert not np.array_equal(plans[0].batch_ids, plans[1].batch_ids)  # another epoch, another draw
+    with pytest.raises(ValueError, match="near_neighbours"):
+        compose_batches(pool, 32, seed=1, near_neighbours=-1)

@@ -14,6 +14,11 @@ next free seed, until it holds ``batch_size`` items. Rules:
 A neighbour already placed in an earlier batch cannot join; ``together_share`` says how many
 ``(anchor, neighbour)`` pairs ended up together.
 
+Sample4Geo's sampler is ``hops=1`` with ``near_neighbours`` and ``random_neighbours`` over a
+neighbour pool (``neighbours`` holds each anchor's pool, nearest first, e.g. 128 wide): a batch
+takes its anchor, the anchor's ``near_neighbours`` nearest, then ``random_neighbours`` drawn from
+the rest of the pool (ranks 33..128 for 32 and 32), so batches are hard but not always the same.
+
 Example::
 
     neighbours = np.array([[1], [0], [3], [2]])
@@ -84,6 +89,8 @@ def compose_batches(
     lon: Optional[np.ndarray] = None,
     min_km: float = 0.0,
     hops: int = 2,
+    near_neighbours: Optional[int] = None,
+    random_neighbours: int = 0,
 ) -> BatchPlan:
     """Pack items ``0..n-1`` into batches of ``batch_size`` that keep each item's neighbours with it.
 
@@ -92,19 +99,44 @@ def compose_batches(
         groups: ``(n,)`` int64 group codes; ``-1`` is no group.
         lat, lon, min_km: with ``min_km > 0``, items closer than it never share a batch.
         hops: how far from a seed the walk pulls neighbours (1: its own, 2: theirs too, ...).
+        near_neighbours: take only each item's first ``near_neighbours`` neighbours, plus
+            ``random_neighbours`` drawn (seeded by ``seed, epoch``) from the rest of its row; None
+            takes the whole row in order.
+
+    Example (Sample4Geo: pool 128, 32 nearest + 32 of ranks 33..128)::
+
+        plan = compose_batches(pool, batch_size=128, seed=0, epoch=3, hops=1, near_neighbours=32, random_neighbours=32)
     """
     neighbours = np.asarray(neighbours, np.int64)
     n = len(neighbours)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if near_neighbours is not None and (near_neighbours < 0 or random_neighbours < 0):
+        raise ValueError(f"near_neighbours and random_neighbours must be >= 0, got {near_neighbours} and {random_neighbours}")
     if lat is None or lon is None:
         lat, lon, min_km = np.zeros(n), np.zeros(n), 0.0
     conflict_offsets, conflicts = place_conflicts(np.asarray(lat, np.float64), np.asarray(lon, np.float64), min_km)
-    packer = _Packer(neighbours, batch_size, groups, conflict_offsets, conflicts, hops)
-    walk = np.random.default_rng([seed, epoch]).permutation(n).tolist()
+    rng = np.random.default_rng([seed, epoch])
+    walk = rng.permutation(n).tolist()
+    chosen = neighbours if near_neighbours is None else pick_neighbours(neighbours, near_neighbours, random_neighbours, rng)
+    packer = _Packer(chosen, batch_size, groups, conflict_offsets, conflicts, hops)
     packer.pack(walk)
     batch_ids = np.array(packer.batch_of, np.int64)
     return BatchPlan(batch_ids, np.array(packer.order, np.int64), together_share(neighbours, batch_ids), packer.batches)
+
+
+def pick_neighbours(pool: np.ndarray, near_neighbours: int, random_neighbours: int, rng: np.random.Generator) -> np.ndarray:
+    """Per row of ``pool`` (nearest first, ``-1`` padded): its first ``near_neighbours`` entries, then
+    ``random_neighbours`` drawn without replacement from its other entries (``-1`` padded)."""
+    pool = np.asarray(pool, np.int64)
+    near = pool[:, :near_neighbours]
+    rest = pool[:, near_neighbours:]
+    if random_neighbours == 0 or rest.shape[1] == 0:
+        return near
+    # A random key per entry, padding last: the first random_neighbours keys are a uniform draw of the valid ones.
+    keys = np.where(rest >= 0, rng.random(rest.shape), np.inf)
+    drawn = np.take_along_axis(rest, np.argsort(keys, axis=1)[:, :random_neighbours], axis=1)
+    return np.concatenate([near, drawn], axis=1)
 
 
 class _Packer:
