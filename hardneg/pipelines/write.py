@@ -60,17 +60,20 @@ def write_view(cfg: RunConfig, mined_dir: storage.Location, out: storage.Locatio
 
 def places_table(places: pa.Table, negative_rows: np.ndarray, round_index: int, encoder: str, **lists: np.ndarray) -> pa.Table:
     """One row per place: ``query_id``, ``query``, ``negative_ids``, ``negatives``, then ``lists`` (each a
-    ``(q, n)`` array aligned with ``negative_rows``; floats are written as float32), ``round``, ``encoder``."""
+    ``(q, n)`` array aligned with ``negative_rows``; floats are written as float32), ``round``, ``encoder``.
+
+    A cross-view corpus (a ``view`` column) adds ``positive_id`` and ``positive`` (the place's own
+    view), and the negatives are the other places' views: rows a trainer reads as it reads pairs."""
     present = negative_rows >= 0
     offsets = pa.array(np.concatenate([[0], np.cumsum(present.sum(axis=1))]).astype(np.int32))
     take = pa.array(negative_rows[present])
     ids, texts = places.column("id").combine_chunks(), places.column("text").combine_chunks()
-    columns = {
-        "query_id": ids,
-        "query": texts,
-        "negative_ids": pa.ListArray.from_arrays(offsets, ids.take(take)),
-        "negatives": pa.ListArray.from_arrays(offsets, texts.take(take)),
-    }
+    columns = {"query_id": ids, "query": texts}
+    if "view" in places.column_names:
+        texts = places.column("view").combine_chunks()
+        columns.update(positive_id=ids, positive=texts)
+    columns.update(negative_ids=pa.ListArray.from_arrays(offsets, ids.take(take)),
+                   negatives=pa.ListArray.from_arrays(offsets, texts.take(take)))
     for name, values in lists.items():
         flat = values[present]
         columns[name] = pa.ListArray.from_arrays(offsets, pa.array(flat, pa.float32() if flat.dtype.kind == "f" else None))
