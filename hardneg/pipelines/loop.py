@@ -100,13 +100,14 @@ def _train_block(cfg: RunConfig, block: int, epochs: int, manifest: dict) -> Che
 
 def round_dataset(cfg: RunConfig, manifest: dict):
     """The round's training rows as a Ray Dataset: ``batches/`` when the round has it, else ``mined/``;
-    held-out queries are filtered out of a round that was mined without the split."""
+    held-out queries are filtered out of a similarity round that was mined without the split (rounds over
+    places have no held-out split yet: every place trains)."""
     import ray
 
     here = round_dir(cfg.run_dir, manifest["round"])
     source = here.join("batches") if storage.is_committed(here.join("batches")) else here.join("mined")
     ds = ray.data.read_parquet(source.url, filesystem=source.arrow_fs(), file_extensions=["parquet"])
-    if manifest.get("heldout") is None and cfg.train.eval_fraction:
+    if manifest.get("heldout") is None and cfg.train.eval_fraction and manifest["miner"] == "similarity":
         queries = storage.read_table(storage.resolve(cfg.run_dir).join("inputs", "queries").url, ["query_id"])
         held = heldout_ids(queries.column("query_id").to_pylist(), cfg.train)
         ds = ds.filter(lambda row: row["query_id"] not in held)

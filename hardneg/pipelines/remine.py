@@ -162,7 +162,19 @@ def remine(cfg: RunConfig, checkpoint: str = "latest") -> tuple[str, dict]:
     index = state.rounds[-1].index + 1 if state.rounds else 0
     _discard_other_encoder(round_dir(cfg.run_dir, index), info.path)
     logger.info("re-mining round %d with checkpoint %s (%s)", index, info.id, info.path)
-    return "done", run_round(cfg, index, model_path=info.path, encoder=info.id, holdout=True)
+    return "done", run_round(scheduled(cfg, index), index, model_path=info.path, encoder=info.id, holdout=True)
+
+
+def scheduled(cfg: RunConfig, round_index: int) -> RunConfig:
+    """The config that mines round ``round_index``: with ``train.gps_epochs``, a round whose training block
+    starts at that epoch or later is a similarity round over the places (the mixed miner, no geographic
+    negatives), mined with the newest checkpoint; earlier rounds stay geographic."""
+    start_epoch = round_index * (cfg.train.remine_every or cfg.train.epochs)
+    if not cfg.train.gps_epochs or round_index == 0 or start_epoch < cfg.train.gps_epochs:
+        return cfg
+    logger.info("round %d trains from epoch %d >= train.gps_epochs %d: similarity over the places (DSS)",
+                round_index, start_epoch + 1, cfg.train.gps_epochs)
+    return cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"miner": "mixed", "geo_negatives": 0})})
 
 
 def _discard_other_encoder(here: storage.Location, model_path: str) -> None:
