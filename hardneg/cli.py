@@ -188,7 +188,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from hardneg.summary import embed_summary
 
     _start(cfg)
-    manifest = embed_corpus(cfg, args.output, corpus)
+    manifest = embed_corpus(cfg, args.output, corpus, cfg.model.corpus_prompt)
     print(embed_summary(manifest, args.output))
     return 0
 

@@ -80,7 +80,8 @@ def similarity_round(cfg: RunConfig, here: storage.Location, round_index: int, e
     stages["prepare_inputs"] = stage_timing(started, inputs.queries.num_rows)
     train_queries, heldout_queries = split_queries(inputs.queries, cfg.train) if holdout else (inputs.queries, None)
 
-    embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": inputs.corpus_cfg}), here.join("embeddings"), inputs.corpus)
+    embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": inputs.corpus_cfg}), here.join("embeddings"), inputs.corpus,
+                                cfg.model.corpus_prompt)
     stages["embed_corpus"] = timing(embeddings["seconds"], embeddings["rows"])
     queries_cfg = CorpusConfig(path=run_dir.join("inputs", "queries").url, id_column="query_id", text_column="query")
     query_embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": queries_cfg}), here.join("query_embeddings"), None, cfg.model.query_prompt)
