@@ -104,10 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("input", help="pairs (anchor, positive) or queries file; the places corpus for --miner geographic or mixed")
     mine.add_argument("output", help="run directory (local or s3://); the Parquet goes to OUTPUT/rounds/00000/mined")
     mine.add_argument("--config", help="YAML config file")
+    _add_new_round_flag(mine)
     add_config_flags(mine, ["mine", "index", "queries", "corpus", "model", "embed", "storage", "ray"])
 
     run = commands.add_parser("run", help="embed -> index -> mine into a run directory")
     run.add_argument("config", help="YAML config file (local or s3://)")
+    _add_new_round_flag(run)
     add_config_flags(run, ["corpus", "queries", "mine", "index", "embed", "model", "storage", "ray"])
 
     train = commands.add_parser("train", help="the re-mining loop: mine, train a block, re-mine, ... to train.epochs",
@@ -133,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", help="where to write it (local or s3://; default RUN_DIR/report.html)")
     _add_storage_flags(report)
     return parser
+
+
+def _add_new_round_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--new-round", action="store_true",
+                        help="mine the next round of an existing run directory with these options (without it, options "
+                             "other than the run directory's run.yaml are refused, exit 2)")
 
 
 def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
@@ -198,26 +206,36 @@ def cmd_mine(args: argparse.Namespace) -> int:
     overrides["run_dir"] = args.output
     cfg = _load(args, args.config, overrides)
     where = "corpus.path" if cfg.mine.miner in ("geographic", "mixed") else "queries.path"
-    return _run_round(parse_config(cfg.model_dump(mode="json", exclude_unset=True), overrides={where: args.input}), "mine")
+    cfg = parse_config(cfg.model_dump(mode="json", exclude_unset=True), overrides={where: args.input})
+    return _run_round(cfg, "mine", args.new_round)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run_round(_load(args, args.config, overrides_from(args)), "run")
+    return _run_round(_load(args, args.config, overrides_from(args)), "run", args.new_round)
 
 
-def _run_round(cfg: RunConfig, command: str) -> int:
-    from hardneg import door
-
-    door.check_round(cfg)
-    from hardneg.pipelines.run import run_round  # torch and Ray Data load only past the door
+def _run_round(cfg: RunConfig, command: str, new_round: bool = False) -> int:
     from hardneg.report import report_line
     from hardneg.summary import round_summary
 
+    manifest = mine_round(cfg, command, new_round)
+    print(round_summary(manifest))
+    print(report_line(cfg.run_dir))
+    return 0
+
+
+def mine_round(cfg: RunConfig, command: str = "mine", new_round: bool = False) -> dict:
+    """The door, the run directory's lock, Ray, then round 0 (or, with ``new_round``, the round after the newest
+    committed one); the round's manifest. What ``hardneg mine`` / ``run`` and ``hardneg.mine_hard_negatives`` run."""
+    from hardneg import door
+
+    door.check_round(cfg, new_round=new_round)
+    from hardneg.pipelines.run import run_round  # torch and Ray Data load only past the door
+    from hardneg.rundir import new_round as next_round
+
     with _locked(cfg, command):
         _start(cfg)
-        print(round_summary(run_round(cfg)))
-        print(report_line(cfg.run_dir))
-    return 0
+        return run_round(cfg, next_round(cfg.run_dir) if new_round else 0)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import posixpath
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -31,6 +32,30 @@ from hardneg import storage
 def round_dir(run_dir: str, round_index: int) -> storage.Location:
     """``RUN_DIR/rounds/NNNNN``."""
     return storage.resolve(run_dir).join("rounds", f"{round_index:05d}")
+
+
+def committed_children(parent: storage.Location) -> list[tuple[int, storage.Location]]:
+    """``(number, location)`` of the committed ``NNNNN`` folders of ``parent``, by number."""
+    if not parent.fs.exists(parent.path):
+        return []
+    found = []
+    for path in parent.fs.ls(parent.path, detail=False):
+        name = posixpath.basename(path.rstrip("/"))
+        here = parent.join(name)
+        if name.isdigit() and storage.is_committed(here):
+            found.append((int(name), here))
+    return sorted(found, key=lambda item: item[0])
+
+
+def new_round(run_dir: str) -> int:
+    """The index after the newest committed round (0 in a new run); what that folder holds uncommitted is cleared,
+    so the new round starts clean rather than resuming stages made with other options."""
+    rounds = committed_children(storage.resolve(run_dir).join("rounds"))
+    index = rounds[-1][0] + 1 if rounds else 0
+    here = round_dir(run_dir, index)
+    if here.fs.exists(here.path):
+        here.fs.rm(here.path, recursive=True)
+    return index
 
 
 def stage_timing(started: float, rows: int) -> dict:
