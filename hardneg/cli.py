@@ -186,19 +186,24 @@ def _locked(cfg: RunConfig, command: str):
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from hardneg import door
-
     overrides = overrides_from(args)
     overrides["corpus.path"] = args.corpus
     cfg = _load(args, args.config, overrides)
-    corpus = door.check_embed(cfg, args.output)
-    from hardneg.pipelines.embed import embed_corpus  # torch and Ray Data load only past the door
     from hardneg.summary import embed_summary
 
-    _start(cfg)
-    manifest = embed_corpus(cfg, args.output, corpus, cfg.model.corpus_prompt)
-    print(embed_summary(manifest, args.output))
+    print(embed_summary(embed_into(cfg, args.output), args.output))
     return 0
+
+
+def embed_into(cfg: RunConfig, output: str) -> dict:
+    """The door, Ray, then the corpus embedded into ``output`` (``hardneg embed``, ``hardneg.embed``); its manifest."""
+    from hardneg import door
+
+    corpus = door.check_embed(cfg, output)
+    from hardneg.pipelines.embed import embed_corpus  # torch and Ray Data load only past the door
+
+    _start(cfg)
+    return embed_corpus(cfg, output, corpus, cfg.model.corpus_prompt)
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
@@ -276,17 +281,12 @@ def load_run(run_dir: str, overrides: Optional[dict] = None) -> RunConfig:
 
 
 def cmd_remine(args: argparse.Namespace) -> int:
-    from hardneg import door
-
     _configure_storage(args)
     cfg = load_run(args.run_dir, overrides_from(args))
-    door.check_round(cfg, checkpoint=None if args.checkpoint == "latest" else args.checkpoint)
-    from hardneg.pipelines.remine import remine  # torch and Ray Data load only past the door
     from hardneg.report import report_line
 
-    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext(), _locked(cfg, "remine"):
-        _start(cfg)
-        status, manifest = remine(cfg, args.checkpoint)
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        status, manifest = remine_run(cfg, args.checkpoint)
         report = report_line(cfg.run_dir)
     line = f"hardneg remine: {status}: round {manifest['round']} (encoder {manifest['encoder']})\n{report}"
     if args.json:
@@ -295,6 +295,18 @@ def cmd_remine(args: argparse.Namespace) -> int:
     else:
         print(line)
     return 0
+
+
+def remine_run(cfg: RunConfig, checkpoint: str = "latest") -> tuple[str, dict]:
+    """The door, the lock, Ray, then ``pipelines.remine.remine`` (``hardneg remine``, ``hardneg.remine``)."""
+    from hardneg import door
+
+    door.check_round(cfg, checkpoint=None if checkpoint == "latest" else checkpoint)
+    from hardneg.pipelines.remine import remine  # torch and Ray Data load only past the door
+
+    with _locked(cfg, "remine"):
+        _start(cfg)
+        return remine(cfg, checkpoint)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

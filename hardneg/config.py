@@ -151,7 +151,7 @@ class MineConfig(Section):
     @model_validator(mode="after")
     def _ranges(self) -> "MineConfig":
         if self.range_max is not None and self.range_max <= self.range_min:
-            raise ValueError(f"range_max ({self.range_max}) must be greater than range_min ({self.range_min})")
+            raise ValueError(f"range_min must be smaller than range_max, got range_min={self.range_min} and range_max={self.range_max}")
         if self.max_km <= self.min_km:
             raise ValueError(f"max_km ({self.max_km}) must be greater than min_km ({self.min_km})")
         if self.miner == "mixed" and (self.geo_negatives is None or self.geo_negatives > self.num_negatives):
@@ -186,6 +186,12 @@ class MineConfig(Section):
     def view_scores(self) -> bool:
         """Whether the view carries scores (``output_scores``, or the ``n-tuple-scores`` format)."""
         return self.output_scores or self.format == "n-tuple-scores"
+
+    def view_name(self) -> str:
+        """The view's folder in the round: the format, with ``-scores`` when it carries scores."""
+        if self.format in ("default", "n-tuple-scores") or not self.output_scores:
+            return self.format
+        return f"{self.format}-scores"
 
 
 class TrainConfig(Section):

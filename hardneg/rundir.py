@@ -8,7 +8,8 @@
     RUN_DIR/rounds/NNNNN/query_embeddings/
     RUN_DIR/rounds/NNNNN/index/           the persisted index, one file a shard (``hardneg.pipelines.index``)
     RUN_DIR/rounds/NNNNN/mined/           the mined table (DESIGN.md schema)
-    RUN_DIR/rounds/NNNNN/<format>/        the triplet / n-tuple / labeled-pair view, when asked
+    RUN_DIR/rounds/NNNNN/<view>/          the mine.format view (``-scores`` with scores), when asked; a later
+                                          run may add another view to a committed round
     RUN_DIR/rounds/NNNNN/batches/         mine.batches: rows with batch_id (geographic and mixed miners)
     RUN_DIR/rounds/NNNNN/eval/            held-out recall@k / nDCG@10 of the round's encoder (training loop only)
     RUN_DIR/rounds/NNNNN/MANIFEST.json    written last: the round exists once it does

@@ -44,7 +44,7 @@ def test_embed_flags_use_bare_names():
 
 
 def test_range_max_must_exceed_range_min():
-    with pytest.raises(ConfigError, match="range_max \\(3\\) must be greater than range_min \\(5\\)"):
+    with pytest.raises(ConfigError, match="range_min must be smaller than range_max, got range_min=5 and range_max=3"):
         parse_config({"mine": {"range_min": 5, "range_max": 3}})
 
 

@@ -56,7 +56,7 @@ def write_view(cfg: RunConfig, mined_dir: storage.Location, out: storage.Locatio
                           cfg.mine.view_scores())
         storage.prepare_output(out)
         write_parts(view, out)
-        storage.commit(out, {"kind": "view", "format": cfg.mine.format, "rows": view.num_rows})
+        storage.commit(out, {"kind": "view", "format": cfg.mine.format, "scores": cfg.mine.view_scores(), "rows": view.num_rows})
     return out.url
 
 
