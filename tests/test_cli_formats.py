@@ -1,6 +1,7 @@
 """Output formats and sentence-transformers' semantics through `hardneg mine`, with the packaged MiniLM."""
 
 import pyarrow.parquet as pq
+import pytest
 
 from conftest import write_jsonl
 from hardneg import storage
@@ -36,6 +37,7 @@ def test_labeled_pairs_keep_the_input_columns_one_row_per_positive_and_per_negat
     assert corpus_texts.count("Madrid is the capital of Spain.") == 1
 
 
+@pytest.mark.slow
 def test_one_text_under_two_ids_never_fills_two_negative_slots(ray_session, packaged_model_path, tmp_path):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"id": f"p{i}", "text": two[0]} for i, two in enumerate(ANSWERS)] + EXTRA)
     queries = write_jsonl(tmp_path / "queries.jsonl", [{"query_id": f"q{i}", "query": q, "positive_ids": [f"p{i}"]}

@@ -59,6 +59,17 @@ NOT_A_MODEL_DIR = ("by design: hardneg embeds in Ray actors that load the model 
                    "object with encode_query/encode_document cannot be shipped to them")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def api_cache(tmp_path_factory):
+    """The API's per-process run directories go to the test's temporary folder, not the system's."""
+    from hardneg import api
+
+    saved = list(api._PROCESS_CACHE)
+    api._PROCESS_CACHE[:] = [str(tmp_path_factory.mktemp("api_cache"))]
+    yield
+    api._PROCESS_CACHE[:] = saved
+
+
 @pytest.fixture(scope="session")
 def model(ray_session, packaged_model_path):
     """The one model every scenario shares: the packaged all-MiniLM-L6-v2 as a SentenceTransformer object."""
@@ -507,8 +518,8 @@ def test_multi_process_pool_stopped_on_encode_failure():
 
 
 @slow
-@pytest.mark.xfail(strict=True, reason="by design: hardneg does not cap range_max for FAISS on GPU (its faiss backends page "
-                                       "deep searches), so no 'range_max was capped to 2047' error is raised")
+@pytest.mark.xfail(strict=True, reason="by design: hardneg does not apply ST's 2048-document cap of FAISS on GPU to "
+                                       "range_max, so no 'range_max was capped to 2047' error is raised")
 def test_num_negatives_exceeds_range_window_capped_by_faiss(dataset, model, monkeypatch):
     faiss = pytest.importorskip("faiss")
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
@@ -623,3 +634,17 @@ def test_missing_negatives(capsys, request, model, output_format, test_dataset):
                                  verbose=True)
     assert len(result) < full
     assert "Could not find enough negatives" in capsys.readouterr().out
+
+
+@slow
+def test_readme_notebook_example_mines_and_trains(ray_session, tmp_path, monkeypatch, capsys):
+    """The README's notebook example, run as written: one import swapped, then SentenceTransformerTrainer."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    example = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "from hardneg import" in block)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "README.md", "exec"), {})
+    assert "features: ['question', 'answer', 'negative'], num_rows: 12" in capsys.readouterr().out.replace("\n", "").replace("    ", " ")
+    assert (tmp_path / "runs" / "notebook" / "rounds" / "00000" / "MANIFEST.json").exists()
