@@ -2,7 +2,11 @@
 
 ::
 
-    RUN_DIR/run.yaml                      the resolved config of the first run
+    RUN_DIR/run.yaml                      the resolved config of the first run; runs with other options are refused
+                                          (``door.check_same_options``) unless they ask for a new round
+    RUN_DIR/source/, RUN_DIR/models/      what hardneg.mine_hard_negatives was given: pairs and corpus as Parquet,
+                                          model objects saved by content hash (``hardneg.api``; models/ sits in
+                                          cache_folder when the API chose the run directory)
     RUN_DIR/inputs/{corpus,queries}/      prepared once, reused by every round
     RUN_DIR/rounds/NNNNN/embeddings/      corpus embeddings (embed stage)
     RUN_DIR/rounds/NNNNN/query_embeddings/
