@@ -1,4 +1,5 @@
-"""Output formats and sentence-transformers' semantics through `hardneg mine`, with the packaged MiniLM."""
+"""Output formats and sentence-transformers' semantics through `hardneg mine` (a tiny model where the model's
+judgement does not matter, the packaged MiniLM where it picks the nearest text)."""
 
 import pyarrow.parquet as pq
 import pytest
@@ -21,11 +22,11 @@ EXTRA = [
 ]
 
 
-def test_labeled_pairs_keep_the_input_columns_one_row_per_positive_and_per_negative(ray_session, packaged_model_path, tmp_path):
+def test_labeled_pairs_keep_the_input_columns_one_row_per_positive_and_per_negative(ray_session, tiny_model_path, tmp_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"question": q, "answer": a} for q, two in zip(QUERIES, ANSWERS) for a in two])
     corpus = write_jsonl(tmp_path / "corpus.jsonl", EXTRA)
     out = str(tmp_path / "run")
-    args = ["mine", pairs, out, "--model", packaged_model_path, "--corpus", corpus, "--anchor-column", "question",
+    args = ["mine", pairs, out, "--model", tiny_model_path, "--corpus", corpus, "--anchor-column", "question",
             "--positive-column", "answer", "--num-negatives", "1", "--format", "labeled-pair"]
     assert main(args) == 0
 

@@ -1,6 +1,9 @@
 """A re-run never answers with a stale round: other options are refused (exit 2), the same options resume."""
 
+import os
 import shutil
+
+import pytest
 
 from conftest import write_jsonl
 from hardneg import storage
@@ -21,10 +24,14 @@ def negatives_per_row(run_dir, round_index):
     return {len(negatives) for negatives in mined.column("negatives").to_pylist()}
 
 
-def test_other_options_are_refused_the_same_resume_and_a_new_round_takes_them(ray_session, tiny_model_path, tmp_path, capsys):
+def mine_args(tmp_path, tiny_model_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     out = str(tmp_path / "run")
-    base = ["mine", pairs, out, "--model", tiny_model_path, "--anchor-column", "question", "--positive-column", "answer"]
+    return out, ["mine", pairs, out, "--model", tiny_model_path, "--anchor-column", "question", "--positive-column", "answer"]
+
+
+def test_other_options_are_refused_and_the_same_options_resume_a_crashed_round(ray_session, tiny_model_path, tmp_path, capsys):
+    out, base = mine_args(tmp_path, tiny_model_path)
     assert main(base + ["--num-negatives", "1"]) == 0
     assert negatives_per_row(out, 0) == {1}
 
@@ -36,11 +43,16 @@ def test_other_options_are_refused_the_same_resume_and_a_new_round_takes_them(ra
 
     # A crash before the mined table was committed: the same options resume and commit the round again.
     here = storage.resolve(out).join("rounds", "00000")
-    storage.resolve(here.join("MANIFEST.json").url).fs.rm(here.join("MANIFEST.json").path)
+    os.remove(here.join("MANIFEST.json").path)
     shutil.rmtree(here.join("mined").path)
     assert main(base + ["--num-negatives", "1", "--embed-batch-size", "4"]) == 0  # a speed knob is not an option that differs
     assert storage.is_committed(here) and negatives_per_row(out, 0) == {1}
 
+
+@pytest.mark.slow
+def test_a_new_round_takes_other_options_and_keeps_the_committed_one(ray_session, tiny_model_path, tmp_path):
+    out, base = mine_args(tmp_path, tiny_model_path)
+    assert main(base + ["--num-negatives", "1"]) == 0
     assert main(base + ["--num-negatives", "2", "--new-round"]) == 0
     assert negatives_per_row(out, 1) == {2}
     assert negatives_per_row(out, 0) == {1}  # the committed round is never rewritten
