@@ -307,6 +307,10 @@ def _dataset_from(view_url: str, base: str) -> "Dataset":
     from datasets import Dataset
 
     loc = storage.resolve(view_url)
+    if storage.read_manifest(loc)["rows"] == 0:  # datasets' Parquet reader refuses a file without rows
+        from datasets.table import InMemoryTable
+
+        return Dataset(InMemoryTable(storage.read_table(loc.url)))
     files = sorted(path for path in loc.fs.ls(loc.path, detail=False) if path.endswith(".parquet"))
     if storage.is_local(loc):
         return Dataset.from_parquet(files, cache_dir=os.path.join(storage.resolve(base).path, "datasets-cache"))
