@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence, Union
 
 from hardneg import storage
 from hardneg.config import RunConfig, load_config, parse_config
+from hardneg.door import result_options
 from hardneg.errors import ConfigError
 from hardneg.pipelines.inputs import text_id
 
@@ -182,9 +183,9 @@ def mine_hard_negatives(
                  "output_scores": output_scores, "cross_encoder": cross_encoder_path, "cross_encoder_batch_size": batch_size},
         "ray": {"address": ray_address},
     }
-    if run_dir is None:  # one run directory per inputs and mining options; the format is a view of its round
-        mining = {**data, "mine": {k: v for k, v in data["mine"].items() if k not in ("format", "output_scores")}}
-        key = json.dumps([fingerprint, _corpus_key(corpus), mining, options], sort_keys=True, default=str)
+    cfg = parse_config(data, "mine_hard_negatives", overrides=options)  # bad values are refused before anything is written
+    if run_dir is None:  # one run directory per inputs and result options (door.result_options: not the format, a view)
+        key = json.dumps([fingerprint, _corpus_key(corpus), result_options(cfg)], sort_keys=True, default=str)
         base = posixpath.join(base, "run-" + hashlib.sha256(key.encode()).hexdigest()[:16])
     if pairs_path is None:
         pairs_path = _write_pairs(dataset, anchor, positive, base, fingerprint)

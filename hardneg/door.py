@@ -63,15 +63,17 @@ NOT_RESULT_OPTIONS = {
 RESULT_SECTIONS = ("corpus", "queries", "model", "embed", "index", "mine")
 
 
+def result_options(cfg: RunConfig) -> dict:
+    """``{"section.field": value}`` of every option that changes what a round writes."""
+    dumped = cfg.model_dump(mode="json")
+    return {f"{section}.{name}": value for section in RESULT_SECTIONS for name, value in dumped[section].items()
+            if name not in NOT_RESULT_OPTIONS.get(section, ())}
+
+
 def differing_options(before: RunConfig, now: RunConfig) -> list[str]:
     """``"section.field: old -> new"`` for each option that changes a round's output."""
-    old, new = before.model_dump(mode="json"), now.model_dump(mode="json")
-    lines = []
-    for section in RESULT_SECTIONS:
-        for name, value in new[section].items():
-            if name not in NOT_RESULT_OPTIONS.get(section, ()) and old[section].get(name) != value:
-                lines.append(f"{section}.{name}: {old[section].get(name)!r} -> {value!r}")
-    return lines
+    old, new = result_options(before), result_options(now)
+    return [f"{key}: {old.get(key)!r} -> {value!r}" for key, value in new.items() if old.get(key) != value]
 
 
 def check_same_options(cfg: RunConfig) -> None:
