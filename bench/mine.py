@@ -1,4 +1,5 @@
-"""Benchmark: `hardneg run` against sentence-transformers' `mine_hard_negatives`, same pairs, same model, one run.
+"""Benchmark: `hardneg run` and `hardneg.mine_hard_negatives` against sentence-transformers' `mine_hard_negatives`,
+same pairs, same model, one run.
 
 Pairs: (summary line, rest of docstring) of installed packages (bench/corpora.py), real text that
 ships with the packages. Both arms mine ``num_negatives`` with the same range and relative margin
@@ -75,6 +76,24 @@ def arm_hardneg(pairs_path: str, out: str, batch_size: int) -> dict:
     return {"arm": "hardneg run", "queries": manifest["counts"]["rows"], "stage_s": seconds, "stages": stages}
 
 
+def arm_api(pairs_path: str, out: str, batch_size: int) -> dict:
+    """``hardneg.mine_hard_negatives``, called as the ST arm calls ST's (Ray's start-up inside the timing)."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+
+    from hardneg import mine_hard_negatives
+    from hardneg.encoder import default_model_path
+
+    pairs = [json.loads(line) for line in open(pairs_path)]
+    started = time.perf_counter()
+    model = SentenceTransformer(default_model_path(), device="cpu")
+    mined = mine_hard_negatives(Dataset.from_list(pairs), model, output_format="n-tuple", batch_size=batch_size, verbose=False,
+                                **SETTINGS)
+    seconds = time.perf_counter() - started
+    mined.to_json(out)
+    return {"arm": "hardneg.mine_hard_negatives", "queries": len(pairs), "stage_s": seconds}
+
+
 def negative_sets(path: str) -> dict:
     out = {}
     for line in open(path):
@@ -101,11 +120,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20000, help="pairs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--st-faiss", action="store_true", help="ST arm with use_faiss=True")
-    parser.add_argument("--arm", choices=["st", "hardneg"], help=argparse.SUPPRESS)
+    parser.add_argument("--arm", choices=["st", "hardneg", "api"], help=argparse.SUPPRESS)
     parser.add_argument("--pairs", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.arm:
+        if args.arm == "api":
+            print(json.dumps(arm_api(args.pairs, args.out, args.batch_size)))
+            return
         result = (arm_st(args.pairs, args.out, args.batch_size, args.st_faiss) if args.arm == "st"
                   else arm_hardneg(args.pairs, args.out, args.batch_size))
         print(json.dumps(result))
@@ -118,7 +140,7 @@ def main() -> None:
     n = build_pairs(args.n, pairs_path)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", HARDNEG_PROGRESS="0")
     rows, outputs = [], {}
-    for arm in ("st", "hardneg"):
+    for arm in ("st", "hardneg", "api"):  # api: hardneg.mine_hard_negatives, the Python drop-in
         out = os.path.join(work, f"{arm}.jsonl")
         argv = [sys.executable, __file__, "--arm", arm, "--pairs", pairs_path, "--out", out, "--batch-size", str(args.batch_size)]
         result = run_arm(argv + (["--st-faiss"] if args.st_faiss else []), env=env)

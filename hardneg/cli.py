@@ -104,10 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("input", help="pairs (anchor, positive) or queries file; the places corpus for --miner geographic or mixed")
     mine.add_argument("output", help="run directory (local or s3://); the Parquet goes to OUTPUT/rounds/00000/mined")
     mine.add_argument("--config", help="YAML config file")
+    _add_new_round_flag(mine)
     add_config_flags(mine, ["mine", "index", "queries", "corpus", "model", "embed", "storage", "ray"])
 
     run = commands.add_parser("run", help="embed -> index -> mine into a run directory")
     run.add_argument("config", help="YAML config file (local or s3://)")
+    _add_new_round_flag(run)
     add_config_flags(run, ["corpus", "queries", "mine", "index", "embed", "model", "storage", "ray"])
 
     train = commands.add_parser("train", help="the re-mining loop: mine, train a block, re-mine, ... to train.epochs",
@@ -133,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", help="where to write it (local or s3://; default RUN_DIR/report.html)")
     _add_storage_flags(report)
     return parser
+
+
+def _add_new_round_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--new-round", action="store_true",
+                        help="mine the next round of an existing run directory with these options (without it, options "
+                             "other than the run directory's run.yaml are refused, exit 2)")
 
 
 def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
@@ -178,19 +186,24 @@ def _locked(cfg: RunConfig, command: str):
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from hardneg import door
-
     overrides = overrides_from(args)
     overrides["corpus.path"] = args.corpus
     cfg = _load(args, args.config, overrides)
-    corpus = door.check_embed(cfg, args.output)
-    from hardneg.pipelines.embed import embed_corpus  # torch and Ray Data load only past the door
     from hardneg.summary import embed_summary
 
-    _start(cfg)
-    manifest = embed_corpus(cfg, args.output, corpus)
-    print(embed_summary(manifest, args.output))
+    print(embed_summary(embed_into(cfg, args.output), args.output))
     return 0
+
+
+def embed_into(cfg: RunConfig, output: str) -> dict:
+    """The door, Ray, then the corpus embedded into ``output`` (``hardneg embed``, ``hardneg.embed``); its manifest."""
+    from hardneg import door
+
+    corpus = door.check_embed(cfg, output)
+    from hardneg.pipelines.embed import embed_corpus  # torch and Ray Data load only past the door
+
+    _start(cfg)
+    return embed_corpus(cfg, output, corpus, cfg.model.corpus_prompt)
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
@@ -198,26 +211,36 @@ def cmd_mine(args: argparse.Namespace) -> int:
     overrides["run_dir"] = args.output
     cfg = _load(args, args.config, overrides)
     where = "corpus.path" if cfg.mine.miner in ("geographic", "mixed") else "queries.path"
-    return _run_round(parse_config(cfg.model_dump(mode="json", exclude_unset=True), overrides={where: args.input}), "mine")
+    cfg = parse_config(cfg.model_dump(mode="json", exclude_unset=True), overrides={where: args.input})
+    return _run_round(cfg, "mine", args.new_round)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run_round(_load(args, args.config, overrides_from(args)), "run")
+    return _run_round(_load(args, args.config, overrides_from(args)), "run", args.new_round)
 
 
-def _run_round(cfg: RunConfig, command: str) -> int:
-    from hardneg import door
-
-    door.check_round(cfg)
-    from hardneg.pipelines.run import run_round  # torch and Ray Data load only past the door
+def _run_round(cfg: RunConfig, command: str, new_round: bool = False) -> int:
     from hardneg.report import report_line
     from hardneg.summary import round_summary
 
+    manifest = mine_round(cfg, command, new_round)
+    print(round_summary(manifest))
+    print(report_line(cfg.run_dir))
+    return 0
+
+
+def mine_round(cfg: RunConfig, command: str = "mine", new_round: bool = False) -> dict:
+    """The door, the run directory's lock, Ray, then round 0 (or, with ``new_round``, the round after the newest
+    committed one); the round's manifest. What ``hardneg mine`` / ``run`` and ``hardneg.mine_hard_negatives`` run."""
+    from hardneg import door
+
+    door.check_round(cfg, new_round=new_round)
+    from hardneg.pipelines.run import run_round  # torch and Ray Data load only past the door
+    from hardneg.rundir import new_round as next_round
+
     with _locked(cfg, command):
         _start(cfg)
-        print(round_summary(run_round(cfg)))
-        print(report_line(cfg.run_dir))
-    return 0
+        return run_round(cfg, next_round(cfg.run_dir) if new_round else 0)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -258,17 +281,12 @@ def load_run(run_dir: str, overrides: Optional[dict] = None) -> RunConfig:
 
 
 def cmd_remine(args: argparse.Namespace) -> int:
-    from hardneg import door
-
     _configure_storage(args)
     cfg = load_run(args.run_dir, overrides_from(args))
-    door.check_round(cfg, checkpoint=None if args.checkpoint == "latest" else args.checkpoint)
-    from hardneg.pipelines.remine import remine  # torch and Ray Data load only past the door
     from hardneg.report import report_line
 
-    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext(), _locked(cfg, "remine"):
-        _start(cfg)
-        status, manifest = remine(cfg, args.checkpoint)
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        status, manifest = remine_run(cfg, args.checkpoint)
         report = report_line(cfg.run_dir)
     line = f"hardneg remine: {status}: round {manifest['round']} (encoder {manifest['encoder']})\n{report}"
     if args.json:
@@ -277,6 +295,18 @@ def cmd_remine(args: argparse.Namespace) -> int:
     else:
         print(line)
     return 0
+
+
+def remine_run(cfg: RunConfig, checkpoint: str = "latest") -> tuple[str, dict]:
+    """The door, the lock, Ray, then ``pipelines.remine.remine`` (``hardneg remine``, ``hardneg.remine``)."""
+    from hardneg import door
+
+    door.check_round(cfg, checkpoint=None if checkpoint == "latest" else checkpoint)
+    from hardneg.pipelines.remine import remine  # torch and Ray Data load only past the door
+
+    with _locked(cfg, "remine"):
+        _start(cfg)
+        return remine(cfg, checkpoint)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -76,6 +76,7 @@ class ModelConfig(Section):
     )
     normalize: bool = True
     query_prompt: str = Field("", description="Text prepended to every query before embedding.")
+    corpus_prompt: str = Field("", description="Text prepended to every corpus text before embedding.")
     trust_remote_code: bool = False
 
 
@@ -118,7 +119,10 @@ class MineConfig(Section):
     miner: Literal["similarity", "geographic", "mixed"] = "similarity"
     num_negatives: int = Field(3, ge=1)
     range_min: int = Field(0, ge=0, description="Skip the first range_min candidates.")
-    range_max: Optional[int] = Field(None, ge=1, description="Consider candidates up to this rank; range_min + 10*num_negatives + 10 when unset.")
+    range_max: Optional[int] = Field(
+        None, ge=1, description="Consider candidates up to this rank. Unset: as sentence-transformers, range_min + num_negatives + "
+        "max_positives, or range_min + 10*num_negatives + max_positives with a margin, max_score (or min_score with a cross-encoder)."
+    )
     max_score: Optional[float] = None
     min_score: Optional[float] = None
     absolute_margin: Optional[float] = Field(None, description="Keep a negative only if score < positive_score - margin.")
@@ -127,7 +131,10 @@ class MineConfig(Section):
     )
     sampling_strategy: Literal["top", "random", "weighted"] = "top"
     weighted_temperature: float = Field(0.05, gt=0, description="Softmax temperature of weighted sampling.")
-    exclude_duplicate_texts: bool = Field(True, description="Drop candidates whose text equals a positive's.")
+    exclude_duplicate_texts: bool = Field(True, description="Drop candidates whose text equals a positive's, the query's or a higher candidate's.")
+    include_positives: bool = Field(
+        False, description="Keep the query's positives among the candidates (a full ranking, for reranker evaluation sets); needs format n-tuple."
+    )
     on_short: Literal["keep", "drop"] = Field("keep", description="Queries with fewer negatives than asked.")
     cross_encoder: Optional[str] = Field(None, description="Cross-encoder model dir to rescore candidates.")
     cross_encoder_batch_size: int = Field(32, ge=1)
@@ -136,28 +143,58 @@ class MineConfig(Section):
     max_km: float = Field(20037.6, gt=0, description="Negatives lie no farther than this.")
     geo_negatives: Optional[int] = Field(None, ge=0, description="Mixed mode: how many negatives the geographic miner gives.")
     # output
-    format: Literal["default", "triplet", "n-tuple", "labeled-pair"] = "default"
+    format: Literal["default", "triplet", "n-tuple", "n-tuple-scores", "labeled-pair", "labeled-list"] = Field(
+        "default", description="Also write this sentence-transformers view of the mined table (hardneg.pipelines.views)."
+    )
+    output_scores: bool = Field(False, description="Add the scores to the view, as mine_hard_negatives' output_scores.")
     batches: bool = Field(False, description="Compose batches so each anchor's negatives share its batch.")
-    batch_size: int = Field(32, ge=2)
+    composed_batch_size: int = Field(32, ge=2, description="Rows per composed batch (--batches); not the encoding batch size (embed.batch_size).")
     seed: int = 12
 
     @model_validator(mode="after")
     def _ranges(self) -> "MineConfig":
         if self.range_max is not None and self.range_max <= self.range_min:
-            raise ValueError(f"range_max ({self.range_max}) must be greater than range_min ({self.range_min})")
+            raise ValueError(f"range_min must be smaller than range_max, got range_min={self.range_min} and range_max={self.range_max}")
         if self.max_km <= self.min_km:
             raise ValueError(f"max_km ({self.max_km}) must be greater than min_km ({self.min_km})")
         if self.miner == "mixed" and (self.geo_negatives is None or self.geo_negatives > self.num_negatives):
             raise ValueError(f"miner=mixed needs geo_negatives in [0, num_negatives={self.num_negatives}], got {self.geo_negatives}")
+        if self.range_max is not None and self.range_max - self.range_min < self.num_negatives:
+            raise ValueError(
+                f"Cannot mine {self.num_negatives} negatives per query: only {self.range_max - self.range_min} candidates remain after "
+                f"skipping the first range_min={self.range_min} of range_max={self.range_max}"
+            )
+        if self.include_positives and self.format not in ("n-tuple", "n-tuple-scores"):
+            raise ValueError(f"include_positives keeps the ranking order only in format n-tuple or n-tuple-scores, got format={self.format}")
         if self.miner != "similarity" and self.sampling_strategy == "weighted":
             raise ValueError(f"sampling_strategy=weighted needs scores; miner={self.miner} takes top or random")
         return self
 
+    def window_end(self, max_positives: int) -> int:
+        """``range_max``, or sentence-transformers' default for it: ``range_min + num_negatives + max_positives``,
+        with ``10 * num_negatives`` when a filter may remove candidates (a margin, ``max_score``, or ``min_score``
+        with a cross-encoder). Search fetches ``window_end + max_positives`` neighbours, as ST does."""
+        if self.range_max is not None:
+            return self.range_max
+        filtered = (self.absolute_margin is not None or self.relative_margin is not None or self.max_score is not None
+                    or (self.cross_encoder is not None and self.min_score is not None))
+        return self.range_min + self.num_negatives * (10 if filtered else 1) + max_positives
+
     def candidate_depth(self) -> int:
-        """How many neighbours to fetch per query: range_max, or enough to survive the filters."""
+        """Neighbours the geographic and mixed miners fetch: range_max, or enough to survive their place filters."""
         if self.range_max is not None:
             return self.range_max
         return self.range_min + self.num_negatives * 10 + 10
+
+    def view_scores(self) -> bool:
+        """Whether the view carries scores (``output_scores``, or the ``n-tuple-scores`` format)."""
+        return self.output_scores or self.format == "n-tuple-scores"
+
+    def view_name(self) -> str:
+        """The view's folder in the round: the format, with ``-scores`` when it carries scores."""
+        if self.format in ("default", "n-tuple-scores") or not self.output_scores:
+            return self.format
+        return f"{self.format}-scores"
 
 
 class TrainConfig(Section):
@@ -254,12 +291,26 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+# Keys that were renamed: the old name is refused with the new one, never silently ignored.
+RENAMED_KEYS = {
+    "mine.batch_size": "mine.composed_batch_size (rows per composed batch); the encoding batch size is embed.batch_size",
+}
+
+
+def _refuse_renamed(data: dict, source: str) -> None:
+    for dotted, instead in RENAMED_KEYS.items():
+        section, key = dotted.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise ConfigError(f"invalid config {source}:\n  {dotted}: renamed; use {instead}")
+
+
 def parse_config(data: dict, source: str = "(dict)", overrides: Optional[dict] = None) -> RunConfig:
     """Validate a config mapping (plus dotted overrides) into a ``RunConfig``."""
     data = dict(data or {})
     for dotted, value in (overrides or {}).items():
         if value is not None:
             set_dotted(data, dotted, value)
+    _refuse_renamed(data, source)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:

@@ -10,7 +10,8 @@ Checked, in order:
 1. the S3 endpoint answers for every ``s3://`` path of the config (``storage.check_reachable``);
 2. the model directories: ``model.path`` (unless the round is geographic), ``mine.cross_encoder``,
    ``remine --checkpoint`` (``hardneg.model_dir.check_model_dir``);
-3. the inputs, with the very checks the pipeline runs (``check_inputs``, ``load_places``,
+3. the options: a run directory made with other options is refused (``check_same_options``);
+4. the inputs, with the very checks the pipeline runs (``check_inputs``, ``load_places``,
    ``validate_corpus``) but in this process: the corpus files are scanned on threads, not Ray tasks.
    Inputs a run directory already committed are only compared with their sources.
 
@@ -52,13 +53,60 @@ def check_models(cfg: RunConfig, checkpoint: Optional[str] = None, needs_encoder
         check_model_dir(cfg.mine.cross_encoder, "mine.cross_encoder")
 
 
-def check_round(cfg: RunConfig, checkpoint: Optional[str] = None, training: bool = False) -> None:
+# Fields that change how fast a round runs, not what it writes: a re-run may change them freely.
+NOT_RESULT_OPTIONS = {
+    "embed": {"batch_size", "block_size", "part_rows", "num_actors", "gpus_per_actor", "cpus_per_actor", "autocast"},
+    "index": {"device", "chunk_size", "query_batch_size", "num_shards", "recall_sample"},
+    "mine": {"cross_encoder_batch_size", "format", "output_scores"},  # views derive from the mined table (run.with_view)
+    "corpus": {"path"}, "queries": {"path"},  # the inputs' files are compared by content (inputs.input_fingerprint)
+}
+RESULT_SECTIONS = ("corpus", "queries", "model", "embed", "index", "mine")
+
+
+def result_options(cfg: RunConfig) -> dict:
+    """``{"section.field": value}`` of every option that changes what a round writes."""
+    dumped = cfg.model_dump(mode="json")
+    return {f"{section}.{name}": value for section in RESULT_SECTIONS for name, value in dumped[section].items()
+            if name not in NOT_RESULT_OPTIONS.get(section, ())}
+
+
+def differing_options(before: RunConfig, now: RunConfig) -> list[str]:
+    """``"section.field: old -> new"`` for each option that changes a round's output."""
+    old, new = result_options(before), result_options(now)
+    return [f"{key}: {old.get(key)!r} -> {value!r}" for key, value in new.items() if old.get(key) != value]
+
+
+def check_same_options(cfg: RunConfig) -> None:
+    """A run directory's rounds answer for the options in its ``run.yaml``: other options are refused, never
+    answered with the old rounds (a crashed run resumed with the same options passes).
+
+    Raises:
+        ConfigError: naming each differing option, its value in the run directory and now.
+    """
+    from hardneg.config import load_config
+
+    run_yaml = storage.resolve(cfg.run_dir).join("run.yaml")
+    if not storage.exists(run_yaml):
+        return
+    changed = differing_options(load_config(run_yaml.url), cfg)
+    if changed:
+        raise ConfigError(
+            f"{storage.resolve(cfg.run_dir).url} holds rounds made with other options ({run_yaml.url}):\n  "
+            + "\n  ".join(changed)
+            + "\nits rounds would not answer for these options: use a new run directory, or --new-round "
+            "(new_round=True) to mine the next round of this one with them"
+        )
+
+
+def check_round(cfg: RunConfig, checkpoint: Optional[str] = None, training: bool = False, new_round: bool = False) -> None:
     """Everything a round of ``cfg.run_dir`` needs, checked without Ray and without writing.
 
     Args:
         checkpoint: a model directory the round is mined with (``hardneg remine --checkpoint``).
         training: the command trains the encoder (``hardneg train``), so it needs one even for a
             geographic round.
+        new_round: the round will be a new one (``--new-round``), so options other than the run
+            directory's are allowed; otherwise they are refused (``check_same_options``).
 
     Raises:
         ConfigError, InputError, StorageError: the first problem found, named.
@@ -70,6 +118,8 @@ def check_round(cfg: RunConfig, checkpoint: Optional[str] = None, training: bool
         raise ConfigError("run_dir is not set (the folder, local or s3://, that holds the rounds)")
     check_reachable(cfg.run_dir, cfg.corpus.path, cfg.queries.path)
     check_models(cfg, checkpoint, needs_encoder=training or cfg.mine.miner != "geographic")
+    if not new_round:
+        check_same_options(cfg)
     if cfg.mine.miner in ("geographic", "mixed"):
         load_places(cfg.corpus)
         if cfg.mine.miner == "mixed":

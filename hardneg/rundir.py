@@ -2,13 +2,18 @@
 
 ::
 
-    RUN_DIR/run.yaml                      the resolved config of the first run
+    RUN_DIR/run.yaml                      the resolved config of the first run; runs with other options are refused
+                                          (``door.check_same_options``) unless they ask for a new round
+    RUN_DIR/source/, RUN_DIR/models/      what hardneg.mine_hard_negatives was given: pairs and corpus as Parquet,
+                                          model objects saved by content hash (``hardneg.api``; models/ sits in
+                                          cache_folder when the API chose the run directory)
     RUN_DIR/inputs/{corpus,queries}/      prepared once, reused by every round
     RUN_DIR/rounds/NNNNN/embeddings/      corpus embeddings (embed stage)
     RUN_DIR/rounds/NNNNN/query_embeddings/
     RUN_DIR/rounds/NNNNN/index/           the persisted index, one file a shard (``hardneg.pipelines.index``)
     RUN_DIR/rounds/NNNNN/mined/           the mined table (DESIGN.md schema)
-    RUN_DIR/rounds/NNNNN/<format>/        the triplet / n-tuple / labeled-pair view, when asked
+    RUN_DIR/rounds/NNNNN/<view>/          the mine.format view (``-scores`` with scores), when asked; a later
+                                          run may add another view to a committed round
     RUN_DIR/rounds/NNNNN/batches/         mine.batches: rows with batch_id (geographic and mixed miners)
     RUN_DIR/rounds/NNNNN/eval/            held-out recall@k / nDCG@10 of the round's encoder (training loop only)
     RUN_DIR/rounds/NNNNN/MANIFEST.json    written last: the round exists once it does
@@ -21,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import posixpath
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -31,6 +37,30 @@ from hardneg import storage
 def round_dir(run_dir: str, round_index: int) -> storage.Location:
     """``RUN_DIR/rounds/NNNNN``."""
     return storage.resolve(run_dir).join("rounds", f"{round_index:05d}")
+
+
+def committed_children(parent: storage.Location) -> list[tuple[int, storage.Location]]:
+    """``(number, location)`` of the committed ``NNNNN`` folders of ``parent``, by number."""
+    if not parent.fs.exists(parent.path):
+        return []
+    found = []
+    for path in parent.fs.ls(parent.path, detail=False):
+        name = posixpath.basename(path.rstrip("/"))
+        here = parent.join(name)
+        if name.isdigit() and storage.is_committed(here):
+            found.append((int(name), here))
+    return sorted(found, key=lambda item: item[0])
+
+
+def new_round(run_dir: str) -> int:
+    """The index after the newest committed round (0 in a new run); what that folder holds uncommitted is cleared,
+    so the new round starts clean rather than resuming stages made with other options."""
+    rounds = committed_children(storage.resolve(run_dir).join("rounds"))
+    index = rounds[-1][0] + 1 if rounds else 0
+    here = round_dir(run_dir, index)
+    if here.fs.exists(here.path):
+        here.fs.rm(here.path, recursive=True)
+    return index
 
 
 def stage_timing(started: float, rows: int) -> dict:

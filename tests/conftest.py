@@ -111,6 +111,22 @@ def real_pairs():
     return docstring_pairs(("email", "http", "asyncio", "logging", "unittest", "json", "xml", "urllib", "importlib", "numpy"))
 
 
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory, packaged_model_path):
+    """A tiny random BERT with one relevance logit, saved as a transformers sequence-classification dir."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(1)
+    tokenizer = AutoTokenizer.from_pretrained(packaged_model_path, local_files_only=True)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=1)
+    path = str(tmp_path_factory.mktemp("tiny_cross_encoder"))
+    BertForSequenceClassification(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def write_jsonl(path, rows):
     import json
 

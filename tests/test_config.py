@@ -44,7 +44,7 @@ def test_embed_flags_use_bare_names():
 
 
 def test_range_max_must_exceed_range_min():
-    with pytest.raises(ConfigError, match="range_max \\(3\\) must be greater than range_min \\(5\\)"):
+    with pytest.raises(ConfigError, match="range_min must be smaller than range_max, got range_min=5 and range_max=3"):
         parse_config({"mine": {"range_min": 5, "range_max": 3}})
 
 
@@ -67,3 +67,15 @@ def test_nan_from_a_flag_or_yaml_is_refused(tmp_path):
         load_config(args.config, overrides_from(args))
     assert "mine.max_score: Input should be a finite number (got nan)" in str(err.value)
     assert "mine.absolute_margin: Input should be a finite number (got nan)" in str(err.value)
+
+
+def test_the_old_mine_batch_size_key_is_refused_with_its_new_name():
+    with pytest.raises(ConfigError, match=r"mine.batch_size: renamed; use mine.composed_batch_size"):
+        parse_config({"mine": {"batch_size": 16}})
+
+
+def test_batch_size_of_mine_is_the_encoding_batch_size_as_in_sentence_transformers():
+    args = build_parser().parse_args(["mine", "pairs.jsonl", "runs/x", "--batch-size", "8", "--composed-batch-size", "16",
+                                      "--format", "labeled-list", "--output-scores"])
+    assert overrides_from(args) == {"embed.batch_size": 8, "mine.composed_batch_size": 16, "mine.format": "labeled-list",
+                                    "mine.output_scores": True}

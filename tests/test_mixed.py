@@ -114,7 +114,7 @@ def test_a_resumed_round_reuses_its_embeddings(mixed_run):
 def test_hardneg_mine_mixed_end_to_end(ray_session, cities, tiny_model_path, tmp_path, capsys):
     path, rows = cities
     out = str(tmp_path / "run")
-    assert main(["mine", path, out, *ARGS, "--model", tiny_model_path, "--batches", "--batch-size", "16"]) == 0
+    assert main(["mine", path, out, *ARGS, "--model", tiny_model_path, "--batches", "--composed-batch-size", "16"]) == 0
     summary = capsys.readouterr().out
     assert "mixed miner: 2 geographic of 4 negatives" in summary and "similarity" in summary and "share a batch" in summary
     here = os.path.join(out, "rounds", "00000")
@@ -123,7 +123,7 @@ def test_hardneg_mine_mixed_end_to_end(ray_session, cities, tiny_model_path, tmp
     batches = storage.read_table(os.path.join(here, "batches"))
     assert batches.num_rows == len(rows) and np.all(np.diff(batches.column("batch_id").to_numpy()) >= 0)
     assert sorted(batches.column("query_id").to_pylist()) == sorted(r["id"] for r in rows)
-    assert main(["mine", path, out, *ARGS, "--model", tiny_model_path, "--batches", "--batch-size", "16"]) == 0  # committed: no-op
+    assert main(["mine", path, out, *ARGS, "--model", tiny_model_path, "--batches", "--composed-batch-size", "16"]) == 0  # committed: no-op
 
 
 def test_more_geo_negatives_than_negatives_is_refused_naming_the_field(tmp_path, cities, capsys):

@@ -35,11 +35,29 @@ def test_range_min_skips_the_first_survivors():
 
 def test_range_max_caps_the_candidate_pool():
     # Pool: the first 3 non-positive candidates (11, 12, 13); the rest are out of range.
-    result = mine(MineConfig(num_negatives=3, range_min=1, range_max=3))
-    assert result.negative_rows.tolist() == [[12, 13, -1]]
-    assert result.counts.tolist() == [2]
-    assert result.short_queries == 1
+    result = mine(MineConfig(num_negatives=2, range_min=1, range_max=3))
+    assert result.negative_rows.tolist() == [[12, 13]]
     assert result.removed["range"] == 6 + 1  # 14..19 beyond the pool, 11 below range_min
+
+
+def test_a_window_smaller_than_num_negatives_is_refused_as_sentence_transformers_does():
+    with pytest.raises(ValueError, match="Cannot mine 3 negatives per query: only 2 candidates remain"):
+        MineConfig(num_negatives=3, range_min=1, range_max=3)
+
+
+def test_one_text_under_two_ids_is_one_negative():
+    # Rows 11 and 12 hold the same text; the lower-ranked copy never joins the higher one.
+    texts = ["p", "dup", "dup", "c", "d", "e", "f", "g", "h", "i"]
+    hashes = np.zeros(20, np.uint64)
+    hashes[10:] = hash_texts(texts)
+    result = mine(MineConfig(num_negatives=3), corpus_text_hash=hashes)
+    assert result.negative_rows.tolist() == [[11, 13, 14]]
+    assert result.removed["duplicate_text"] == 1
+
+
+def test_include_positives_keeps_the_positive_first():
+    result = mine(MineConfig(num_negatives=2, include_positives=True, format="n-tuple"))
+    assert result.negative_rows.tolist() == [[10, 11]]
 
 
 def test_range_max_ranks_the_survivors_of_the_score_filters():

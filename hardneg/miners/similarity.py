@@ -8,11 +8,12 @@ Semantics follow ``sentence_transformers.util.mine_hard_negatives`` (ST) where t
 is the same:
 
 1. Identity filters (false negatives by construction): the query's own positives
-   (``"positive"``), items of the query's group (``"group"``), items whose text equals a
-   positive's or the query's (``"duplicate_text"``, when ``exclude_duplicate_texts``).
+   (``"positive"``, unless ``include_positives``), items of the query's group (``"group"``), items
+   whose text equals a positive's or the query's, or a higher candidate's (one text under two ids
+   is one candidate, as in ST's de-duplicated corpus) (``"duplicate_text"``, when ``exclude_duplicate_texts``).
 2. Candidate pool: every candidate given. Pipelines fetch ``range_max + max_positives``
-   neighbours per query, ``max_positives`` taken over the whole query set, as ST does, so
-   the pool reaches as deep as ST's whatever the filters remove.
+   neighbours per query (``MineConfig.window_end``: ST's default ``range_max`` when unset),
+   ``max_positives`` taken over the whole query set, as ST does.
 3. Score filters, in ST's order, each keeping a candidate when:
    ``absolute_margin``: ``score + margin <= positive_score`` (margin 0: no negative above the positive);
    ``relative_margin``: ``score <= positive_score - |positive_score| * margin``
@@ -166,18 +167,32 @@ def sort_candidates(rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, n
     return np.take_along_axis(rows, order, 1), np.take_along_axis(scores, order, 1).astype(np.float32)
 
 
-def _identity_masks(rows, valid, positives, corpus_groups, query_groups, corpus_text_hash, forbidden, exclude_dup):
+def _repeated(hashes: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(q, k) True where a valid candidate's text hash already occurs at an earlier (higher) valid column of its row."""
+    keyed = np.where(valid, hashes, np.uint64(0))
+    order = np.argsort(keyed, axis=1, kind="stable")  # stable: among equal texts the highest-ranked comes first
+    ordered = np.take_along_axis(keyed, order, 1)
+    later = np.zeros_like(valid)
+    later[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    out = np.zeros_like(valid)
+    np.put_along_axis(out, order, later, axis=1)
+    return out & valid
+
+
+def _identity_masks(rows, valid, positives, corpus_groups, query_groups, corpus_text_hash, forbidden, exclude_dup, include_positives):
     """Boolean (q, k) masks of the identity filters, in FILTERS order."""
     safe = np.where(valid, rows, 0)
-    masks = {"positive": (rows[:, :, None] == positives[:, None, :]).any(axis=2) & valid}
+    masks = {"positive": np.zeros_like(valid) if include_positives else (rows[:, :, None] == positives[:, None, :]).any(axis=2) & valid}
     masks["group"] = np.zeros_like(valid)
     if corpus_groups is not None and query_groups is not None:
         query_groups = np.asarray(query_groups)
         masks["group"] = valid & (query_groups[:, None] >= 0) & (np.asarray(corpus_groups)[safe] == query_groups[:, None])
     masks["duplicate_text"] = np.zeros_like(valid)
-    if exclude_dup and corpus_text_hash is not None and forbidden is not None:
+    if exclude_dup and corpus_text_hash is not None:
         hashes = np.asarray(corpus_text_hash, dtype=np.uint64)[safe]
-        masks["duplicate_text"] = valid & (hashes[:, :, None] == forbidden[:, None, :]).any(axis=2)
+        masks["duplicate_text"] = _repeated(hashes, valid)  # one text under two ids is one negative, as ST's de-duplicated corpus
+        if forbidden is not None and not include_positives:
+            masks["duplicate_text"] |= valid & (hashes[:, :, None] == forbidden[:, None, :]).any(axis=2)
     return masks
 
 
@@ -267,7 +282,7 @@ def mine_similarity(
     removed = dict.fromkeys(FILTERS, 0)
     alive = valid.copy()
     for name, mask in _identity_masks(rows, valid, positives, corpus_groups, query_groups, corpus_text_hash,
-                                      forbidden, params.exclude_duplicate_texts).items():
+                                      forbidden, params.exclude_duplicate_texts, params.include_positives).items():
         removed[name] += int((mask & alive).sum())
         alive &= ~mask
     for name, mask in _score_masks(scores, valid, positive_scores, params).items():

@@ -3,7 +3,8 @@
 Two input shapes (``queries.format``):
 
 - ``pairs``: a table of ``anchor``/``positive`` texts, as ``mine_hard_negatives`` takes. The
-  corpus is the unique positives plus the optional extra corpus (``corpus.path``); ids are
+  corpus is the unique positives plus the optional extra corpus (``corpus.path``), one row a
+  text (a text the extra corpus repeats, or that is a positive, is kept once); ids are
   content hashes (``t`` + 16 hex digits), so they are stable across runs and rounds. A query
   is a unique anchor; its positives are every positive paired with it.
 - ``queries``: ``query_id``, ``query``, ``positive_ids`` (a list of corpus ids) over a corpus
@@ -197,8 +198,9 @@ def _from_pairs(cfg: RunConfig) -> tuple[pa.Table, pa.Table]:
     corpus = pa.table({"id": ids, "text": texts})
     if cfg.corpus.path:
         extra = load_corpus(validate_corpus(cfg.corpus), cfg.corpus).select(["id", "text"])
-        new = pc.invert(pc.is_in(extra.column("text"), value_set=pa.array(texts)))
-        corpus = pa.concat_tables([corpus, extra.filter(new)])
+        seen = set(texts)  # a text is one corpus item, as sentence-transformers de-duplicates its corpus
+        first = [row for row, text in enumerate(extra.column("text").to_pylist()) if not (text in seen or seen.add(text))]
+        corpus = pa.concat_tables([corpus, extra.take(pa.array(first, pa.int64()))])
 
     positives_of: dict[str, list[str]] = {}
     for anchor, positive in zip(anchors, positives):

@@ -112,7 +112,9 @@ def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embe
     step = cfg.index.query_batch_size
     with open_index(index_dir, cfg.index) as index:
         timings["load_index"] = time.perf_counter() - started
-        depth = min(cfg.mine.candidate_depth() + int(np.diff(offsets).max()), index.ntotal)
+        max_positives = int(np.diff(offsets).max())
+        params = cfg.mine.model_copy(update={"range_max": cfg.mine.window_end(max_positives)})
+        depth = min(params.range_max + max_positives, index.ntotal)
         for batch, lo in enumerate(console.progress(range(0, num_queries, step), "search + mine", total=-(-num_queries // step))):
             hi = min(lo + step, num_queries)
             t0 = time.perf_counter()
@@ -122,7 +124,7 @@ def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embe
             t1 = time.perf_counter()
             result = mine_similarity(
                 rows, scores, Ragged(offsets[lo:hi + 1] - offsets[lo], positive_rows[offsets[lo]:offsets[hi]]), hardest[lo:hi],
-                cfg.mine, corpus_groups=view.groups, query_groups=query_groups[lo:hi], corpus_text_hash=view.text_hash,
+                params, corpus_groups=view.groups, query_groups=query_groups[lo:hi], corpus_text_hash=view.text_hash,
                 query_forbidden_hashes=Ragged(forbidden_offsets[lo:hi + 1] - forbidden_offsets[lo],
                                               forbidden[forbidden_offsets[lo]:forbidden_offsets[hi]]),
                 seed=cfg.mine.seed + batch,

@@ -31,7 +31,7 @@ from hardneg import storage
 from hardneg.config import RunConfig
 from hardneg.errors import ConfigError, InputError
 from hardneg.pipelines.run import run_round
-from hardneg.rundir import round_dir
+from hardneg.rundir import committed_children, round_dir
 
 logger = logging.getLogger(__name__)
 
@@ -81,28 +81,15 @@ def block_dir(run_dir: str, block: int) -> storage.Location:
     return checkpoints_dir(run_dir).join("blocks", f"{block:05d}")
 
 
-def _committed_children(parent: storage.Location) -> list[tuple[int, storage.Location]]:
-    """``(number, location)`` of the committed ``NNNNN`` folders of ``parent``, by number."""
-    if not parent.fs.exists(parent.path):
-        return []
-    found = []
-    for path in parent.fs.ls(parent.path, detail=False):
-        name = posixpath.basename(path.rstrip("/"))
-        here = parent.join(name)
-        if name.isdigit() and storage.is_committed(here):
-            found.append((int(name), here))
-    return sorted(found, key=lambda item: item[0])
-
-
 def run_state(run_dir: str) -> RunState:
     """What a run directory holds, ignoring anything uncommitted. A missing directory is an empty run."""
     loc = storage.resolve(run_dir)
     rounds = []
-    for index, here in _committed_children(loc.join("rounds")):
+    for index, here in committed_children(loc.join("rounds")):
         manifest = storage.read_manifest(here)
         rounds.append(RoundInfo(index, manifest["encoder"], manifest))
     checkpoints = []
-    for block, here in _committed_children(checkpoints_dir(run_dir).join("blocks")):
+    for block, here in committed_children(checkpoints_dir(run_dir).join("blocks")):
         record = storage.read_manifest(here)
         checkpoints.append(CheckpointInfo(**record["checkpoint"], metrics=record["metrics"], block=block, round=record["round"]))
     return RunState(loc.url, rounds, checkpoints)

@@ -5,7 +5,8 @@ Each stage commits its own folder (layout: ``hardneg.rundir``), and the round co
 corpus embeddings), ``geographic`` (no model: the places' coordinates, ``hardneg.pipelines.geo``)
 or ``mixed`` (both over the places corpus, ``hardneg.pipelines.mixed``).
 A stage whose folder is committed is not redone, so a re-run after a crash resumes; a folder
-without its MANIFEST.json is cleared and redone. A committed round is returned as it is.
+without its MANIFEST.json is cleared and redone. A committed round is returned as it is, plus the
+``mine.format`` view when it has none yet (a view is derived, so it may follow the round).
 
 Example::
 
@@ -57,7 +58,7 @@ def run_round(
     here = round_dir(cfg.run_dir, round_index)
     if storage.is_committed(here):
         logger.info("round %d is already committed: %s", round_index, here.url)
-        return storage.read_manifest(here)
+        return with_view(cfg, here, storage.read_manifest(here))
     if not storage.exists(run_dir.join("run.yaml")):
         storage.write_text(run_dir.join("run.yaml"), dump_config(cfg))
     if model_path and cfg.mine.miner != "geographic":
@@ -71,6 +72,17 @@ def run_round(
     return commit_round(here, manifest)
 
 
+def with_view(cfg: RunConfig, here: storage.Location, manifest: dict) -> dict:
+    """``manifest`` with the ``mine.format`` view of its similarity round in ``outputs``, written (and committed in
+    its own folder) when the round has none yet: a view derives from the committed mined table, so asking a
+    committed round for another format adds that view and changes nothing committed."""
+    name = cfg.mine.view_name()
+    if name == "default" or name in manifest["outputs"] or manifest.get("miner", "similarity") != "similarity":
+        return manifest
+    url = write_view(cfg, here.join("mined"), here.join(name))
+    return {**manifest, "outputs": {**manifest["outputs"], name: url}}
+
+
 def similarity_round(cfg: RunConfig, here: storage.Location, round_index: int, encoder: str, holdout: bool) -> RoundManifest:
     """Embed corpus and queries, build the index, mine, write (and evaluate the held-out queries); the round's manifest."""
     run_dir = storage.resolve(cfg.run_dir)
@@ -80,7 +92,8 @@ def similarity_round(cfg: RunConfig, here: storage.Location, round_index: int, e
     stages["prepare_inputs"] = stage_timing(started, inputs.queries.num_rows)
     train_queries, heldout_queries = split_queries(inputs.queries, cfg.train) if holdout else (inputs.queries, None)
 
-    embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": inputs.corpus_cfg}), here.join("embeddings"), inputs.corpus)
+    embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": inputs.corpus_cfg}), here.join("embeddings"), inputs.corpus,
+                                cfg.model.corpus_prompt)
     stages["embed_corpus"] = timing(embeddings["seconds"], embeddings["rows"])
     queries_cfg = CorpusConfig(path=run_dir.join("inputs", "queries").url, id_column="query_id", text_column="query")
     query_embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": queries_cfg}), here.join("query_embeddings"), None, cfg.model.query_prompt)
@@ -98,9 +111,7 @@ def similarity_round(cfg: RunConfig, here: storage.Location, round_index: int, e
     if heldout_queries is not None and heldout_queries.num_rows:
         round_figures["eval"] = evaluate_round(cfg, here, heldout_queries)
         stages["eval"] = timing(round_figures["eval"]["seconds"], heldout_queries.num_rows)
-    outputs = {"mined": mined_dir.url}
-    if cfg.mine.format != "default":
-        outputs[cfg.mine.format] = write_view(cfg, mined_dir, here.join(cfg.mine.format))
+    outputs = with_view(cfg, here, {"outputs": {"mined": mined_dir.url}})["outputs"]
     return RoundManifest(
         miner="similarity", round=round_index, encoder=encoder, model=embeddings["model"], model_hash=embeddings["model_hash"],
         inputs={"queries": cfg.queries.path, "corpus": cfg.corpus.path, "format": cfg.queries.format},

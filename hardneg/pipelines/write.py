@@ -51,11 +51,21 @@ def commit_mined(mined_dir: storage.Location, mined: pa.Table, keep: np.ndarray,
 def write_view(cfg: RunConfig, mined_dir: storage.Location, out: storage.Location) -> str:
     """Write and commit the ``mine.format`` view of the committed mined table (once)."""
     if not storage.is_committed(out):
-        view = view_table(storage.read_table(mined_dir.url), cfg.mine.format, cfg.mine.num_negatives)
+        anchor, positive = view_columns(cfg)
+        view = view_table(storage.read_table(mined_dir.url), cfg.mine.format, cfg.mine.num_negatives, anchor, positive,
+                          cfg.mine.view_scores())
         storage.prepare_output(out)
         write_parts(view, out)
-        storage.commit(out, {"kind": "view", "format": cfg.mine.format, "rows": view.num_rows})
+        storage.commit(out, {"kind": "view", "format": cfg.mine.format, "scores": cfg.mine.view_scores(), "rows": view.num_rows})
     return out.url
+
+
+def view_columns(cfg: RunConfig) -> tuple[str, str]:
+    """The view's anchor and positive column names: the pairs input's own (``queries.anchor_column``,
+    ``queries.positive_column``), as sentence-transformers keeps them; ``anchor``, ``positive`` for queries input."""
+    if cfg.queries.format == "pairs":
+        return cfg.queries.anchor_column, cfg.queries.positive_column
+    return "anchor", "positive"
 
 
 def places_table(places: pa.Table, negative_rows: np.ndarray, round_index: int, encoder: str, **lists: np.ndarray) -> pa.Table:
@@ -101,10 +111,10 @@ def batch_stage(cfg: RunConfig, here: storage.Location, mined: pa.Table, neighbo
                 places: tuple[np.ndarray, np.ndarray, np.ndarray], round_index: int, figures: dict) -> str:
     """Compose batches around ``neighbours`` (each row's negatives), write ``batches/``; adds the batch figures."""
     groups, lat, lon = places
-    plan = compose_batches(neighbours, cfg.mine.batch_size, cfg.mine.seed, round_index, groups, lat, lon, cfg.mine.min_km)
+    plan = compose_batches(neighbours, cfg.mine.composed_batch_size, cfg.mine.seed, round_index, groups, lat, lon, cfg.mine.min_km)
     figures["together_share"] = round(plan.together_share, 4)
     figures["batches"] = plan.num_batches
-    return write_batches(mined, plan, keep, here.join("batches"), cfg.mine.batch_size)
+    return write_batches(mined, plan, keep, here.join("batches"), cfg.mine.composed_batch_size)
 
 
 def write_batches(mined: pa.Table, plan, keep: np.ndarray, out: storage.Location, batch_size: int) -> str:
