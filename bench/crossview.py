@@ -54,7 +54,7 @@ def arm_config(arm: str, places: str, run_dir: str, args) -> dict:
     train = {"epochs": args.epochs, "batch_size": args.batch_size, "max_steps_per_epoch": args.steps, "negatives_per_row": 0,
              "symmetric": True, "learnable_scale": True, "learning_rate": args.learning_rate, "remine_every": 1}
     mine = {"miner": "geographic", "num_negatives": args.neighbours, "min_km": 5, "max_km": 20000, "sampling_strategy": "top",
-            "batches": arm != "random", "batch_size": args.batch_size}
+            "batches": arm != "random", "composed_batch_size": args.batch_size}
     if arm == "random":
         train["remine_every"] = 0
     if arm == "gps+dss":

@@ -149,6 +149,11 @@ class MineConfig(Section):
     output_scores: bool = Field(False, description="Add the scores to the view, as mine_hard_negatives' output_scores.")
     batches: bool = Field(False, description="Compose batches so each anchor's negatives share its batch.")
     composed_batch_size: int = Field(32, ge=2, description="Rows per composed batch (--batches); not the encoding batch size (embed.batch_size).")
+    near_neighbours: Optional[int] = Field(
+        None, ge=0, description="Composed batches, Sample4Geo's sampler: a batch takes its anchor's near_neighbours nearest "
+        "mined neighbours plus random_neighbours drawn from the rest (num_negatives is the pool, e.g. 128 with 32 + 32). "
+        "Unset: every neighbour, and theirs (two hops).")
+    random_neighbours: int = Field(0, ge=0, description="Composed batches: neighbours drawn at random from the pool past near_neighbours.")
     seed: int = 12
 
     @model_validator(mode="after")

@@ -19,7 +19,8 @@ def test_gps_epochs_then_a_similarity_round_mined_with_the_previous_checkpoint(r
     cfg = parse_config({
         "run_dir": str(tmp_path / "run"), "model": {"path": tiny_model_path},
         "corpus": {"path": write_jsonl(tmp_path / "cities.jsonl", rows)},
-        "mine": {"miner": "geographic", "num_negatives": 2, "min_km": 5, "max_km": 2000, "batches": True, "batch_size": 8},
+        "mine": {"miner": "geographic", "num_negatives": 4, "min_km": 5, "max_km": 2000, "batches": True, "composed_batch_size": 8,
+                 "near_neighbours": 2, "random_neighbours": 1},
         "train": {"epochs": 2, "remine_every": 1, "gps_epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2,
                   "symmetric": True, "learnable_scale": True, "learning_rate": 1e-3},
     })

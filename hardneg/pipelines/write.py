@@ -111,7 +111,10 @@ def batch_stage(cfg: RunConfig, here: storage.Location, mined: pa.Table, neighbo
                 places: tuple[np.ndarray, np.ndarray, np.ndarray], round_index: int, figures: dict) -> str:
     """Compose batches around ``neighbours`` (each row's negatives), write ``batches/``; adds the batch figures."""
     groups, lat, lon = places
-    plan = compose_batches(neighbours, cfg.mine.composed_batch_size, cfg.mine.seed, round_index, groups, lat, lon, cfg.mine.min_km)
+    sampler = {} if cfg.mine.near_neighbours is None else {
+        "hops": 1, "near_neighbours": cfg.mine.near_neighbours, "random_neighbours": cfg.mine.random_neighbours}
+    plan = compose_batches(neighbours, cfg.mine.composed_batch_size, cfg.mine.seed, round_index, groups, lat, lon, cfg.mine.min_km,
+                           **sampler)
     figures["together_share"] = round(plan.together_share, 4)
     figures["batches"] = plan.num_batches
     return write_batches(mined, plan, keep, here.join("batches"), cfg.mine.composed_batch_size)
