@@ -37,6 +37,7 @@ from hardneg import console, faults, storage
 from hardneg.config import EmbedConfig, ModelConfig, RunConfig
 from hardneg.corpus import ValidatedCorpus, validate_corpus
 from hardneg.encoder import Encoder, default_model_path, model_fingerprint, read_pooling_spec
+from hardneg.model_dir import model_dim
 from hardneg.resources import ResourcePlan, plan_resources
 
 logger = logging.getLogger(__name__)
@@ -290,9 +291,7 @@ def embed_or_reuse(cfg: RunConfig, out: storage.Location, corpus: Optional[Valid
 
 def embeddings_manifest(cfg: RunConfig, model_path: str, rows: int, seconds: float, corpus: ValidatedCorpus) -> dict:
     spec = read_pooling_spec(model_path)
-    from transformers import AutoConfig
-
-    dim = int(AutoConfig.from_pretrained(model_path, local_files_only=True).hidden_size)
+    dim = model_dim(model_path)
     return {
         "kind": "embeddings",
         "model": model_path,

@@ -31,6 +31,7 @@ from hardneg.pipelines.index import index_or_reuse
 from hardneg.pipelines.inputs import prepare_inputs
 from hardneg.pipelines.mine import mine_queries, mined_table
 from hardneg.pipelines.mixed import mixed_round
+from hardneg.pipelines.own_embeddings import adopt_or_reuse
 from hardneg.pipelines.write import write_parts, write_view
 from hardneg.rundir import RoundManifest, commit_round, round_dir, stage_timing, timing
 
@@ -61,7 +62,9 @@ def run_round(
     if not storage.exists(run_dir.join("run.yaml")):
         storage.write_text(run_dir.join("run.yaml"), dump_config(cfg))
     if model_path and cfg.mine.miner != "geographic":
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path})})
+        # A checkpoint's round embeds with the checkpoint: a user's own vectors served the base model's rounds.
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path}),
+                                     "embed": cfg.embed.model_copy(update={"corpus_embeddings": None, "query_embeddings": None})})
     if cfg.mine.miner == "geographic":
         manifest = geo_round(cfg, here, round_index, encoder)
     elif cfg.mine.miner == "mixed":
@@ -80,10 +83,18 @@ def similarity_round(cfg: RunConfig, here: storage.Location, round_index: int, e
     stages["prepare_inputs"] = stage_timing(started, inputs.queries.num_rows)
     train_queries, heldout_queries = split_queries(inputs.queries, cfg.train) if holdout else (inputs.queries, None)
 
-    embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": inputs.corpus_cfg}), here.join("embeddings"), inputs.corpus)
+    own = cfg.embed
+    if own.corpus_embeddings:
+        embeddings = adopt_or_reuse(own.corpus_embeddings, here.join("embeddings"))
+    else:
+        embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": inputs.corpus_cfg}), here.join("embeddings"), inputs.corpus)
     stages["embed_corpus"] = timing(embeddings["seconds"], embeddings["rows"])
-    queries_cfg = CorpusConfig(path=run_dir.join("inputs", "queries").url, id_column="query_id", text_column="query")
-    query_embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": queries_cfg}), here.join("query_embeddings"), None, cfg.model.query_prompt)
+    if own.query_embeddings:
+        query_embeddings = adopt_or_reuse(own.query_embeddings, here.join("query_embeddings"))
+    else:
+        queries_cfg = CorpusConfig(path=run_dir.join("inputs", "queries").url, id_column="query_id", text_column="query")
+        query_embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": queries_cfg}), here.join("query_embeddings"), None,
+                                          cfg.model.query_prompt)
     stages["embed_queries"] = timing(query_embeddings["seconds"], query_embeddings["rows"])
     index = index_or_reuse(cfg.index, here.join("embeddings").url, here.join("index"))
     stages["index"] = timing(index["seconds"], index["rows"])
@@ -102,8 +113,10 @@ def similarity_round(cfg: RunConfig, here: storage.Location, round_index: int, e
     if cfg.mine.format != "default":
         outputs[cfg.mine.format] = write_view(cfg, mined_dir, here.join(cfg.mine.format))
     return RoundManifest(
-        miner="similarity", round=round_index, encoder=encoder, model=embeddings["model"], model_hash=embeddings["model_hash"],
-        inputs={"queries": cfg.queries.path, "corpus": cfg.corpus.path, "format": cfg.queries.format},
+        miner="similarity", round=round_index, encoder=encoder, model=embeddings["model"] or query_embeddings["model"],
+        model_hash=embeddings["model_hash"] or query_embeddings["model_hash"],
+        inputs={"queries": cfg.queries.path, "corpus": cfg.corpus.path, "format": cfg.queries.format,
+                "corpus_embeddings": embeddings.get("source"), "query_embeddings": query_embeddings.get("source")},
         config=cfg.model_dump(mode="json"),
         counts={"corpus": embeddings["rows"], "queries": query_embeddings["rows"], "rows": mined_manifest["rows"]},
         stages=stages, figures=round_figures, outputs=outputs,
