@@ -43,7 +43,7 @@ class ScannedEmbeddings:
 
     source: str
     files: list[tuple[str, int]]
-    ids: np.ndarray
+    ids: pa.Array
     dim: int
 
 
@@ -107,20 +107,26 @@ def scan_embeddings(path: str, field: str) -> ScannedEmbeddings:
         if file_ids.null_count:
             row = int(np.flatnonzero(file_ids.is_null().to_numpy(zero_copy_only=False))[0])
             raise InputError(f"{field}: {loc.url}: row {row}, column id: null id")
-        ids.append(file_ids.cast(pa.string()).to_numpy(zero_copy_only=False))
+        ids.append(file_ids.cast(pa.string()).combine_chunks())
         files.append((loc.url, table.num_rows))
-    all_ids = np.concatenate(ids) if ids else np.zeros(0, object)
-    unique, counts = np.unique(all_ids, return_counts=True)
-    if (counts > 1).any():
-        raise InputError(f"{field}: {storage.resolve(path).url}: id {unique[counts > 1][0]!r} has more than one vector "
-                         f"({int((counts > 1).sum())} duplicate id(s))")
+    all_ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+    counts = pc.value_counts(all_ids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    if len(repeated):
+        raise InputError(f"{field}: {storage.resolve(path).url}: id {repeated[0].as_py()!r} has more than one vector "
+                         f"({len(repeated)} duplicate id(s))")
     if not dims:
         raise InputError(f"{field}: {storage.resolve(path).url}: no vectors (every file is empty)")
     return ScannedEmbeddings(storage.resolve(path).url, files, all_ids, next(iter(dims)))
 
 
-def _shown(ids: np.ndarray) -> str:
-    return ", ".join(repr(str(i)) for i in ids[:MAX_SHOWN]) + (", ..." if len(ids) > MAX_SHOWN else "")
+def _shown(ids: pa.Array) -> str:
+    return ", ".join(repr(i) for i in ids[:MAX_SHOWN].to_pylist()) + (", ..." if len(ids) > MAX_SHOWN else "")
+
+
+def _not_in(ids: pa.Array, others: pa.Array) -> pa.Array:
+    """The ids absent from ``others``, in order (a hash lookup: fine at millions of ids)."""
+    return ids.filter(pc.invert(pc.is_in(ids, value_set=others)))
 
 
 def check_own_embeddings(cfg: RunConfig, corpus_ids: pa.Array, query_ids: pa.Array) -> None:
@@ -135,12 +141,12 @@ def check_own_embeddings(cfg: RunConfig, corpus_ids: pa.Array, query_ids: pa.Arr
         raise InputError("embed.query_embeddings is set without embed.corpus_embeddings; give the corpus vectors too "
                          "(--corpus-embeddings DIR)")
     corpus = scan_embeddings(cfg.embed.corpus_embeddings, "embed.corpus_embeddings")
-    wanted = corpus_ids.cast(pa.string()).to_numpy(zero_copy_only=False)
-    missing = np.setdiff1d(wanted, corpus.ids)
+    wanted = corpus_ids.cast(pa.string())
+    missing = _not_in(wanted, corpus.ids)
     if len(missing):
         raise InputError(f"embed.corpus_embeddings: {corpus.source}: {len(missing)} corpus id(s) have no vector "
                          f"({_shown(missing)}); embed the whole corpus")
-    extra = np.setdiff1d(corpus.ids, wanted)
+    extra = _not_in(corpus.ids, wanted)
     if len(extra):
         raise InputError(f"embed.corpus_embeddings: {corpus.source}: {len(extra)} id(s) are not in the corpus "
                          f"({_shown(extra)}); a negative needs its text: drop those vectors or add the rows to the corpus")
@@ -149,7 +155,7 @@ def check_own_embeddings(cfg: RunConfig, corpus_ids: pa.Array, query_ids: pa.Arr
         if queries.dim != corpus.dim:
             raise InputError(f"embed.query_embeddings: {queries.source} holds {queries.dim}-dim vectors but "
                              f"embed.corpus_embeddings {corpus.source} holds {corpus.dim}-dim ones")
-        missing = np.setdiff1d(query_ids.cast(pa.string()).to_numpy(zero_copy_only=False), queries.ids)
+        missing = _not_in(query_ids.cast(pa.string()), queries.ids)
         if len(missing):
             raise InputError(f"embed.query_embeddings: {queries.source}: {len(missing)} query id(s) have no vector "
                              f"({_shown(missing)})")
