@@ -23,7 +23,7 @@ from typing import Optional
 from hardneg import storage
 from hardneg.config import CorpusConfig, RunConfig, dump_config
 from hardneg.errors import ConfigError
-from hardneg.pipelines.embed import embed_or_reuse
+from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
 from hardneg.pipelines.figures import similarity_figures
 from hardneg.pipelines.geo import geo_round
 from hardneg.pipelines.heldout import evaluate_round, split_queries
@@ -83,19 +83,9 @@ def similarity_round(cfg: RunConfig, here: storage.Location, round_index: int, e
     stages["prepare_inputs"] = stage_timing(started, inputs.queries.num_rows)
     train_queries, heldout_queries = split_queries(inputs.queries, cfg.train) if holdout else (inputs.queries, None)
 
-    own = cfg.embed
-    if own.corpus_embeddings:
-        embeddings = adopt_or_reuse(own.corpus_embeddings, here.join("embeddings"))
-    else:
-        embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": inputs.corpus_cfg}), here.join("embeddings"), inputs.corpus)
-    stages["embed_corpus"] = timing(embeddings["seconds"], embeddings["rows"])
-    if own.query_embeddings:
-        query_embeddings = adopt_or_reuse(own.query_embeddings, here.join("query_embeddings"))
-    else:
-        queries_cfg = CorpusConfig(path=run_dir.join("inputs", "queries").url, id_column="query_id", text_column="query")
-        query_embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": queries_cfg}), here.join("query_embeddings"), None,
-                                          cfg.model.query_prompt)
-    stages["embed_queries"] = timing(query_embeddings["seconds"], query_embeddings["rows"])
+    embeddings, query_embeddings = embed_stage(cfg, inputs, here)
+    # One run embeds corpus and queries together: the stage's seconds are that run's (or the adoption's).
+    stages["embed"] = timing(max(embeddings["seconds"], query_embeddings["seconds"]), embeddings["rows"] + query_embeddings["rows"])
     index = index_or_reuse(cfg.index, here.join("embeddings").url, here.join("index"))
     stages["index"] = timing(index["seconds"], index["rows"])
 
@@ -123,6 +113,22 @@ def similarity_round(cfg: RunConfig, here: storage.Location, round_index: int, e
         heldout={"fraction": cfg.train.eval_fraction, "seed": cfg.train.seed,
                  "queries": heldout_queries.num_rows} if heldout_queries is not None else None,
     )
+
+
+def embed_stage(cfg: RunConfig, inputs, here: storage.Location) -> tuple[dict, dict]:
+    """The corpus' and the queries' embeddings manifests: a user's own vectors adopted in place, the rest embedded
+    in one run (one Encoder actor pool), a committed folder reused."""
+    own = cfg.embed
+    queries_cfg = CorpusConfig(path=storage.resolve(cfg.run_dir).join("inputs", "queries").url, id_column="query_id", text_column="query")
+    targets = {
+        "embeddings": None if own.corpus_embeddings else EmbedTarget(here.join("embeddings").url, inputs.corpus_cfg, inputs.corpus),
+        "query_embeddings": None if own.query_embeddings else EmbedTarget(here.join("query_embeddings").url, queries_cfg, None,
+                                                                            cfg.model.query_prompt),
+    }
+    embedded = iter(embed_or_reuse(cfg, [target for target in targets.values() if target is not None]))
+    sources = {"embeddings": own.corpus_embeddings, "query_embeddings": own.query_embeddings}
+    return tuple(next(embedded) if target is not None else adopt_or_reuse(sources[name], here.join(name))
+                 for name, target in targets.items())
 
 
 def _mine(cfg: RunConfig, inputs, here: storage.Location, round_index: int, encoder: str) -> dict:
