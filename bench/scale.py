@@ -40,17 +40,28 @@ def unit(vectors):
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
+def real_texts(work: str) -> tuple[list[str], list[str]]:
+    """(docstring bodies, docstring summaries) of installed packages, parsed once and kept in ``work/texts.json``."""
+    cache = os.path.join(work, "texts.json")
+    if not os.path.exists(cache):
+        from corpora import docstring_pairs
+
+        pairs = docstring_pairs()
+        with open(cache, "w") as handle:
+            json.dump({"bodies": [p["positive"] for p in pairs], "anchors": [p["anchor"] for p in pairs]}, handle)
+    with open(cache) as handle:
+        texts = json.load(handle)
+    return texts["bodies"], texts["anchors"]
+
+
 def build(size: int, num_queries: int, work: str) -> dict:
     """Write corpus, queries and both embedding folders for ``size`` rows under ``work``, a file at a time."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from corpora import docstring_pairs
-
     from hardneg.pipelines.embed import embedding_array
 
-    pairs = docstring_pairs()
-    bodies = [p["positive"] for p in pairs]
+    bodies, anchors = real_texts(os.path.dirname(work))
     rng = np.random.default_rng(0)
     positives = np.sort(rng.choice(size, size=num_queries, replace=False))
     query_vectors = np.zeros((num_queries, DIM), np.float32)
@@ -71,7 +82,7 @@ def build(size: int, num_queries: int, work: str) -> dict:
                        os.path.join(paths["corpus_embeddings"], f"part-{number:05d}.parquet"))
     query_ids = [f"q{j}" for j in range(num_queries)]
     pq.write_table(pa.table({
-        "query_id": query_ids, "query": [pairs[j % len(pairs)]["anchor"] + f" [copy {j // len(pairs)}]" for j in range(num_queries)],
+        "query_id": query_ids, "query": [anchors[j % len(anchors)] + f" [copy {j // len(anchors)}]" for j in range(num_queries)],
         "positive_ids": [[f"d{i}"] for i in positives],
     }), os.path.join(paths["queries"], "part-00000.parquet"))
     pq.write_table(pa.table({"id": query_ids, "embedding": embedding_array(query_vectors, "float32")}),
