@@ -65,14 +65,15 @@ def arm_hardneg(pairs_path: str, out: str, batch_size: int) -> dict:
     from hardneg.pipelines.run import run_round
     from hardneg.ray_runtime import init_ray
 
-    init_ray()
     started = time.perf_counter()
+    init_ray()
+    ray_start = time.perf_counter() - started
     cfg = parse_config({"run_dir": tempfile.mkdtemp(prefix="hardneg-bench-"), "queries": {"path": pairs_path},
                         "embed": {"batch_size": batch_size}, "mine": {**SETTINGS, "format": "n-tuple"}})
     manifest = run_round(cfg)
     seconds = time.perf_counter() - started
     storage.read_table(manifest["outputs"]["n-tuple"]).to_pandas().to_json(out, orient="records", lines=True)
-    stages = {name: stage["seconds"] for name, stage in manifest["stages"].items()}
+    stages = {"ray_start": ray_start, **{name: stage["seconds"] for name, stage in manifest["stages"].items()}}
     return {"arm": "hardneg run", "queries": manifest["counts"]["rows"], "stage_s": seconds, "stages": stages}
 
 

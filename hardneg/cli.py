@@ -45,6 +45,7 @@ logger = logging.getLogger("hardneg")
 EXIT_CODES = "exit codes: 0 done or nothing to do, 1 failure (or the run directory is locked by another writer), 2 bad input or config"
 
 SECTIONS = {name: field.annotation for name, field in RunConfig.model_fields.items() if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
+OWN_EMBEDDINGS = ("embed.corpus_embeddings", "embed.query_embeddings")  # a round's, not `hardneg embed`'s
 RENAMED = {"model.path": "model", "index.backend": "index", "corpus.path": "corpus", "queries.path": "queries"}
 
 
@@ -62,13 +63,15 @@ def _flag_type(annotation: Any) -> tuple[Optional[Callable], Optional[list], boo
     return str, None, False
 
 
-def add_config_flags(parser: argparse.ArgumentParser, primary: Sequence[str]) -> None:
-    """Add a flag for every config field; ``primary`` sections also get bare names."""
+def add_config_flags(parser: argparse.ArgumentParser, primary: Sequence[str], exclude: Sequence[str] = ()) -> None:
+    """Add a flag for every config field but ``exclude`` (dotted names); ``primary`` sections also get bare names."""
     taken: set[str] = {"config", "output", "json"}
     group = parser.add_argument_group("config values (override --config)")
     for section in list(primary) + [s for s in SECTIONS if s not in primary]:
         for field_name, field in SECTIONS[section].model_fields.items():
             dotted = f"{section}.{field_name}"
+            if dotted in exclude:
+                continue
             flag_type, choices, is_bool = _flag_type(field.annotation)
             names = [f"--{section}-{field_name}".replace("_", "-")]
             bare = RENAMED.get(dotted, field_name)
@@ -98,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("corpus", help="corpus file, folder or glob (Parquet/JSONL; local or s3://)")
     embed.add_argument("output", help="output folder (local or s3://)")
     embed.add_argument("--config", help="YAML config file")
-    add_config_flags(embed, ["model", "embed", "corpus", "storage", "ray"])
+    add_config_flags(embed, ["model", "embed", "corpus", "storage", "ray"], exclude=OWN_EMBEDDINGS)
 
     mine = commands.add_parser("mine", help="embed -> index -> mine INPUT into the run directory OUTPUT")
     mine.add_argument("input", help="pairs (anchor, positive) or queries file; the places corpus for --miner geographic or mixed")

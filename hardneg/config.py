@@ -91,6 +91,13 @@ class EmbedConfig(Section):
     gpus_per_actor: Optional[float] = Field(None, ge=0, description="0 on CPU; 1 when the cluster has GPUs.")
     cpus_per_actor: Optional[float] = Field(None, gt=0, description="CPUs (and torch threads) per actor.")
     autocast: Literal["bfloat16", "float16", "none"] = Field("bfloat16", description="Autocast dtype on GPU.")
+    corpus_embeddings: Optional[str] = Field(
+        None, description="Bring your own embeddings: a folder of Parquet id + embedding (what `hardneg embed` writes) "
+        "holding every corpus id; the corpus is not embedded."
+    )
+    query_embeddings: Optional[str] = Field(
+        None, description="With corpus_embeddings: the queries' vectors (id = query_id); unset, the model embeds the queries."
+    )
 
 
 class IndexConfig(Section):

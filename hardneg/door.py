@@ -14,6 +14,8 @@ Checked, in order:
 4. the inputs, with the very checks the pipeline runs (``check_inputs``, ``load_places``,
    ``validate_corpus``) but in this process: the corpus files are scanned on threads, not Ray tasks.
    Inputs a run directory already committed are only compared with their sources.
+5. a user's own embeddings (``embed.corpus_embeddings`` / ``embed.query_embeddings``) against the
+   inputs' ids and the model's width (``hardneg.pipelines.own_embeddings.check_own_embeddings``).
 
 Example::
 
@@ -112,12 +114,18 @@ def check_round(cfg: RunConfig, checkpoint: Optional[str] = None, training: bool
         ConfigError, InputError, StorageError: the first problem found, named.
     """
     from hardneg.pipelines.inputs import check_inputs
+    from hardneg.pipelines.own_embeddings import check_own_embeddings
     from hardneg.places import load_places
 
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set (the folder, local or s3://, that holds the rounds)")
-    check_reachable(cfg.run_dir, cfg.corpus.path, cfg.queries.path)
-    check_models(cfg, checkpoint, needs_encoder=training or cfg.mine.miner != "geographic")
+    own = cfg.embed.corpus_embeddings or cfg.embed.query_embeddings
+    if own and cfg.mine.miner != "similarity":
+        raise ConfigError(f"embed.corpus_embeddings / embed.query_embeddings: the {cfg.mine.miner} miner embeds places itself; "
+                          "your own embeddings serve the similarity miner")
+    check_reachable(cfg.run_dir, cfg.corpus.path, cfg.queries.path, cfg.embed.corpus_embeddings, cfg.embed.query_embeddings)
+    embeds_nothing = bool(cfg.embed.corpus_embeddings and cfg.embed.query_embeddings) or cfg.mine.miner == "geographic"
+    check_models(cfg, checkpoint, needs_encoder=training or not embeds_nothing)
     if not new_round:
         check_same_options(cfg)
     if cfg.mine.miner in ("geographic", "mixed"):
@@ -125,7 +133,9 @@ def check_round(cfg: RunConfig, checkpoint: Optional[str] = None, training: bool
         if cfg.mine.miner == "mixed":
             validate_corpus(cfg.corpus)
     else:
-        check_inputs(cfg, storage.resolve(cfg.run_dir))
+        ids = check_inputs(cfg, storage.resolve(cfg.run_dir), want_ids=bool(own))
+        if ids is not None:
+            check_own_embeddings(cfg, *ids)
 
 
 def check_embed(cfg: RunConfig, output: str) -> ValidatedCorpus:

@@ -65,3 +65,12 @@ def _check_config_json(config_file: str, field: str) -> None:
         raise ConfigError(f"{field}: {config_file} must be a JSON object, got {type(config).__name__}")
     if not isinstance(config.get("model_type"), str) or not config["model_type"]:
         raise ConfigError(f"{field}: {config_file} has no model_type; it is not a transformers model config")
+
+
+def model_dim(path: str) -> int:
+    """The width of the vectors a model directory makes (``config.json``'s ``hidden_size``, or ``d_model`` /
+    ``dim`` where a model names it so), read without loading the model."""
+    path = path[len("file://"):] if path.startswith("file://") else path
+    with open(os.path.join(path, "config.json"), "rb") as handle:
+        config = json.loads(handle.read().decode("utf-8"))
+    return int(config.get("hidden_size") or config.get("d_model") or config["dim"])

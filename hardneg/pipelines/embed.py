@@ -15,6 +15,11 @@ crash keeps the committed parts and embeds only the rest; the output's manifest 
 the rows it reused (``resumed_rows``). Rows are in file order: part by part, and readers take
 the shards in sorted path order.
 
+A round embeds its corpus and its queries in one run (``embed_corpora``): the parts of both are read
+as one dataset whose rows carry ``dest`` (the part they belong to), one Encoder actor pool embeds
+them, and a write task sends each row to its part's folder. So the model loads once per actor, not
+once per output.
+
 Example::
 
     summary = embed_corpus(load_config(overrides={"corpus.path": "corpus.jsonl"}), "out/embeddings")
@@ -28,15 +33,17 @@ import posixpath
 import time
 import uuid
 import warnings
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from hardneg import console, faults, storage
-from hardneg.config import EmbedConfig, ModelConfig, RunConfig
+from hardneg.config import CorpusConfig, EmbedConfig, ModelConfig, RunConfig
 from hardneg.corpus import ValidatedCorpus, validate_corpus
 from hardneg.encoder import Encoder, default_model_path, model_fingerprint, read_pooling_spec
+from hardneg.model_dir import model_dim
 from hardneg.resources import ResourcePlan, plan_resources
 
 logger = logging.getLogger(__name__)
@@ -59,26 +66,31 @@ def _tokenizer(model_path: str, trust_remote_code: bool):
 
 
 def read_corpus_file(spec: dict, id_column: str, text_column: str) -> pa.Table:
-    """Read one corpus file's id and text columns, minus the rows validation dropped."""
+    """Read one corpus file's id and text columns, minus the rows validation dropped; ``dest``: its output part."""
     loc = storage.Location(spec["fs"], spec["path"])
     table = storage.read_table_file(loc, [id_column, text_column])
     if len(spec["drop_rows"]):
         keep = np.ones(table.num_rows, dtype=bool)
         keep[spec["drop_rows"]] = False
         table = table.filter(pa.array(keep))
-    return pa.table({"id": table.column(id_column), "text": table.column(text_column).cast(pa.string())})
+    return pa.table({"id": table.column(id_column), "text": table.column(text_column).cast(pa.string()),
+                     "dest": pa.array(np.full(table.num_rows, spec.get("dest", 0), np.int32))})
 
 
-def tokenize_block(block: pa.Table, model_path: str, max_length: int, prefix: str, trust_remote_code: bool) -> pa.Table:
-    """Tokenize a block (CPU task) and sort it by length, so the actor's batches carry little padding."""
+def tokenize_block(block: pa.Table, model_path: str, max_length: int, prefixes: Sequence[str], trust_remote_code: bool) -> pa.Table:
+    """Tokenize a block (CPU task) and sort it by length, so the actor's batches carry little padding.
+
+    ``prefixes[dest]`` goes before the texts of output part ``dest`` (a query prompt, or nothing)."""
     tokenizer = _tokenizer(model_path, trust_remote_code)
     texts = block.column("text").to_pylist()
-    if prefix:
-        texts = [prefix + text for text in texts]
+    dest = block.column("dest").to_numpy() if "dest" in block.column_names else np.zeros(len(texts), np.int32)
+    if any(prefixes):
+        texts = [prefixes[d] + text for d, text in zip(dest, texts)]
     token_ids = tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
     order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
     return pa.table({
         "id": block.column("id").take(pa.array(order)),
+        "dest": pa.array(dest[order], pa.int32()),
         "input_ids": pa.array([token_ids[i] for i in order], type=pa.list_(pa.int32())),
     })
 
@@ -109,11 +121,11 @@ class EncoderActor:
         token_lists = block.column("input_ids").to_pylist()
         vectors = self.encoder.encode_tokens(token_lists, batch_size=self.batch_size, autocast=self.autocast)
         faults.point("embed.block", rows=len(token_lists))
-        return pa.table({"id": block.column("id"), "embedding": embedding_array(vectors, self.dtype)})
+        return pa.table({"id": block.column("id"), "dest": block.column("dest"), "embedding": embedding_array(vectors, self.dtype)})
 
 
-def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, prefix: str = ""):
-    """Ray Dataset of (id, text) -> Ray Dataset of (id, embedding). Lazy; nothing runs yet."""
+def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, prefixes: Sequence[str] = ("",)):
+    """Ray Dataset of (id, text, dest) -> Ray Dataset of (id, dest, embedding). Lazy; nothing runs yet."""
     import ray
 
     spec = read_pooling_spec(model_path)
@@ -124,7 +136,8 @@ def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, pr
         tokenize_block,
         batch_size=embed.block_size,
         batch_format="pyarrow",
-        fn_kwargs={"model_path": model_path, "max_length": max_length, "prefix": prefix, "trust_remote_code": model.trust_remote_code},
+        fn_kwargs={"model_path": model_path, "max_length": max_length, "prefixes": list(prefixes),
+                   "trust_remote_code": model.trust_remote_code},
         num_cpus=1,
     )
     with warnings.catch_warnings():
@@ -147,14 +160,16 @@ def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, pr
         )
 
 
-def corpus_dataset(corpus: ValidatedCorpus, id_column: str, text_column: str):
-    """A Ray Dataset of (id, text), one read task per validated file."""
+def corpus_dataset(corpora: Sequence[ValidatedCorpus], id_column: Sequence[str], text_column: Sequence[str]):
+    """A Ray Dataset of (id, text, dest), one read task per validated file; ``dest`` is the index in ``corpora``."""
     import ray
 
-    specs = [{"fs": loc.fs, "path": loc.path, "drop_rows": rows} for loc, rows in zip(corpus.files, corpus.drop_rows)]
+    specs = [{"fs": loc.fs, "path": loc.path, "drop_rows": rows, "dest": dest, "id": id_column[dest], "text": text_column[dest]}
+             for dest, corpus in enumerate(corpora) for loc, rows in zip(corpus.files, corpus.drop_rows)]
 
     def read(batch: dict) -> pa.Table:
-        return read_corpus_file(specs[int(batch["file"][0])], id_column, text_column)
+        spec = specs[int(batch["file"][0])]
+        return read_corpus_file(spec, spec["id"], spec["text"])
 
     files = ray.data.from_items([{"file": index} for index in range(len(specs))], override_num_blocks=len(specs))
     # Half a CPU: reading is I/O, and a different CPU request keeps Ray Data from fusing it with tokenizing,
@@ -162,24 +177,41 @@ def corpus_dataset(corpus: ValidatedCorpus, id_column: str, text_column: str):
     return files.map_batches(read, batch_size=1, batch_format="numpy", num_cpus=0.5)
 
 
-def write_embeddings(ds, out: storage.Location, attempt: str) -> tuple[int, list[str]]:
-    """Write the (id, embedding) dataset as Parquet shards ``{attempt}_*.parquet`` under ``out``.
+def write_block(block: pa.Table, part_urls: Sequence[str], attempt: str, storage_options: dict) -> pa.Table:
+    """Write a block's rows to their output parts (``part_urls[dest]``) as ``{attempt}_*.parquet``; (dest, rows) back."""
+    storage.restore_options(storage_options)
+    dest = block.column("dest").to_numpy() if "dest" in block.column_names else np.zeros(block.num_rows, np.int32)
+    written = []
+    for part in np.unique(dest):
+        rows = block.filter(pa.array(dest == part)).select(["id", "embedding"])
+        storage.write_parquet(rows, storage.resolve(part_urls[part]).join(f"{attempt}_{uuid.uuid4().hex[:12]}.parquet"))
+        written.append((int(part), rows.num_rows))
+    return pa.table({"dest": pa.array([d for d, _ in written], pa.int32()), "rows": pa.array([n for _, n in written], pa.int64())})
+
+
+def write_embeddings(ds, outs: storage.Location | Sequence[storage.Location], attempt: str) -> tuple[int, list[str]] | list:
+    """Write the (id, embedding[, dest]) dataset as Parquet shards ``{attempt}_*.parquet``: row ``dest`` into ``outs[dest]``.
 
     Returns:
-        (rows written, shard names), counted from this attempt's own shards.
+        per output (one output: not in a list): (rows written, shard names), counted from this attempt's own shards.
 
     Raises:
-        StorageError: ``out`` also holds shards this attempt did not write (another writer).
+        StorageError: an output also holds shards this attempt did not write (another writer).
     """
-    from ray.data.datasource import FilenameProvider
-
-    ds.write_parquet(out.path, filesystem=out.arrow_fs(), filename_provider=FilenameProvider(attempt, "parquet"))
-    shards = shard_rows(out)
-    foreign = sorted(name for name in shards if not name.startswith(f"{attempt}_"))
-    if foreign:
-        raise storage.StorageError(f"{out.url} holds shards this writer did not write ({', '.join(foreign[:3])}): "
-                                   "another writer is writing into it; not committed")
-    return sum(shards.values()), sorted(shards)
+    single = isinstance(outs, storage.Location)
+    outs = [outs] if single else list(outs)
+    ds.map_batches(write_block, batch_size=None, batch_format="pyarrow", num_cpus=0.5,
+                   fn_kwargs={"part_urls": [out.url for out in outs], "attempt": attempt, "storage_options": storage.s3_options()}
+                   ).materialize()
+    results = []
+    for out in outs:
+        shards = shard_rows(out)
+        foreign = sorted(name for name in shards if not name.startswith(f"{attempt}_"))
+        if foreign:
+            raise storage.StorageError(f"{out.url} holds shards this writer did not write ({', '.join(foreign[:3])}): "
+                                       "another writer is writing into it; not committed")
+        results.append((sum(shards.values()), sorted(shards)))
+    return results[0] if single else results
 
 
 def shard_rows(out: storage.Location) -> dict[str, int]:
@@ -201,6 +233,25 @@ def part_is_whole(part_dir: storage.Location, manifest: dict) -> bool:
     return sum(shards.values()) == manifest.get("rows") and (listed is None or sorted(shards) == sorted(listed))
 
 
+@dataclass
+class EmbedTarget:
+    """One output folder of an embed run: the corpus that fills it and the prefix before its texts."""
+
+    output: str
+    corpus_cfg: CorpusConfig
+    corpus: Optional[ValidatedCorpus] = None
+    prefix: str = ""
+
+
+@dataclass
+class _Part:
+    target: int
+    part_dir: storage.Location
+    corpus: ValidatedCorpus
+    expected: int
+    urls: list
+
+
 def embed_corpus(cfg: RunConfig, output: str, corpus: Optional[ValidatedCorpus] = None, prefix: str = "") -> dict:
     """Validate, embed and commit a corpus into ``output`` (resuming its committed parts). Returns the manifest.
 
@@ -210,45 +261,83 @@ def embed_corpus(cfg: RunConfig, output: str, corpus: Optional[ValidatedCorpus] 
         InputError: the corpus is invalid (nothing is written).
         StorageError: ``output`` is already committed.
     """
+    return embed_corpora(cfg, [EmbedTarget(output, cfg.corpus, corpus, prefix)])[0]
+
+
+def embed_corpora(cfg: RunConfig, targets: Sequence[EmbedTarget]) -> list[dict]:
+    """Embed several corpora (a round's corpus and its queries) with one model in as few Ray Data runs as fit:
+    parts still to embed are packed into runs of at most ``embed.part_rows`` rows, so a laptop-sized round
+    starts one Encoder actor pool (one model load per actor) for corpus and queries together. Each part
+    commits on its own; each target commits its manifest. Returns the manifests, in ``targets`` order.
+
+    Raises:
+        InputError: a corpus is invalid (nothing is written).
+        StorageError: an output is already committed.
+    """
     started = time.perf_counter()
-    out = storage.resolve(output)
-    if storage.is_committed(out):
-        raise storage.StorageError(f"{out.url} is already committed; choose a new output path")
-    corpus = corpus or validate_corpus(cfg.corpus)
+    outs = [storage.resolve(target.output) for target in targets]
+    for out in outs:
+        if storage.is_committed(out):
+            raise storage.StorageError(f"{out.url} is already committed; choose a new output path")
+    corpora = [target.corpus or validate_corpus(target.corpus_cfg) for target in targets]
     model_path = cfg.model.path or default_model_path()
-    parts = split_parts(corpus, cfg.embed.part_rows)
-    _clear_strays(out, len(parts))
-    rows = resumed_rows = 0
-    for number, files in enumerate(parts):
-        part_dir = out.join(f"part-{number:05d}")
-        expected = sum(corpus.valid_rows(i) for i in files)
-        urls = [corpus.files[i].url for i in files]
-        done = storage.read_manifest(part_dir) if storage.is_committed(part_dir) else {}
-        if done and not part_is_whole(part_dir, done):
-            logger.warning("%s: its shards disagree with its manifest (%d rows); embedding the part again", part_dir.url, done["rows"])
-            part_dir.fs.rm(part_dir.path, recursive=True)
-            done = {}
-        if done.get("files") == urls and done.get("rows") == expected:
-            rows += expected
-            resumed_rows += expected
-            continue
-        part = corpus.subset(files)
-        storage.prepare_output(part_dir)
-        ds = embed_tables(corpus_dataset(part, cfg.corpus.id_column, cfg.corpus.text_column), cfg.model, cfg.embed, model_path, prefix)
-        name = f"embed {posixpath.basename(out.path)}" + (f" part {number + 1}/{len(parts)}" if len(parts) > 1 else "")
-        with console.stage(name, rows=expected):
-            written, shards = write_embeddings(ds, part_dir, f"a{uuid.uuid4().hex[:12]}")
-        if written != expected:
-            raise storage.StorageError(f"{part_dir.url}: wrote {written} rows, expected {expected}; not committed")
-        storage.commit(part_dir, {"kind": "embeddings-part", "files": urls, "rows": written, "shards": shards})
-        rows += written
-    if resumed_rows:
-        logger.info("resumed: %d of %d rows were already embedded in committed parts", resumed_rows, rows)
+    pending, resumed, num_parts = _pending_parts(cfg, outs, corpora)
+    runs: list[list[_Part]] = []
+    for part in pending:
+        if not runs or sum(p.expected for p in runs[-1]) + part.expected > cfg.embed.part_rows:
+            runs.append([])
+        runs[-1].append(part)
+    for number, run in enumerate(runs):
+        _embed_run(cfg, targets, model_path, run, f"embed {', '.join(sorted({posixpath.basename(outs[p.target].path) for p in run}))}"
+                   + (f" run {number + 1}/{len(runs)}" if len(runs) > 1 else ""))
     seconds = time.perf_counter() - started
-    manifest = embeddings_manifest(cfg, model_path, rows, seconds, corpus)
-    manifest.update(parts=len(parts), resumed_rows=resumed_rows)
-    storage.commit(out, manifest)
-    return manifest
+    manifests = []
+    for t, (target, out, corpus) in enumerate(zip(targets, outs, corpora)):
+        rows = sum(corpus.valid_rows(i) for i in range(len(corpus.files)))
+        if resumed[t]:
+            logger.info("%s resumed: %d of %d rows were already embedded in committed parts", out.url, resumed[t], rows)
+        manifest = embeddings_manifest(cfg.model_copy(update={"corpus": target.corpus_cfg}), model_path, rows, seconds, corpus)
+        manifest.update(parts=num_parts[t], resumed_rows=resumed[t], embedded_with=[o.url for o in outs if o is not out])
+        storage.commit(out, manifest)
+        manifests.append(manifest)
+    return manifests
+
+
+def _pending_parts(cfg: RunConfig, outs: list, corpora: list) -> tuple[list[_Part], list[int], list[int]]:
+    """The parts still to embed (their folders cleared), the rows resumed from committed parts and the parts per output."""
+    pending, resumed, num_parts = [], [0] * len(outs), []
+    for t, (out, corpus) in enumerate(zip(outs, corpora)):
+        parts = split_parts(corpus, cfg.embed.part_rows)
+        num_parts.append(len(parts))
+        _clear_strays(out, len(parts))
+        for number, files in enumerate(parts):
+            part_dir = out.join(f"part-{number:05d}")
+            expected = sum(corpus.valid_rows(i) for i in files)
+            urls = [corpus.files[i].url for i in files]
+            done = storage.read_manifest(part_dir) if storage.is_committed(part_dir) else {}
+            if done and not part_is_whole(part_dir, done):
+                logger.warning("%s: its shards disagree with its manifest (%d rows); embedding the part again", part_dir.url, done["rows"])
+                part_dir.fs.rm(part_dir.path, recursive=True)
+                done = {}
+            if done.get("files") == urls and done.get("rows") == expected:
+                resumed[t] += expected
+                continue
+            storage.prepare_output(part_dir)
+            pending.append(_Part(t, part_dir, corpus.subset(files), expected, urls))
+    return pending, resumed, num_parts
+
+
+def _embed_run(cfg: RunConfig, targets: Sequence[EmbedTarget], model_path: str, run: list[_Part], name: str) -> None:
+    """One Ray Data run over ``run``'s parts (one actor pool), each part written to its folder and committed."""
+    ds = corpus_dataset([p.corpus for p in run], [targets[p.target].corpus_cfg.id_column for p in run],
+                        [targets[p.target].corpus_cfg.text_column for p in run])
+    ds = embed_tables(ds, cfg.model, cfg.embed, model_path, [targets[p.target].prefix for p in run])
+    with console.stage(name, rows=sum(p.expected for p in run)):
+        written = write_embeddings(ds, [p.part_dir for p in run], f"a{uuid.uuid4().hex[:12]}")
+    for part, (rows, shards) in zip(run, written):
+        if rows != part.expected:
+            raise storage.StorageError(f"{part.part_dir.url}: wrote {rows} rows, expected {part.expected}; not committed")
+        storage.commit(part.part_dir, {"kind": "embeddings-part", "files": part.urls, "rows": rows, "shards": shards})
 
 
 def split_parts(corpus: ValidatedCorpus, part_rows: int) -> list[list[int]]:
@@ -280,19 +369,23 @@ def _clear_strays(out: storage.Location, num_parts: int) -> None:
             out.fs.rm(path, recursive=True)
 
 
-def embed_or_reuse(cfg: RunConfig, out: storage.Location, corpus: Optional[ValidatedCorpus] = None, prefix: str = "") -> dict:
-    """``embed_corpus`` into ``out``, or the manifest of what is already committed there (a resumed round)."""
-    if storage.is_committed(out):
-        logger.info("reusing committed embeddings %s", out.url)
-        return storage.read_manifest(out)
-    return embed_corpus(cfg, out.url, corpus, prefix)
+def embed_or_reuse(cfg: RunConfig, targets: Sequence[EmbedTarget]) -> list[dict]:
+    """``embed_corpora`` into the targets not yet committed (one run for them all), the committed ones' manifests
+    as they are (a resumed round); in ``targets`` order."""
+    manifests: list[Optional[dict]] = []
+    for target in targets:
+        out = storage.resolve(target.output)
+        manifests.append(storage.read_manifest(out) if storage.is_committed(out) else None)
+        if manifests[-1] is not None:
+            logger.info("reusing committed embeddings %s", out.url)
+    todo = [target for target, manifest in zip(targets, manifests) if manifest is None]
+    made = iter(embed_corpora(cfg, todo) if todo else [])
+    return [manifest if manifest is not None else next(made) for manifest in manifests]
 
 
 def embeddings_manifest(cfg: RunConfig, model_path: str, rows: int, seconds: float, corpus: ValidatedCorpus) -> dict:
     spec = read_pooling_spec(model_path)
-    from transformers import AutoConfig
-
-    dim = int(AutoConfig.from_pretrained(model_path, local_files_only=True).hidden_size)
+    dim = model_dim(model_path)
     return {
         "kind": "embeddings",
         "model": model_path,

@@ -91,10 +91,13 @@ def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
     return Inputs(corpus_cfg, validated, queries)
 
 
-def check_inputs(cfg: RunConfig, run_dir: storage.Location) -> None:
+def check_inputs(cfg: RunConfig, run_dir: storage.Location, want_ids: bool = False) -> Optional[tuple[pa.Array, pa.Array]]:
     """Run every check ``prepare_inputs`` runs, writing nothing (the CLI's door, before Ray starts).
 
     Inputs a run directory already committed are only compared with the sources (a resumed run).
+
+    Args:
+        want_ids: also return ``(corpus ids, query ids)`` as strings (to check a user's own embeddings).
 
     Raises:
         InputError: what ``prepare_inputs`` would raise.
@@ -102,12 +105,20 @@ def check_inputs(cfg: RunConfig, run_dir: storage.Location) -> None:
     queries_dir = run_dir.join("inputs", "queries")
     if storage.is_committed(queries_dir):
         _check_same_sources(queries_dir, input_fingerprint(cfg))
+        if not want_ids:
+            return None
+        corpus_cfg = cfg.corpus if cfg.queries.format == "queries" else CorpusConfig(path=run_dir.join("inputs", "corpus").url)
+        corpus_ids = load_corpus(validate_corpus(corpus_cfg), corpus_cfg).column("id")
+        queries = storage.read_table(queries_dir.url)
     elif cfg.queries.format == "pairs":
-        _from_pairs(cfg)
+        corpus, queries = _from_pairs(cfg)
+        corpus_ids = corpus.column("id")
     elif not cfg.corpus.path:
         raise InputError("queries.format=queries needs corpus.path (the corpus the positive_ids refer to)")
     else:
-        _from_queries(cfg, load_corpus(validate_corpus(cfg.corpus), cfg.corpus).column("id"))
+        corpus_ids = load_corpus(validate_corpus(cfg.corpus), cfg.corpus).column("id")
+        queries = _from_queries(cfg, corpus_ids)
+    return (corpus_ids.combine_chunks(), queries.column("query_id").combine_chunks()) if want_ids else None
 
 
 def input_fingerprint(cfg: RunConfig) -> list[list]:

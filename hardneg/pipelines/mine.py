@@ -79,7 +79,10 @@ def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embe
     view = corpus_view(inputs, embeddings_dir)
     queries = inputs.queries
     query_ids, query_vectors = read_embeddings(query_embeddings_dir)
-    query_vectors = query_vectors[pd.Index(query_ids).get_indexer(queries.column("query_id").to_numpy(zero_copy_only=False))]
+    query_rows = pd.Index(query_ids).get_indexer(queries.column("query_id").to_numpy(zero_copy_only=False))
+    if (query_rows < 0).any():
+        raise storage.StorageError(f"{query_embeddings_dir}: {int((query_rows < 0).sum())} queries have no vector")
+    query_vectors = query_vectors[query_rows]
 
     positive_lists = queries.column("positive_ids").combine_chunks()
     offsets = positive_lists.offsets.to_numpy()

@@ -42,7 +42,7 @@ from hardneg.config import RunConfig
 from hardneg.corpus import validate_corpus
 from hardneg.miners import (FILTERS, GEO_REMOVED, GeoResult, MiningResult, drop_same_place, hash_texts, haversine_km,
                             merge_negatives, mine_similarity)
-from hardneg.pipelines.embed import embed_or_reuse
+from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
 from hardneg.pipelines.figures import SOURCES, mixed_figures
 from hardneg.pipelines.geo import mine_places, place_arrays
 from hardneg.pipelines.index import index_or_reuse
@@ -61,7 +61,7 @@ def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, en
     corpus = validate_corpus(cfg.corpus)
     stages["read_places"] = stage_timing(started, places.table.num_rows)
     embeddings_dir = here.join("embeddings")
-    embeddings = embed_or_reuse(cfg, embeddings_dir, corpus)
+    [embeddings] = embed_or_reuse(cfg, [EmbedTarget(embeddings_dir.url, cfg.corpus, corpus)])
     stages["embed_corpus"] = {key: embeddings[key] for key in ("seconds", "rows", "rows_per_second")}
     table, vectors, place_of_embedding = _align(places, *read_embeddings(embeddings_dir.url))
     lat, lon, groups = place_arrays(table)

@@ -24,7 +24,7 @@ from typing import Optional
 from hardneg import storage
 from hardneg.config import CorpusConfig, RunConfig, dump_config
 from hardneg.errors import ConfigError
-from hardneg.pipelines.embed import embed_or_reuse
+from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
 from hardneg.pipelines.figures import similarity_figures
 from hardneg.pipelines.geo import geo_round
 from hardneg.pipelines.heldout import evaluate_round, split_queries
@@ -32,6 +32,7 @@ from hardneg.pipelines.index import index_or_reuse
 from hardneg.pipelines.inputs import prepare_inputs
 from hardneg.pipelines.mine import mine_queries, mined_table
 from hardneg.pipelines.mixed import mixed_round
+from hardneg.pipelines.own_embeddings import adopt_or_reuse
 from hardneg.pipelines.write import write_parts, write_view
 from hardneg.rundir import RoundManifest, commit_round, round_dir, stage_timing, timing
 
@@ -62,7 +63,9 @@ def run_round(
     if not storage.exists(run_dir.join("run.yaml")):
         storage.write_text(run_dir.join("run.yaml"), dump_config(cfg))
     if model_path and cfg.mine.miner != "geographic":
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path})})
+        # A checkpoint's round embeds with the checkpoint: a user's own vectors served the base model's rounds.
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path}),
+                                     "embed": cfg.embed.model_copy(update={"corpus_embeddings": None, "query_embeddings": None})})
     if cfg.mine.miner == "geographic":
         manifest = geo_round(cfg, here, round_index, encoder)
     elif cfg.mine.miner == "mixed":
@@ -92,12 +95,9 @@ def similarity_round(cfg: RunConfig, here: storage.Location, round_index: int, e
     stages["prepare_inputs"] = stage_timing(started, inputs.queries.num_rows)
     train_queries, heldout_queries = split_queries(inputs.queries, cfg.train) if holdout else (inputs.queries, None)
 
-    embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": inputs.corpus_cfg}), here.join("embeddings"), inputs.corpus,
-                                cfg.model.corpus_prompt)
-    stages["embed_corpus"] = timing(embeddings["seconds"], embeddings["rows"])
-    queries_cfg = CorpusConfig(path=run_dir.join("inputs", "queries").url, id_column="query_id", text_column="query")
-    query_embeddings = embed_or_reuse(cfg.model_copy(update={"corpus": queries_cfg}), here.join("query_embeddings"), None, cfg.model.query_prompt)
-    stages["embed_queries"] = timing(query_embeddings["seconds"], query_embeddings["rows"])
+    embeddings, query_embeddings = embed_stage(cfg, inputs, here)
+    # One run embeds corpus and queries together: the stage's seconds are that run's (or the adoption's).
+    stages["embed"] = timing(max(embeddings["seconds"], query_embeddings["seconds"]), embeddings["rows"] + query_embeddings["rows"])
     index = index_or_reuse(cfg.index, here.join("embeddings").url, here.join("index"))
     stages["index"] = timing(index["seconds"], index["rows"])
 
@@ -113,14 +113,33 @@ def similarity_round(cfg: RunConfig, here: storage.Location, round_index: int, e
         stages["eval"] = timing(round_figures["eval"]["seconds"], heldout_queries.num_rows)
     outputs = with_view(cfg, here, {"outputs": {"mined": mined_dir.url}})["outputs"]
     return RoundManifest(
-        miner="similarity", round=round_index, encoder=encoder, model=embeddings["model"], model_hash=embeddings["model_hash"],
-        inputs={"queries": cfg.queries.path, "corpus": cfg.corpus.path, "format": cfg.queries.format},
+        miner="similarity", round=round_index, encoder=encoder, model=embeddings["model"] or query_embeddings["model"],
+        model_hash=embeddings["model_hash"] or query_embeddings["model_hash"],
+        inputs={"queries": cfg.queries.path, "corpus": cfg.corpus.path, "format": cfg.queries.format,
+                "corpus_embeddings": embeddings.get("source"), "query_embeddings": query_embeddings.get("source")},
         config=cfg.model_dump(mode="json"),
         counts={"corpus": embeddings["rows"], "queries": query_embeddings["rows"], "rows": mined_manifest["rows"]},
         stages=stages, figures=round_figures, outputs=outputs,
         heldout={"fraction": cfg.train.eval_fraction, "seed": cfg.train.seed,
                  "queries": heldout_queries.num_rows} if heldout_queries is not None else None,
     )
+
+
+def embed_stage(cfg: RunConfig, inputs, here: storage.Location) -> tuple[dict, dict]:
+    """The corpus' and the queries' embeddings manifests: a user's own vectors adopted in place, the rest embedded
+    in one run (one Encoder actor pool), a committed folder reused."""
+    own = cfg.embed
+    queries_cfg = CorpusConfig(path=storage.resolve(cfg.run_dir).join("inputs", "queries").url, id_column="query_id", text_column="query")
+    targets = {
+        "embeddings": None if own.corpus_embeddings else EmbedTarget(here.join("embeddings").url, inputs.corpus_cfg, inputs.corpus,
+                                                                  cfg.model.corpus_prompt),
+        "query_embeddings": None if own.query_embeddings else EmbedTarget(here.join("query_embeddings").url, queries_cfg, None,
+                                                                            cfg.model.query_prompt),
+    }
+    embedded = iter(embed_or_reuse(cfg, [target for target in targets.values() if target is not None]))
+    sources = {"embeddings": own.corpus_embeddings, "query_embeddings": own.query_embeddings}
+    return tuple(next(embedded) if target is not None else adopt_or_reuse(sources[name], here.join(name))
+                 for name, target in targets.items())
 
 
 def _mine(cfg: RunConfig, inputs, here: storage.Location, round_index: int, encoder: str) -> dict:

@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hardneg import storage
@@ -31,24 +32,37 @@ def embedding_files(embeddings_dir: str) -> list[tuple[str, int]]:
     loc = storage.resolve(embeddings_dir)
     if not storage.is_committed(loc):
         raise StorageError(f"{loc.url} is not a committed embeddings folder (no MANIFEST.json); run the embed stage first")
+    manifest = storage.read_manifest(loc)
+    if "source_files" in manifest:  # a user's own embeddings, adopted in place (hardneg.pipelines.own_embeddings)
+        files = [storage.resolve(url) for url in manifest["source_files"]]
+    else:
+        files = sorted(storage.list_table_files(embeddings_dir), key=lambda f: f.path)
     out = []
-    for file in sorted(storage.list_table_files(embeddings_dir), key=lambda f: f.path):
+    for file in files:
         with file.fs.open(file.path, "rb") as handle:
             out.append((file.url, pq.ParquetFile(handle).metadata.num_rows))
-    expected = storage.read_manifest(loc).get("rows")
+    expected = manifest.get("rows")
     if expected is not None and sum(rows for _, rows in out) != expected:
+        if "source_files" in manifest:
+            raise StorageError(f"{manifest['source']}: its files hold {sum(rows for _, rows in out)} rows but {loc.url}/MANIFEST.json "
+                               f"adopted {expected}: the embeddings changed after the round took them; use a new run_dir")
         raise StorageError(f"{loc.url}: its shards hold {sum(rows for _, rows in out)} rows but its MANIFEST.json "
                            f"says {expected}: it was written to by more than one writer; delete it and run again")
     return out
 
 
 def vectors_of(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A ``fixed_size_list<float16|float32>[d]`` column as a float32 ``(n, d)`` array, without a Python loop."""
+    """An embedding column as a float32 ``(n, d)`` array, without a Python loop: ``fixed_size_list[d]`` (what
+    ``hardneg embed`` writes) or ``list`` / ``large_list`` of floats all ``d`` long (a user's own files)."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if len(array) == 0:
-        return np.zeros((0, array.type.list_size), np.float32)
-    values = array.values.to_numpy(zero_copy_only=False)
-    return values.reshape(len(array), array.type.list_size).astype(np.float32, copy=False)
+    if pa.types.is_fixed_size_list(array.type):
+        dim = array.type.list_size
+    else:
+        dim = int(pc.list_value_length(array[:1])[0].as_py()) if len(array) else 0
+    values = array.flatten().to_numpy(zero_copy_only=False)
+    if len(values) != len(array) * dim:
+        raise StorageError(f"embedding lists of different lengths ({len(values)} values in {len(array)} rows)")
+    return values.reshape(len(array), dim).astype(np.float32, copy=False)
 
 
 def read_embeddings(embeddings_dir: str, files: Optional[list[tuple[str, int]]] = None) -> tuple[np.ndarray, np.ndarray]:

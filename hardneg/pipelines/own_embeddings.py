@@ -1,0 +1,195 @@
+"""Bring your own embeddings: a folder of Parquet ``id`` + ``embedding`` files stands in for the embed stage.
+
+``embed.corpus_embeddings`` (``hardneg mine --corpus-embeddings DIR``) names the corpus vectors and,
+optionally, ``embed.query_embeddings`` the queries' (``id`` = the query id); without it the model
+embeds the queries, so its width must be the corpus vectors' width. ``embedding`` is a
+``fixed_size_list`` (what ``hardneg embed`` writes) or a ``list`` of floats, every row as long.
+
+At the door (``check_own_embeddings``, before Ray starts) every file is read once, one at a time:
+both columns present, one width, no null or non-finite value, no duplicate id, the corpus ids exactly
+the corpus's and every query id present. In the round (``adopt_embeddings``) the stage folder
+(``rounds/N/embeddings``, ``rounds/N/query_embeddings``) is committed with a manifest that lists the
+user's files (``source_files``) and where they came from (``source``); nothing is copied, and every
+later stage reads them through ``hardneg.search.embedding_files``.
+
+Example::
+
+    check_own_embeddings(cfg, corpus_ids, query_ids)     # returns, or raises InputError naming the file
+    adopt_embeddings("vectors/corpus", here.join("embeddings"))["rows"]
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from hardneg import storage
+from hardneg.config import RunConfig
+from hardneg.errors import InputError
+from hardneg.model_dir import default_model_path, model_dim
+
+MAX_SHOWN = 3
+
+
+@dataclass
+class ScannedEmbeddings:
+    """What the door learnt from a folder of embeddings: its files (URL, rows), ids and width."""
+
+    source: str
+    files: list[tuple[str, int]]
+    ids: pa.Array
+    dim: int
+
+
+def embedding_width(loc: storage.Location, column: pa.ChunkedArray) -> Optional[int]:
+    """The one width of an embedding column (None when it has no rows).
+
+    Raises:
+        InputError: not a list of floats, a null vector, or rows of different lengths; names the file and row.
+    """
+    kind = column.type
+    if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)) \
+            or not pa.types.is_floating(kind.value_type):
+        raise InputError(f"{loc.url}: column embedding is {kind}; expected a list of floats (fixed_size_list or list)")
+    if column.null_count:
+        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError(f"{loc.url}: row {row}, column embedding: null vector")
+    if len(column) == 0:
+        return None
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    odd = np.flatnonzero(lengths != lengths[0])
+    if len(odd):
+        raise InputError(f"{loc.url}: row {int(odd[0])}, column embedding: {int(lengths[odd[0]])} values where row 0 has "
+                         f"{int(lengths[0])}; every vector must have the same length")
+    values = pc.list_flatten(column)
+    if values.null_count or not pc.all(pc.is_finite(values)).as_py():
+        bad = ~np.isfinite(values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(column), -1)).all(axis=1)
+        raise InputError(f"{loc.url}: row {int(np.flatnonzero(bad)[0])}, column embedding: a NaN, infinite or null value")
+    return int(lengths[0])
+
+
+def scan_embeddings(path: str, field: str) -> ScannedEmbeddings:
+    """Read a folder (or file, or glob) of ``id`` + ``embedding`` Parquet once, one file at a time, checking it.
+
+    Raises:
+        InputError: no such path, a file that is not Parquet, a missing column, a bad vector, vectors of
+            different widths across files, a null or duplicate id; names ``field``, the file and row.
+    """
+    try:
+        locations = storage.list_table_files(path)
+    except InputError as err:
+        raise InputError(f"{field}: {err}") from None
+    files, ids, dims = [], [], {}
+    for loc in locations:
+        if not loc.path.endswith(".parquet"):
+            raise InputError(f"{field}: {loc.url}: embeddings are read from Parquet files (id, embedding), not JSON lines")
+        with loc.fs.open(loc.path, "rb") as handle:
+            names = pq.ParquetFile(handle).schema_arrow.names
+        missing = [c for c in ("id", "embedding") if c not in names]
+        if missing:
+            raise InputError(f"{field}: {loc.url}: no column {' or '.join(missing)}; an embeddings file holds id and "
+                             f"embedding (columns found: {', '.join(names)})")
+        table = storage.read_table_file(loc, ["id", "embedding"])
+        width = embedding_width(loc, table.column("embedding"))
+        if width is not None:
+            dims.setdefault(width, loc.url)
+        if len(dims) > 1:
+            (first, first_file), (second, second_file) = list(dims.items())[:2]
+            raise InputError(f"{field}: {second_file} holds {second}-dim vectors but {first_file} {first}-dim ones; "
+                             "one folder holds one model's vectors")
+        file_ids = table.column("id")
+        if file_ids.null_count:
+            row = int(np.flatnonzero(file_ids.is_null().to_numpy(zero_copy_only=False))[0])
+            raise InputError(f"{field}: {loc.url}: row {row}, column id: null id")
+        ids.append(file_ids.cast(pa.string()).combine_chunks())
+        files.append((loc.url, table.num_rows))
+    all_ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+    counts = pc.value_counts(all_ids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    if len(repeated):
+        raise InputError(f"{field}: {storage.resolve(path).url}: id {repeated[0].as_py()!r} has more than one vector "
+                         f"({len(repeated)} duplicate id(s))")
+    if not dims:
+        raise InputError(f"{field}: {storage.resolve(path).url}: no vectors (every file is empty)")
+    return ScannedEmbeddings(storage.resolve(path).url, files, all_ids, next(iter(dims)))
+
+
+def _shown(ids: pa.Array) -> str:
+    return ", ".join(repr(i) for i in ids[:MAX_SHOWN].to_pylist()) + (", ..." if len(ids) > MAX_SHOWN else "")
+
+
+def _not_in(ids: pa.Array, others: pa.Array) -> pa.Array:
+    """The ids absent from ``others``, in order (a hash lookup: fine at millions of ids)."""
+    return ids.filter(pc.invert(pc.is_in(ids, value_set=others)))
+
+
+def check_own_embeddings(cfg: RunConfig, corpus_ids: pa.Array, query_ids: pa.Array) -> None:
+    """The door's check of ``embed.corpus_embeddings`` / ``embed.query_embeddings`` against the prepared inputs.
+
+    Raises:
+        InputError: a bad folder (``scan_embeddings``), corpus ids without a vector or vectors of ids the
+            corpus lacks, a query without a vector, or widths that disagree (corpus vs query vectors, or
+            corpus vectors vs the model that embeds the queries).
+    """
+    if cfg.embed.query_embeddings and not cfg.embed.corpus_embeddings:
+        raise InputError("embed.query_embeddings is set without embed.corpus_embeddings; give the corpus vectors too "
+                         "(--corpus-embeddings DIR)")
+    corpus = scan_embeddings(cfg.embed.corpus_embeddings, "embed.corpus_embeddings")
+    wanted = corpus_ids.cast(pa.string())
+    missing = _not_in(wanted, corpus.ids)
+    if len(missing):
+        raise InputError(f"embed.corpus_embeddings: {corpus.source}: {len(missing)} corpus id(s) have no vector "
+                         f"({_shown(missing)}); embed the whole corpus")
+    extra = _not_in(corpus.ids, wanted)
+    if len(extra):
+        raise InputError(f"embed.corpus_embeddings: {corpus.source}: {len(extra)} id(s) are not in the corpus "
+                         f"({_shown(extra)}); a negative needs its text: drop those vectors or add the rows to the corpus")
+    if cfg.embed.query_embeddings:
+        queries = scan_embeddings(cfg.embed.query_embeddings, "embed.query_embeddings")
+        if queries.dim != corpus.dim:
+            raise InputError(f"embed.query_embeddings: {queries.source} holds {queries.dim}-dim vectors but "
+                             f"embed.corpus_embeddings {corpus.source} holds {corpus.dim}-dim ones")
+        missing = _not_in(query_ids.cast(pa.string()), queries.ids)
+        if len(missing):
+            raise InputError(f"embed.query_embeddings: {queries.source}: {len(missing)} query id(s) have no vector "
+                             f"({_shown(missing)})")
+        return
+    model_path = cfg.model.path or default_model_path()
+    width = model_dim(model_path)
+    if width != corpus.dim:
+        raise InputError(f"embed.corpus_embeddings: {corpus.source} holds {corpus.dim}-dim vectors but the model "
+                         f"{model_path}, which embeds the queries, makes {width}-dim ones; give the model that made "
+                         "them (--model) or the queries' vectors too (--query-embeddings)")
+
+
+def adopt_embeddings(source: str, out: storage.Location) -> dict:
+    """Commit the stage folder ``out`` as a pointer to the user's embeddings ``source`` (read in place); its manifest."""
+    from hardneg.search.files import vectors_of  # past the door: hardneg.search loads torch
+
+    started = time.perf_counter()
+    files, dim = [], None
+    for loc in storage.list_table_files(source):
+        with loc.fs.open(loc.path, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            files.append((loc.url, parquet.metadata.num_rows))
+            if dim is None and parquet.metadata.num_rows:
+                dim = vectors_of(next(parquet.iter_batches(batch_size=1, columns=["embedding"])).column(0)).shape[1]
+    manifest = {
+        "kind": "embeddings", "source": storage.resolve(source).url, "source_files": [url for url, _ in files],
+        "model": None, "model_hash": None, "dim": dim, "rows": sum(rows for _, rows in files),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    storage.prepare_output(out)
+    storage.commit(out, manifest)
+    return manifest
+
+
+def adopt_or_reuse(source: str, out: storage.Location) -> dict:
+    """``adopt_embeddings``, or the manifest already committed in ``out`` (a resumed round)."""
+    return storage.read_manifest(out) if storage.is_committed(out) else adopt_embeddings(source, out)
