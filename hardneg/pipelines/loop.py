@@ -33,17 +33,11 @@ from hardneg.config import RunConfig
 from hardneg.encoder import default_model_path
 from hardneg.errors import ConfigError
 from hardneg.pipelines.heldout import heldout_ids
-from hardneg.pipelines.remine import RUN_NAME, CheckpointInfo, checkpoints_dir, record_block, remine, run_state
+from hardneg.pipelines.remine import RUN_NAME, CheckpointInfo, block_epochs, checkpoints_dir, record_block, remine, run_state
 from hardneg.pipelines.run import run_round
 from hardneg.rundir import round_dir
 
 logger = logging.getLogger(__name__)
-
-
-def block_epochs(cfg: RunConfig) -> list[int]:
-    """Epochs of each training block: ``[remine_every, ..., rest]``, or ``[epochs]`` when never re-mining."""
-    every = cfg.train.remine_every or cfg.train.epochs
-    return [min(every, cfg.train.epochs - start) for start in range(0, cfg.train.epochs, every)]
 
 
 def train_loop(cfg: RunConfig, max_blocks: Optional[int] = None) -> list[CheckpointInfo]:

@@ -152,11 +152,17 @@ def remine(cfg: RunConfig, checkpoint: str = "latest") -> tuple[str, dict]:
     return "done", run_round(scheduled(cfg, index), index, model_path=info.path, encoder=info.id, holdout=True)
 
 
+def block_epochs(cfg: RunConfig) -> list[int]:
+    """Epochs of each training block: ``[remine_every, ..., rest]``, or ``[epochs]`` when never re-mining."""
+    every = cfg.train.remine_every or cfg.train.epochs
+    return [min(every, cfg.train.epochs - start) for start in range(0, cfg.train.epochs, every)]
+
+
 def scheduled(cfg: RunConfig, round_index: int) -> RunConfig:
     """The config that mines round ``round_index``: with ``train.gps_epochs``, a round whose training block
     starts at that epoch or later is a similarity round over the places (the mixed miner, no geographic
     negatives), mined with the newest checkpoint; earlier rounds stay geographic."""
-    start_epoch = round_index * (cfg.train.remine_every or cfg.train.epochs)
+    start_epoch = sum(block_epochs(cfg)[:round_index])  # round r trains block r
     if not cfg.train.gps_epochs or round_index == 0 or start_epoch < cfg.train.gps_epochs:
         return cfg
     logger.info("round %d trains from epoch %d >= train.gps_epochs %d: similarity over the places (DSS)",
