@@ -207,9 +207,14 @@ _PROCESS_CACHE: list[str] = []
 
 
 def _process_cache() -> str:
-    """A temporary folder for this process's run directories (kept: the returned datasets map files in it)."""
+    """A temporary folder for this process's run directories: kept while it runs (the returned datasets map
+    files in it), removed when it exits."""
     if not _PROCESS_CACHE:
+        import atexit
+        import shutil
+
         _PROCESS_CACHE.append(tempfile.mkdtemp(prefix="hardneg-"))
+        atexit.register(shutil.rmtree, _PROCESS_CACHE[0], ignore_errors=True)
     return _PROCESS_CACHE[0]
 
 

@@ -1,5 +1,8 @@
 """hardneg.embed / run / remine: the commands in Python, over the same steps."""
 
+import os
+import tempfile
+
 import pytest
 
 import hardneg
@@ -25,3 +28,16 @@ def test_run_then_remine_and_embed_in_python(ray_session, tiny_model_path, tmp_p
     corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"id": f"d{i}", "text": p["answer"]} for i, p in enumerate(PAIRS)])
     embedded = hardneg.embed(corpus, str(tmp_path / "embeddings"), model=tiny_model_path, options={"embed.batch_size": 4})
     assert embedded["rows"] == len(PAIRS) and embedded["dim"] == 32
+
+
+def test_the_temporary_run_directories_of_a_process_are_removed_when_it_exits(tmp_path):
+    """Calls without run_dir or cache_folder mine into one temporary folder per process; it goes when the process does."""
+    import subprocess
+    import sys
+
+    code = ("from hardneg import api; import os; folder = api._process_cache(); "
+            "open(os.path.join(folder, 'marker'), 'w').close(); print(folder)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = result.stdout.strip().splitlines()[-1]
+    assert folder.startswith(tempfile.gettempdir()) and not os.path.exists(folder)

@@ -97,3 +97,43 @@ def test_a_killed_encoder_actor_is_restarted_and_no_row_is_lost_or_repeated(ray_
     single_ids, single_vectors = embed_single_node(str(tmp_path / "corpus"), tiny_model_path, str(tmp_path / "single"))
     assert single_ids == ids
     np.testing.assert_allclose(vectors, single_vectors, atol=1e-5)  # as an undisturbed run
+
+
+@pytest.mark.slow
+def test_the_mine_stage_runs_on_worker_nodes_and_gives_the_single_node_result(ray_session, tmp_path):
+    """Three index shards on a 3-node cluster: shard actors on worker nodes, the same rows as one node with one shard."""
+    from test_mine_pipeline import mined_rows, small_corpus
+    from test_own_embeddings import write_vectors
+
+    from hardneg.pipelines.run import run_round
+
+    corpus, queries = small_corpus(tmp_path)
+    rng = np.random.default_rng(0)
+    corpus_ids = [f"d{i}" for i in range(40)]
+    vectors = rng.normal(size=(40, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    query_ids = ["q0", "q1"] + [f"q{i}" for i in range(4, 30)]
+    query_vectors = vectors[[0, 10] + list(range(4, 30))] + 0.3 * rng.normal(size=(28, 16)).astype(np.float32)
+    own = {"corpus_embeddings": write_vectors(tmp_path / "own" / "corpus", corpus_ids, vectors, files=6),
+           "query_embeddings": write_vectors(tmp_path / "own" / "queries", query_ids, query_vectors, files=3)}
+
+    def config(run_dir, shards):
+        return {"run_dir": str(run_dir), "corpus": {"path": corpus}, "queries": {"path": queries, "format": "queries"},
+                "embed": own, "index": {"num_shards": shards}, "mine": {"num_negatives": 5, "range_max": 20}}
+
+    (tmp_path / "multi.json").write_text(json.dumps(config(tmp_path / "multi", 3)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS_DIR]), HARDNEG_PROGRESS="0")
+    result = subprocess.run([sys.executable, os.path.join(TESTS_DIR, "multinode_mine.py"), str(tmp_path / "multi.json"),
+                             str(tmp_path / "report.json")], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["nodes"] == 3 and len(report["shard_nodes"]) == 3
+    assert set(report["shard_nodes"]) & set(report["worker_nodes"])  # shards placed on worker nodes
+
+    run_round(parse_config(config(tmp_path / "single", 1)))
+    multi, single = mined_rows(tmp_path / "multi"), mined_rows(tmp_path / "single")
+    assert len(single) == 29
+    assert [(r["query_id"], r["positive_id"], r["negative_ids"]) for r in multi] == \
+        [(r["query_id"], r["positive_id"], r["negative_ids"]) for r in single]
+    np.testing.assert_allclose([s for r in multi for s in r["negative_scores"]], [s for r in single for s in r["negative_scores"]],
+                               atol=1e-6)

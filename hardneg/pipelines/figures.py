@@ -10,8 +10,6 @@ Example::
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-
 from hardneg.miners import GeoResult, MiningResult
 from hardneg.places import Places
 
@@ -24,26 +22,6 @@ def count_figures(counts: np.ndarray, rows: int, num_negatives: int) -> dict:
         "queries": int(len(counts)), "rows": int(rows), "negatives": int(counts.sum()),
         "negatives_per_query": round(float(counts.mean()), 3) if len(counts) else 0.0,
         "short_queries": int((counts < num_negatives).sum()), "queries_without_negatives": int((counts == 0).sum()),
-    }
-
-
-def similarity_figures(table: pa.Table, mined: dict, num_negatives: int) -> dict:
-    """Score distributions, filter counts, short queries and the false-negative check of a mined table."""
-    counts = mined["counts"]
-    negative_scores = mined["negative_scores"][~np.isnan(mined["negative_scores"])]
-    hashes = mined["view"].text_hash
-    negatives = mined["negative_rows"]
-    positive_hash = hashes[mined["positive_rows"]]
-    same_text = (hashes[np.maximum(negatives[mined["pair_query"]], 0)] == positive_hash[:, None]) & (negatives[mined["pair_query"]] >= 0)
-    return {
-        **count_figures(counts, table.num_rows, num_negatives),
-        "positive_scores": distribution(mined["pair_scores"]),
-        "negative_scores": distribution(negative_scores),
-        "removed": mined["removed"],
-        "negatives_equal_to_positive_text": int(same_text.sum()),
-        "candidates_per_query": mined["depth"],
-        "recall": mined["recall"],
-        "scored_by": mined["scored_by"],
     }
 
 

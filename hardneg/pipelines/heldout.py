@@ -54,6 +54,17 @@ def evaluate_round(cfg: RunConfig, here: storage.Location, heldout: pa.Table) ->
     out = here.join("eval")
     if storage.is_committed(out):
         return storage.read_manifest(out)
+    import ray
+
+    # In a Ray task: it holds every corpus id and the held-out queries' vectors, the driver nothing.
+    return ray.get(ray.remote(_evaluate).options(max_retries=3).remote(cfg, here.url, heldout, storage.s3_options()))
+
+
+def _evaluate(cfg: RunConfig, here_url: str, heldout: pa.Table, storage_options: dict) -> dict:
+    """``evaluate_round``'s work: search the held-out queries in the round's index, commit ``eval/``."""
+    storage.restore_options(storage_options)
+    here = storage.resolve(here_url)
+    out = here.join("eval")
     started = time.perf_counter()
     embeddings = here.join("embeddings").url
     corpus_ids = np.concatenate([

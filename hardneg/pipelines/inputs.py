@@ -85,7 +85,7 @@ def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
         corpus_cfg = cfg.corpus
         validated = validate_corpus(corpus_cfg)
         if not storage.is_committed(queries_dir):
-            queries = _from_queries(cfg, load_corpus(validated, corpus_cfg).column("id"))
+            queries = _from_queries(cfg, corpus_ids(validated, corpus_cfg))
             _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path, "sources": sources})
     queries = storage.read_table(queries_dir.url)
     return Inputs(corpus_cfg, validated, queries)
@@ -108,17 +108,17 @@ def check_inputs(cfg: RunConfig, run_dir: storage.Location, want_ids: bool = Fal
         if not want_ids:
             return None
         corpus_cfg = cfg.corpus if cfg.queries.format == "queries" else CorpusConfig(path=run_dir.join("inputs", "corpus").url)
-        corpus_ids = load_corpus(validate_corpus(corpus_cfg), corpus_cfg).column("id")
+        ids = corpus_ids(validate_corpus(corpus_cfg), corpus_cfg)
         queries = storage.read_table(queries_dir.url)
     elif cfg.queries.format == "pairs":
         corpus, queries = _from_pairs(cfg)
-        corpus_ids = corpus.column("id")
+        ids = corpus.column("id")
     elif not cfg.corpus.path:
         raise InputError("queries.format=queries needs corpus.path (the corpus the positive_ids refer to)")
     else:
-        corpus_ids = load_corpus(validate_corpus(cfg.corpus), cfg.corpus).column("id")
-        queries = _from_queries(cfg, corpus_ids)
-    return (corpus_ids.combine_chunks(), queries.column("query_id").combine_chunks()) if want_ids else None
+        ids = corpus_ids(validate_corpus(cfg.corpus), cfg.corpus)
+        queries = _from_queries(cfg, ids)
+    return (ids.combine_chunks(), queries.column("query_id").combine_chunks()) if want_ids else None
 
 
 def input_fingerprint(cfg: RunConfig) -> list[list]:
@@ -144,8 +144,9 @@ def _check_same_sources(queries_dir: storage.Location, sources: list[list]) -> N
         )
 
 
-def load_corpus(corpus: ValidatedCorpus, cfg: CorpusConfig) -> pa.Table:
-    """``id`` (string), ``text`` and, when the corpus has it, ``group`` of every valid row, in file order."""
+def load_corpus(corpus: ValidatedCorpus, cfg: CorpusConfig, ids: Optional[pa.Array] = None) -> pa.Table:
+    """``id`` (string), ``text`` and, when the corpus has it, ``group`` of every valid row, in file order;
+    only the rows whose id is in ``ids`` when given (one file in memory at a time)."""
     tables = []
     for loc, drop in zip(corpus.files, corpus.drop_rows):
         table = storage.read_table_file(loc, [cfg.id_column, cfg.text_column, cfg.group_column])
@@ -156,7 +157,8 @@ def load_corpus(corpus: ValidatedCorpus, cfg: CorpusConfig) -> pa.Table:
         columns = {"id": table.column(cfg.id_column).cast(pa.string()), "text": table.column(cfg.text_column).cast(pa.string())}
         if cfg.group_column in table.column_names:
             columns["group"] = table.column(cfg.group_column).cast(pa.string())
-        tables.append(pa.table(columns))
+        table = pa.table(columns)
+        tables.append(table if ids is None else table.filter(pc.is_in(table.column("id"), value_set=ids)))
     return pa.concat_tables(tables, promote_options="default")
 
 
@@ -228,12 +230,12 @@ def _from_pairs(cfg: RunConfig) -> tuple[pa.Table, pa.Table]:
     return corpus, queries
 
 
-def _from_queries(cfg: RunConfig, corpus_ids: pa.ChunkedArray) -> pa.Table:
+def _from_queries(cfg: RunConfig, ids: pa.ChunkedArray | pa.Array) -> pa.Table:
     """Queries with ids into the corpus, every positive id checked against the corpus."""
     q = cfg.queries
     if not q.path:
         raise InputError("queries.path is not set (columns query_id, query, positive_ids)")
-    known = set(corpus_ids.to_pylist())
+    known = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     errors, tables, seen = [], [], set()
     for loc, table in _read_checked(q.path, [q.query_id_column, q.query_column, q.positive_ids_column], "queries.format=queries"):
         errors += _text_errors(loc, table, [q.query_column])
@@ -241,6 +243,7 @@ def _from_queries(cfg: RunConfig, corpus_ids: pa.ChunkedArray) -> pa.Table:
         refuse_float_ids(loc, table.column(q.positive_ids_column), q.positive_ids_column)
         qids = table.column(q.query_id_column).cast(pa.string()).to_pylist()
         lists = table.column(q.positive_ids_column).to_pylist()
+        unknown_of = _unknown_ids(lists, known)
         for row, (qid, positive_ids) in enumerate(zip(qids, lists)):
             where = f"{loc.url}: row {row}"
             if qid is None:
@@ -251,9 +254,8 @@ def _from_queries(cfg: RunConfig, corpus_ids: pa.ChunkedArray) -> pa.Table:
             if not isinstance(positive_ids, list) or not positive_ids:
                 errors.append(f"{where}, column {q.positive_ids_column}: expected a non-empty list of corpus ids, got {positive_ids!r}")
                 continue
-            unknown = [p for p in positive_ids if str(p) not in known]
-            if unknown:
-                errors.append(f"{where}, column {q.positive_ids_column}: id {unknown[0]!r} is not in the corpus")
+            if row in unknown_of:
+                errors.append(f"{where}, column {q.positive_ids_column}: id {unknown_of[row]!r} is not in the corpus")
         tables.append(pa.table({
             "query_id": qids,
             "query": table.column(q.query_column).cast(pa.string()),
@@ -261,6 +263,33 @@ def _from_queries(cfg: RunConfig, corpus_ids: pa.ChunkedArray) -> pa.Table:
         }, schema=QUERIES_SCHEMA))
     _raise_if(errors, "queries")
     return pa.concat_tables(tables)
+
+
+def _unknown_ids(lists: list, known: pa.Array) -> dict[int, object]:
+    """``{row: its first positive id not in known}`` (an Arrow hash lookup, not a Python set of the corpus)."""
+    sizes = [len(ids) if isinstance(ids, list) else 0 for ids in lists]
+    flat = [ids for row in lists if isinstance(row, list) for ids in row]
+    if not flat:
+        return {}
+    missing = np.flatnonzero(~pc.is_in(pa.array([str(p) for p in flat], pa.string()), value_set=known).to_numpy(zero_copy_only=False))
+    rows = np.repeat(np.arange(len(lists)), sizes)
+    out: dict[int, object] = {}
+    for at in missing.tolist():
+        out.setdefault(int(rows[at]), flat[at])
+    return out
+
+
+def corpus_ids(corpus: ValidatedCorpus, cfg: CorpusConfig) -> pa.ChunkedArray:
+    """The string ids of every valid row, in file order (only the id column is kept, one file at a time)."""
+    arrays = []
+    for loc, drop in zip(corpus.files, corpus.drop_rows):
+        ids = storage.read_table_file(loc, [cfg.id_column]).column(cfg.id_column).cast(pa.string()).combine_chunks()
+        if len(drop):
+            keep = np.ones(len(ids), dtype=bool)
+            keep[drop] = False
+            ids = ids.filter(pa.array(keep))
+        arrays.append(ids)
+    return pa.chunked_array(arrays, pa.string())
 
 
 def group_codes(groups: Optional[pa.ChunkedArray], num_rows: int) -> np.ndarray:

@@ -1,7 +1,20 @@
-"""The mine stage: search each query's neighbours, run the similarity miner, write the round's table.
+"""The mine stage on Ray: query embeddings in, the round's mined table out. The driver holds the plan.
 
-The corpus embeddings stay in storage (or in the search shards' actors); the driver holds the
-query embeddings, the corpus ids, texts and groups, and one batch of candidates at a time.
+One Ray Data task per query-embedding file, run by a pool of ``MineActor``s:
+
+1. the file's query vectors, and its queries' texts and positives, read from ``inputs/queries``
+   keeping only the file's own ids (held-out queries left out), in input order;
+2. per batch of ``index.query_batch_size`` queries: search the corpus shards
+   (``hardneg.pipelines.corpus_shards``), rescore with the cross-encoder when there is one, run the
+   similarity miner over the candidates' text and group hashes, and look the chosen rows' ids and
+   texts up in the shards;
+3. the file's rows written as one Parquet file named after its first query's input row, so the
+   files in name order hold the rows in input order; one row of figures (counts, removals, a
+   bounded sample of scores) goes back to the driver.
+
+With one index shard the single MineActor holds the shard itself (no Ray hop per batch: the laptop
+case); with several, each shard is a Ray actor that every MineActor calls. Nothing here grows with
+the corpus or the queries in the driver: it holds the plan and one figures row per file.
 
 Output (``rounds/NNNNN/mined/``), one row per (query, positive) pair, the schema of DESIGN.md:
 ``query_id``, ``query``, ``positive_id``, ``positive``, ``positive_score``, ``negative_ids``,
@@ -10,192 +23,341 @@ Output (``rounds/NNNNN/mined/``), one row per (query, positive) pair, the schema
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from hardneg import console, storage
-from hardneg.config import RunConfig
+from hardneg import storage
+from hardneg.config import MineConfig, RunConfig
+from hardneg.corpus import ValidatedCorpus
+from hardneg.errors import StorageError
 from hardneg.miners import FILTERS, Ragged, hash_texts, mine_similarity
-from hardneg.pipelines.inputs import Inputs, group_codes, load_corpus
+from hardneg.pipelines.corpus_shards import CorpusShard, ShardSet, open_shards
+from hardneg.pipelines.figures import count_figures, distribution
 from hardneg.pipelines.write import kept_rows
-from hardneg.search import Index, embedding_files, exact_search_files, open_index, read_embeddings, recall_at_k
+from hardneg.rundir import timing
+from hardneg.search import Index, embedding_files, exact_search_files, index_manifest, read_embeddings, recall_at_k
 
 logger = logging.getLogger(__name__)
 
-@dataclass
-class CorpusView:
-    """The corpus in embedding-row order: what the miner and the writer look up by row."""
-
-    ids: pa.Array
-    texts: pa.Array
-    text_hash: np.ndarray
-    groups: np.ndarray
-    files: list
-
-    def rows_of(self, ids) -> np.ndarray:
-        return pd.Index(self.ids.to_numpy(zero_copy_only=False)).get_indexer(pd.Index(ids))
+MINED_SCHEMA = pa.schema([
+    ("query_id", pa.string()), ("query", pa.string()), ("positive_id", pa.string()), ("positive", pa.string()),
+    ("positive_score", pa.float32()), ("negative_ids", pa.list_(pa.string())), ("negatives", pa.list_(pa.string())),
+    ("negative_scores", pa.list_(pa.float32())), ("round", pa.int32()), ("encoder", pa.string()),
+])
+SAMPLE = 20_000  # scores of each kind kept for the figures' quantiles (exact below that many)
 
 
-def corpus_view(inputs: Inputs, embeddings_dir: str) -> CorpusView:
-    """Align the prepared corpus (ids, texts, groups) with the rows of the embedding shards."""
-    files = embedding_files(embeddings_dir)
-    ids = pa.concat_arrays([
-        storage.read_table_file(storage.resolve(url), ["id"]).column("id").cast(pa.string()).combine_chunks() for url, _ in files
-    ])
-    table = load_corpus(inputs.corpus, inputs.corpus_cfg)
-    order = pd.Index(table.column("id").to_numpy(zero_copy_only=False)).get_indexer(ids.to_numpy(zero_copy_only=False))
-    if (order < 0).any():
-        raise storage.StorageError(f"{embeddings_dir}: {int((order < 0).sum())} embedded ids are not in the corpus; re-embed")
-    table = table.take(pa.array(order))
-    groups = table.column("group") if "group" in table.column_names else None
-    texts = table.column("text").combine_chunks()
-    return CorpusView(ids, texts, hash_texts(texts.to_pylist()), group_codes(groups, table.num_rows), files)
+@dataclass(frozen=True)
+class MinePlan:
+    """Everything a MineActor needs, small and picklable (no data)."""
+
+    cfg: RunConfig
+    params: MineConfig  # cfg.mine with the round's range_max
+    depth: int
+    queries_dir: str
+    out_dir: str
+    files: list  # [[(url, rows), ...] per task]: the query-embedding files
+    heldout: frozenset
+    round_index: int
+    encoder: str
+    starts: list
+    ntotal: int
+    shard_kwargs: Optional[dict]  # set when the MineActor holds the only shard itself
+    threads: int
+    storage_options: dict
 
 
-def gather_vectors(files: list[tuple[str, int]], rows: np.ndarray) -> np.ndarray:
-    """Embeddings of the given global rows, reading one shard file at a time."""
-    rows = np.asarray(rows, dtype=np.int64)
-    out = None
-    start = 0
-    for url, count in files:
-        inside = np.flatnonzero((rows >= start) & (rows < start + count))
-        if len(inside):
-            _, vectors = read_embeddings(url, [(url, count)])
-            out = np.empty((len(rows), vectors.shape[1]), np.float32) if out is None else out
-            out[inside] = vectors[rows[inside] - start]
-        start += count
-    return out
+class MineActor:
+    """A Ray Data callable class: ``{"task": [i]}`` in, that task's figures row out (its rows are written)."""
+
+    def __init__(self, plan: MinePlan, shards: list):
+        storage.restore_options(plan.storage_options)
+        if plan.shard_kwargs is not None:
+            import torch
+
+            torch.set_num_threads(plan.threads)
+            shards = [CorpusShard(**plan.shard_kwargs)]
+        self.plan = plan
+        self.shards = ShardSet(shards, plan.starts, plan.ntotal)
+        self.scorer = None
+        cfg = plan.cfg
+        if cfg.mine.cross_encoder:
+            from hardneg.pipelines.rescore import CrossEncoderScorer
+
+            self.scorer = CrossEncoderScorer(cfg.mine.cross_encoder, cfg.mine.cross_encoder_batch_size, device=cfg.index.device,
+                                             trust_remote_code=cfg.model.trust_remote_code)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        task = int(batch.column("task")[0].as_py())
+        stats = mine_file(self.plan, self.shards, self.scorer, task)
+        return pa.table({"task": [task], "stats": [json.dumps(stats)]})
 
 
-def mine_queries(cfg: RunConfig, inputs: Inputs, embeddings_dir: str, query_embeddings_dir: str, index_dir: str) -> dict:
-    """Search (the committed index ``index_dir``) and mine every query. Returns arrays (per query and per pair) and figures."""
-    timings = {}
-    started = time.perf_counter()
-    view = corpus_view(inputs, embeddings_dir)
-    queries = inputs.queries
-    query_ids, query_vectors = read_embeddings(query_embeddings_dir)
-    query_rows = pd.Index(query_ids).get_indexer(queries.column("query_id").to_numpy(zero_copy_only=False))
-    if (query_rows < 0).any():
-        raise storage.StorageError(f"{query_embeddings_dir}: {int((query_rows < 0).sum())} queries have no vector")
-    query_vectors = query_vectors[query_rows]
+def own_queries(queries_dir: str, ids: np.ndarray, heldout: frozenset) -> pa.Table:
+    """The rows of ``inputs/queries`` whose ids are in ``ids`` and not held out, plus ``order`` (their input row)."""
+    wanted = pa.array(ids, pa.string())
+    left_out = pa.array(sorted(heldout), pa.string())
+    pieces, offset = [], 0
+    for batch in storage.iter_parquet_batches(queries_dir, ["query_id", "query", "positive_ids"]):
+        table = pa.Table.from_batches([batch])
+        keep = pc.and_(pc.is_in(table.column("query_id"), value_set=wanted),
+                       pc.invert(pc.is_in(table.column("query_id"), value_set=left_out)))
+        rows = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+        pieces.append(table.take(pa.array(rows)).append_column("order", pa.array(rows + offset, pa.int64())))
+        offset += table.num_rows
+    return pa.concat_tables(pieces)
 
-    positive_lists = queries.column("positive_ids").combine_chunks()
-    offsets = positive_lists.offsets.to_numpy()
-    positive_rows = view.rows_of(positive_lists.values.to_numpy(zero_copy_only=False))
-    pair_query = np.repeat(np.arange(queries.num_rows), np.diff(offsets))
-    unique_rows, inverse = np.unique(positive_rows, return_inverse=True)
-    positive_vectors = gather_vectors(view.files, unique_rows)[inverse]
-    pair_scores = np.einsum("ij,ij->i", query_vectors[pair_query], positive_vectors).astype(np.float32)
-    scorer = query_texts = None
-    if cfg.mine.cross_encoder:
-        from hardneg.pipelines.rescore import CrossEncoderScorer
 
-        scorer = CrossEncoderScorer(cfg.mine.cross_encoder, cfg.mine.cross_encoder_batch_size, device=cfg.index.device,
-                                    trust_remote_code=cfg.model.trust_remote_code)
-        query_texts = queries.column("query").to_pylist()
-        positive_texts = view.texts.take(pa.array(positive_rows)).to_pylist()
-        pair_scores = scorer.score([query_texts[i] for i in pair_query], positive_texts)
+def mine_file(plan: MinePlan, shards: ShardSet, scorer, task: int) -> dict:
+    """Mine the queries of one query-embedding file and write their rows; returns its figures."""
+    files = plan.files[task]
+    ids, vectors = read_embeddings("", files)
+    queries = own_queries(plan.queries_dir, ids, plan.heldout)
+    vectors = vectors[pd.Index(ids).get_indexer(pd.Index(queries.column("query_id").to_numpy(zero_copy_only=False)))]
+    tables, stats = [], Tally(plan.params.num_negatives)
+    step = plan.cfg.index.query_batch_size
+    order = queries.column("order").to_numpy()
+    for lo in range(0, queries.num_rows, step):
+        table, batch_stats = mine_batch(plan, shards, scorer, queries.slice(lo, step), vectors[lo:lo + step],
+                                        seed=plan.params.seed + int(order[lo]) // step)
+        tables.append(table)
+        stats.add(**batch_stats)
+    rows = sum(t.num_rows for t in tables)
+    if rows:
+        name = f"part-{int(order[0]):012d}.parquet"
+        storage.write_parquet(pa.concat_tables(tables), storage.resolve(plan.out_dir).join(name))
+    return stats.result(seed=int(order[0]) if len(order) else 0)
+
+
+def mine_batch(plan: MinePlan, shards: ShardSet, scorer, queries: pa.Table, vectors: np.ndarray, seed: int) -> tuple[pa.Table, dict]:
+    """One batch of queries: search, [rescore], mine, and their rows with ids and texts looked up; plus its figures."""
+    lists = queries.column("positive_ids").combine_chunks()
+    sizes = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    positive_rows = shards.find(pc.list_flatten(lists).to_numpy(zero_copy_only=False))
+    if (positive_rows < 0).any():
+        raise StorageError(f"{int((positive_rows < 0).sum())} positives have no embedding in the round's index; re-embed the corpus")
+    pair_query = np.repeat(np.arange(queries.num_rows), sizes)
+    query_texts = queries.column("query").to_pylist()
+    scores, rows = shards.search(vectors, plan.depth)
+    if scorer is not None:
+        candidates = np.unique(rows[rows >= 0])
+        local = np.where(rows >= 0, np.searchsorted(candidates, rows), -1)
+        local, scores = scorer.rescore_candidates(query_texts, local, shards.texts_of(candidates)[1])
+        rows = np.where(local >= 0, candidates[np.maximum(local, 0)], -1)
+    # The miner sees the batch's own small corpus: every candidate and positive, numbered in ``known``.
+    known = np.unique(np.concatenate([rows[rows >= 0], positive_rows]))
+    text_hash, groups, known_vectors = shards.facts(known)
+    positive_local = np.searchsorted(known, positive_rows)
+    if scorer is not None:
+        pair_scores = scorer.score([query_texts[i] for i in pair_query], shards.texts_of(positive_rows)[1].to_pylist())
+    else:
+        pair_scores = np.einsum("ij,ij->i", vectors[pair_query], known_vectors[positive_local]).astype(np.float32)
     # ST's margins compare against the query's hardest (lowest-scoring) positive.
     hardest = np.minimum.reduceat(pair_scores, offsets[:-1]).astype(np.float32)
-    forbidden_offsets, forbidden = _forbidden_hashes(queries, view.text_hash[positive_rows], offsets)
-    query_groups = view.groups[positive_rows[offsets[:-1]]]
-    timings["prepare"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    num_queries, n = queries.num_rows, cfg.mine.num_negatives
-    negative_rows = np.full((num_queries, n), -1, dtype=np.int64)
-    negative_scores = np.full((num_queries, n), np.nan, dtype=np.float32)
-    removed = dict.fromkeys(FILTERS, 0)
-    search_seconds = mine_seconds = 0.0
-    step = cfg.index.query_batch_size
-    with open_index(index_dir, cfg.index) as index:
-        timings["load_index"] = time.perf_counter() - started
-        max_positives = int(np.diff(offsets).max())
-        params = cfg.mine.model_copy(update={"range_max": cfg.mine.window_end(max_positives)})
-        depth = min(params.range_max + max_positives, index.ntotal)
-        for batch, lo in enumerate(console.progress(range(0, num_queries, step), "search + mine", total=-(-num_queries // step))):
-            hi = min(lo + step, num_queries)
-            t0 = time.perf_counter()
-            scores, rows = index.search(query_vectors[lo:hi], depth)
-            if scorer is not None:
-                rows, scores = scorer.rescore_candidates(query_texts[lo:hi], rows, view.texts)
-            t1 = time.perf_counter()
-            result = mine_similarity(
-                rows, scores, Ragged(offsets[lo:hi + 1] - offsets[lo], positive_rows[offsets[lo]:offsets[hi]]), hardest[lo:hi],
-                params, corpus_groups=view.groups, query_groups=query_groups[lo:hi], corpus_text_hash=view.text_hash,
-                query_forbidden_hashes=Ragged(forbidden_offsets[lo:hi + 1] - forbidden_offsets[lo],
-                                              forbidden[forbidden_offsets[lo]:forbidden_offsets[hi]]),
-                seed=cfg.mine.seed + batch,
-            )
-            negative_rows[lo:hi], negative_scores[lo:hi] = result.negative_rows, result.negative_scores
-            for name, count in result.removed.items():
-                removed[name] += count
-            search_seconds += t1 - t0
-            mine_seconds += time.perf_counter() - t1
-        recall = search_recall(cfg, index, embeddings_dir, query_vectors, depth)
-    timings["search"], timings["mine"] = search_seconds, mine_seconds
-    counts = (negative_rows >= 0).sum(axis=1)
-    return {
-        "view": view, "negative_rows": negative_rows, "negative_scores": negative_scores, "counts": counts,
-        "positive_rows": positive_rows, "pair_query": pair_query, "pair_scores": pair_scores,
-        "removed": removed, "recall": recall, "depth": depth, "timings": timings,
-        "scored_by": "cross-encoder " + cfg.mine.cross_encoder if scorer is not None else "bi-encoder",
-    }
+    result = mine_similarity(
+        np.where(rows >= 0, np.searchsorted(known, rows), -1), scores, Ragged(offsets, positive_local), hardest, plan.params,
+        corpus_groups=groups, query_groups=groups[positive_local[offsets[:-1]]], corpus_text_hash=text_hash,
+        query_forbidden_hashes=forbidden_hashes(query_texts, text_hash[positive_local], offsets), seed=seed,
+    )
+    local_negatives = result.negative_rows[pair_query]
+    same_text = (text_hash[np.maximum(local_negatives, 0)] == text_hash[positive_local][:, None]) & (local_negatives >= 0)
+    negatives = np.where(result.negative_rows >= 0, known[np.maximum(result.negative_rows, 0)], -1)
+    table = pair_rows(plan, shards, queries, negatives, result.negative_scores, result.counts, pair_query, positive_rows, pair_scores)
+    return table, {"counts": result.counts, "rows": table.num_rows, "removed": result.removed, "same_text": int(same_text.sum()),
+                   "positive_scores": pair_scores, "negative_scores": result.negative_scores[~np.isnan(result.negative_scores)]}
 
 
-def _forbidden_hashes(queries: pa.Table, positive_hashes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per query: its positives' text hashes and its own text's hash (a Ragged's offsets and values)."""
-    query_hash = hash_texts(queries.column("query").to_pylist())
+def forbidden_hashes(query_texts: list, positive_hashes: np.ndarray, offsets: np.ndarray) -> Ragged:
+    """Per query: its positives' text hashes and its own text's hash."""
     sizes = np.diff(offsets) + 1
     out_offsets = np.concatenate([[0], np.cumsum(sizes)])
     values = np.empty(out_offsets[-1], dtype=np.uint64)
-    values[out_offsets[1:] - 1] = query_hash
+    values[out_offsets[1:] - 1] = hash_texts(query_texts)
     mask = np.ones(len(values), dtype=bool)
     mask[out_offsets[1:] - 1] = False
     values[mask] = positive_hashes
-    return out_offsets, values
+    return Ragged(out_offsets, values)
 
 
-def search_recall(cfg: RunConfig, index: Index, embeddings_dir: str, query_vectors: np.ndarray, depth: int):
+def pair_rows(plan: MinePlan, shards: ShardSet, queries: pa.Table, negatives: np.ndarray, negative_scores: np.ndarray,
+              counts: np.ndarray, pair_query: np.ndarray, positive_rows: np.ndarray, pair_scores: np.ndarray) -> pa.Table:
+    """One row per (query, positive) pair, the DESIGN.md schema; ``on_short=drop`` drops short queries."""
+    pairs = np.flatnonzero(kept_rows(plan.cfg, counts)[pair_query])
+    owner = pair_query[pairs]
+    present = negatives[owner] >= 0
+    flat = negatives[owner][present]
+    need = np.unique(np.concatenate([flat, positive_rows[pairs]]))
+    ids, texts = shards.texts_of(need)
+    take_negatives = pa.array(np.searchsorted(need, flat))
+    take_positives = pa.array(np.searchsorted(need, positive_rows[pairs]))
+    list_offsets = pa.array(np.concatenate([[0], np.cumsum(present.sum(axis=1))]).astype(np.int32))
+    return pa.table({
+        "query_id": queries.column("query_id").take(pa.array(owner)),
+        "query": queries.column("query").take(pa.array(owner)),
+        "positive_id": ids.take(take_positives),
+        "positive": texts.take(take_positives),
+        "positive_score": pa.array(pair_scores[pairs], pa.float32()),
+        "negative_ids": pa.ListArray.from_arrays(list_offsets, ids.take(take_negatives)),
+        "negatives": pa.ListArray.from_arrays(list_offsets, texts.take(take_negatives)),
+        "negative_scores": pa.ListArray.from_arrays(list_offsets, pa.array(negative_scores[owner][present], pa.float32())),
+        "round": pa.array(np.full(len(pairs), plan.round_index, np.int32)),
+        "encoder": pa.array([plan.encoder] * len(pairs), pa.string()),
+    }, schema=MINED_SCHEMA)
+
+
+class Tally:
+    """The figures of many batches (or files): sums, a histogram of negatives per query, and a uniform
+    sample of at most ``SAMPLE`` scores of each kind (the ``SAMPLE`` lowest random keys: a merge of
+    samples is a sample of the union, whatever order they arrive in)."""
+
+    def __init__(self, num_negatives: int):
+        self.per_query = np.zeros(num_negatives + 1, np.int64)
+        self.rows = self.same_text = 0
+        self.removed = dict.fromkeys(FILTERS, 0)
+        self.samples: dict[str, list[np.ndarray]] = {"positive_scores": [], "negative_scores": []}
+
+    def add(self, counts, rows: int, removed: dict, same_text: int, positive_scores, negative_scores, per_query=None, keys=None) -> None:
+        self.per_query += np.bincount(counts, minlength=len(self.per_query)) if per_query is None else np.asarray(per_query)
+        self.rows += rows
+        self.same_text += same_text
+        for name, count in removed.items():
+            self.removed[name] += count
+        for name, values in (("positive_scores", positive_scores), ("negative_scores", negative_scores)):
+            values = np.asarray(values, np.float32)
+            self.samples[name].append(np.stack([np.full(len(values), np.nan) if keys is None else np.asarray(keys[name]), values]))
+            if keys is not None and sum(piece.shape[1] for piece in self.samples[name]) > 4 * SAMPLE:
+                self.samples[name] = [self._lowest(np.concatenate(self.samples[name], axis=1))]
+
+    @staticmethod
+    def _lowest(both: np.ndarray) -> np.ndarray:
+        """The ``SAMPLE`` (key, value) columns of lowest key."""
+        return both[:, np.argsort(both[0], kind="stable")[:SAMPLE]]
+
+    def result(self, seed: int) -> dict:
+        """A JSON-able dict that ``add(**merged)`` takes back (the sample keys drawn now, seeded)."""
+        rng = np.random.default_rng(seed)
+        out = {"counts": [], "per_query": self.per_query.tolist(), "rows": self.rows, "removed": self.removed,
+               "same_text": self.same_text, "keys": {}}
+        for name, pieces in self.samples.items():
+            both = np.concatenate(pieces, axis=1) if pieces else np.zeros((2, 0))
+            fresh = np.isnan(both[0])
+            both[0, fresh] = rng.random(int(fresh.sum()))
+            both = self._lowest(both)
+            out["keys"][name], out[name] = both[0].tolist(), both[1].tolist()
+        return out
+
+    def figures(self) -> dict:
+        """Counts, score distributions, removals and the false-negative check, as ``similarity_figures`` gave them."""
+        counts = np.repeat(np.arange(len(self.per_query)), self.per_query)
+        scores = {name: self._lowest(np.concatenate(pieces, axis=1))[1] if pieces else np.zeros(0) for name, pieces in self.samples.items()}
+        return {
+            **count_figures(counts, self.rows, len(self.per_query) - 1),
+            "positive_scores": distribution(scores["positive_scores"]),
+            "negative_scores": distribution(scores["negative_scores"]),
+            "removed": self.removed,
+            "negatives_equal_to_positive_text": int(self.same_text),
+        }
+
+
+def query_files(query_embeddings_dir: str) -> list[list[tuple[str, int]]]:
+    """The mine stage's tasks: one per query-embedding file with rows."""
+    return [[(url, rows)] for url, rows in embedding_files(query_embeddings_dir) if rows]
+
+
+def mine_stage(cfg: RunConfig, corpus: ValidatedCorpus, corpus_cfg, here: storage.Location, round_index: int, encoder: str,
+               heldout: frozenset, expected_queries: int, max_positives: int) -> dict:
+    """Mine every query of the round and commit ``here/mined``; returns its manifest (rows, figures, stages)."""
+    import ray
+
+    from hardneg.resources import cluster_resources
+
+    started = time.perf_counter()
+    params = cfg.mine.model_copy(update={"range_max": cfg.mine.window_end(max_positives)})
+    tasks = query_files(here.join("query_embeddings").url)
+    mined_dir = storage.prepare_output(here.join("mined"))
+    resources = cluster_resources()
+    cpus = int(max(1, resources.get("CPU", 1)))
+    index_dir, embeddings_dir = here.join("index").url, here.join("embeddings").url
+    one_shard = len(index_manifest(index_dir)["shards"]) == 1
+    with open_shards(cfg.index, corpus, corpus_cfg, embeddings_dir, index_dir, in_process=one_shard) as (actors, starts, ntotal, kwargs):
+        depth = min(params.range_max + max_positives, ntotal)
+        plan = MinePlan(cfg=cfg, params=params, depth=depth, queries_dir=storage.resolve(cfg.run_dir).join("inputs", "queries").url,
+                        out_dir=mined_dir.url, files=tasks, heldout=heldout, round_index=round_index, encoder=encoder,
+                        starts=starts, ntotal=ntotal, shard_kwargs=kwargs[0] if one_shard else None, threads=min(cpus, 8),
+                        storage_options=storage.s3_options())
+        size = 1 if one_shard else max(1, min(len(tasks), cpus))
+        on_gpu = bool(resources.get("GPU")) and cfg.index.device != "cpu" and (one_shard or bool(cfg.mine.cross_encoder))
+        tally = Tally(params.num_negatives)
+        rows = ray.data.from_items([{"task": i} for i in range(len(tasks))], override_num_blocks=max(1, len(tasks))).map_batches(
+            MineActor, batch_size=1, batch_format="pyarrow", fn_constructor_kwargs={"plan": plan, "shards": actors},
+            compute=ray.data.ActorPoolStrategy(size=size), num_cpus=1 if one_shard else 0.25, num_gpus=1 if on_gpu else 0,
+        ).iter_rows() if tasks else []
+        for row in rows:
+            tally.add(**json.loads(row["stats"]))
+    mined_seconds = time.perf_counter() - started
+    queries = int(tally.per_query.sum())
+    if queries != expected_queries:
+        raise StorageError(f"{here.join('query_embeddings').url}: {expected_queries - queries} of {expected_queries} queries have no "
+                           "vector; re-embed the queries")
+    started = time.perf_counter()
+    stages = {"mine": timing(mined_seconds, queries)}
+    recall = None
+    if index_manifest(index_dir)["backend"] not in ("exact", "kdtree") and cfg.index.recall_sample:
+        recall = ray.get(ray.remote(search_recall_task).remote(cfg, index_dir, embeddings_dir, here.join("query_embeddings").url,
+                                                                depth, storage.s3_options()))
+        stages["recall"] = timing(time.perf_counter() - started, recall["queries"])
+    figures = {**tally.figures(), "candidates_per_query": depth, "recall": recall,
+               "scored_by": "cross-encoder " + cfg.mine.cross_encoder if cfg.mine.cross_encoder else "bi-encoder"}
+    if not tally.rows:  # every query dropped (on_short=drop): an empty table, so readers find the schema
+        storage.write_parquet(MINED_SCHEMA.empty_table(), mined_dir.join(f"part-{0:012d}.parquet"))
+    parts = len(storage.list_table_files(mined_dir.url))
+    manifest = {
+        "kind": "mined", "round": round_index, "encoder": encoder, "rows": tally.rows, "parts": parts, "figures": figures,
+        "stages": stages,
+        "seconds": round(mined_seconds + time.perf_counter() - started, 3),
+    }
+    storage.commit(mined_dir, manifest)
+    return manifest
+
+
+def search_recall_task(cfg: RunConfig, index_dir: str, embeddings_dir: str, query_embeddings_dir: str, depth: int,
+                       storage_options: dict):
+    """``search_recall`` on a sample of the round's query vectors, run as a Ray task (the index opens there)."""
+    from hardneg.search import open_index
+
+    storage.restore_options(storage_options)
+    files = embedding_files(query_embeddings_dir)
+    total = sum(rows for _, rows in files)
+    rng = np.random.default_rng(cfg.mine.seed)
+    sample = np.sort(rng.choice(total, size=min(cfg.index.recall_sample, total), replace=False))
+    pieces, start = [], 0
+    for url, rows in files:
+        inside = sample[(sample >= start) & (sample < start + rows)] - start
+        if len(inside):
+            pieces.append(read_embeddings("", [(url, rows)])[1][inside])
+        start += rows
+    with open_index(index_dir, cfg.index) as index:
+        return search_recall(cfg, index, embeddings_dir, np.concatenate(pieces), depth, sampled=True)
+
+
+def search_recall(cfg: RunConfig, index: Index, embeddings_dir: str, query_vectors: np.ndarray, depth: int, sampled: bool = False):
     """recall@depth of an approximate ``index`` against exact search over the embedding files, on a sample
     of queries (None when the index is exact)."""
     if index.backend in ("exact", "kdtree") or cfg.index.recall_sample == 0:
         return None
-    rng = np.random.default_rng(cfg.mine.seed)
-    sample = np.sort(rng.choice(len(query_vectors), size=min(cfg.index.recall_sample, len(query_vectors)), replace=False))
-    _, exact_rows = exact_search_files(embeddings_dir, query_vectors[sample], depth, cfg.index.chunk_size)
-    _, approx_rows = index.search(query_vectors[sample], depth)
-    return {"k": depth, "queries": len(sample), "recall": round(float(recall_at_k(approx_rows, exact_rows)), 4)}
-
-
-def mined_table(mined: dict, queries: pa.Table, cfg: RunConfig, round_index: int, encoder: str) -> pa.Table:
-    """One row per (query, positive) pair, the DESIGN.md schema; ``on_short=drop`` drops short queries."""
-    view, rows, scores, counts = mined["view"], mined["negative_rows"], mined["negative_scores"], mined["counts"]
-    pair_query = mined["pair_query"]
-    keep = kept_rows(cfg, counts)[pair_query]
-    pairs = np.flatnonzero(keep)
-    owner = pair_query[pairs]
-    present = rows[owner] >= 0
-    flat_rows = rows[owner][present]
-    list_offsets = pa.array(np.concatenate([[0], np.cumsum(present.sum(axis=1))]).astype(np.int32))
-    take = pa.array(flat_rows)
-    positive_rows = pa.array(mined["positive_rows"][pairs])
-    return pa.table({
-        "query_id": queries.column("query_id").take(pa.array(owner)),
-        "query": queries.column("query").take(pa.array(owner)),
-        "positive_id": view.ids.take(positive_rows),
-        "positive": view.texts.take(positive_rows),
-        "positive_score": pa.array(mined["pair_scores"][pairs], pa.float32()),
-        "negative_ids": pa.ListArray.from_arrays(list_offsets, view.ids.take(take)),
-        "negatives": pa.ListArray.from_arrays(list_offsets, view.texts.take(take)),
-        "negative_scores": pa.ListArray.from_arrays(list_offsets, pa.array(scores[owner][present], pa.float32())),
-        "round": pa.array(np.full(len(pairs), round_index, np.int32)),
-        "encoder": pa.array([encoder] * len(pairs), pa.string()),
-    })
-
-
+    if not sampled:
+        rng = np.random.default_rng(cfg.mine.seed)
+        query_vectors = query_vectors[np.sort(rng.choice(len(query_vectors), size=min(cfg.index.recall_sample, len(query_vectors)),
+                                                         replace=False))]
+    _, exact_rows = exact_search_files(embeddings_dir, query_vectors, depth, cfg.index.chunk_size)
+    _, approx_rows = index.search(query_vectors, depth)
+    return {"k": depth, "queries": len(query_vectors), "recall": round(float(recall_at_k(approx_rows, exact_rows)), 4)}

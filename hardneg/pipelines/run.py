@@ -18,22 +18,22 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from typing import Optional
+
+import pyarrow.compute as pc
 
 from hardneg import storage
 from hardneg.config import CorpusConfig, RunConfig, dump_config
 from hardneg.errors import ConfigError
 from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
-from hardneg.pipelines.figures import similarity_figures
 from hardneg.pipelines.geo import geo_round
 from hardneg.pipelines.heldout import evaluate_round, split_queries
 from hardneg.pipelines.index import index_or_reuse
 from hardneg.pipelines.inputs import prepare_inputs
-from hardneg.pipelines.mine import mine_queries, mined_table
+from hardneg.pipelines.mine import mine_stage
 from hardneg.pipelines.mixed import mixed_round
 from hardneg.pipelines.own_embeddings import adopt_or_reuse
-from hardneg.pipelines.write import write_parts, write_view
+from hardneg.pipelines.write import write_view
 from hardneg.rundir import RoundManifest, commit_round, round_dir, stage_timing, timing
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,10 @@ def similarity_round(cfg: RunConfig, here: storage.Location, round_index: int, e
     if storage.is_committed(mined_dir):
         mined_manifest = storage.read_manifest(mined_dir)
     else:
-        mined_manifest = _mine(cfg, replace(inputs, queries=train_queries), here, round_index, encoder)
+        heldout = frozenset(heldout_queries.column("query_id").to_pylist()) if heldout_queries is not None else frozenset()
+        max_positives = int(pc.max(pc.list_value_length(train_queries.column("positive_ids"))).as_py() or 1)
+        mined_manifest = mine_stage(cfg, inputs.corpus, inputs.corpus_cfg, here, round_index, encoder, heldout,
+                                    train_queries.num_rows, max_positives)
     stages.update(mined_manifest["stages"])
     round_figures = dict(mined_manifest["figures"])
     if heldout_queries is not None and heldout_queries.num_rows:
@@ -140,28 +143,3 @@ def embed_stage(cfg: RunConfig, inputs, here: storage.Location) -> tuple[dict, d
     sources = {"embeddings": own.corpus_embeddings, "query_embeddings": own.query_embeddings}
     return tuple(next(embedded) if target is not None else adopt_or_reuse(sources[name], here.join(name))
                  for name, target in targets.items())
-
-
-def _mine(cfg: RunConfig, inputs, here: storage.Location, round_index: int, encoder: str) -> dict:
-    """Search the committed index + mine + write and commit the mined table."""
-    started = time.perf_counter()
-    mined = mine_queries(cfg, inputs, here.join("embeddings").url, here.join("query_embeddings").url, here.join("index").url)
-    t = mined["timings"]
-    table = mined_table(mined, inputs.queries, cfg, round_index, encoder)
-    write_started = time.perf_counter()
-    mined_dir = storage.prepare_output(here.join("mined"))
-    parts = write_parts(table, mined_dir)
-    queries = inputs.queries.num_rows
-    stages = {
-        "load_index": timing(t["load_index"], len(mined["view"].ids)),
-        "search": timing(t["search"], queries),
-        "mine": timing(t["prepare"] + t["mine"], queries),
-        "write": stage_timing(write_started, table.num_rows),
-    }
-    manifest = {
-        "kind": "mined", "round": round_index, "encoder": encoder, "rows": table.num_rows, "parts": parts,
-        "figures": similarity_figures(table, mined, cfg.mine.num_negatives), "stages": stages,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    storage.commit(mined_dir, manifest)
-    return manifest

@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import posixpath
 import time
 
 import numpy as np
@@ -49,14 +50,18 @@ def commit_mined(mined_dir: storage.Location, mined: pa.Table, keep: np.ndarray,
 
 
 def write_view(cfg: RunConfig, mined_dir: storage.Location, out: storage.Location) -> str:
-    """Write and commit the ``mine.format`` view of the committed mined table (once)."""
+    """Write and commit the ``mine.format`` view of the committed mined table (once), one mined file at a
+    time: a query's rows share a file, and the view of a file is written under its name (so in its order)."""
     if not storage.is_committed(out):
         anchor, positive = view_columns(cfg)
-        view = view_table(storage.read_table(mined_dir.url), cfg.mine.format, cfg.mine.num_negatives, anchor, positive,
-                          cfg.mine.view_scores())
         storage.prepare_output(out)
-        write_parts(view, out)
-        storage.commit(out, {"kind": "view", "format": cfg.mine.format, "scores": cfg.mine.view_scores(), "rows": view.num_rows})
+        rows = 0
+        for loc in storage.list_table_files(mined_dir.url):
+            view = view_table(storage.read_table_file(loc), cfg.mine.format, cfg.mine.num_negatives, anchor, positive,
+                              cfg.mine.view_scores())
+            storage.write_parquet(view, out.join(posixpath.basename(loc.path)))
+            rows += view.num_rows
+        storage.commit(out, {"kind": "view", "format": cfg.mine.format, "scores": cfg.mine.view_scores(), "rows": rows})
     return out.url
 
 

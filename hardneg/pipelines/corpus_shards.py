@@ -1,0 +1,197 @@
+"""The corpus as the mine stage sees it: one ``CorpusShard`` per index shard, and ``ShardSet`` over them.
+
+A shard holds its part of the round's index and what the stage looks up by its rows: ids, texts,
+text hashes, group hashes and (unless its exact index already holds them) the vectors. Its rows are
+the embedding files its index was built from, in global-row order (global row = shard offset + local
+row). Its texts and groups are read from the corpus files, keeping only its own ids, so with several
+shards no process holds the whole corpus.
+
+``ShardSet`` fans a batch out to the shards (in-process ``CorpusShard`` objects, or Ray actors of
+them) and merges: the merged search equals the unsharded one, scores and rows (ties by lower row).
+
+Example::
+
+    with open_shards(cfg, inputs, "runs/a/rounds/00000/embeddings", "runs/a/rounds/00000/index") as shards:
+        scores, rows = ShardSet(shards, ...).search(query_vectors, k=50)
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from hardneg import storage
+from hardneg.config import CorpusConfig, IndexConfig
+from hardneg.corpus import ValidatedCorpus
+from hardneg.errors import StorageError
+from hardneg.miners import hash_texts
+from hardneg.pipelines.inputs import load_corpus
+from hardneg.search import ExactIndex, build_index, embedding_files, index_manifest, merge_topk, read_embeddings
+from hardneg.search.sharded import ShardActor
+
+NO_GROUP = -1
+
+
+def group_hashes(groups: Optional[pa.Array], num_rows: int) -> np.ndarray:
+    """int64 group key per row, the same for the same group in every shard (``-1``: no group)."""
+    if groups is None:
+        return np.full(num_rows, NO_GROUP, np.int64)
+    values = groups.to_pylist()
+    keys = hash_texts([value or "" for value in values]).view(np.int64) & np.int64(0x7FFFFFFFFFFFFFFF)
+    return np.where([value is None for value in values], NO_GROUP, keys).astype(np.int64)
+
+
+def shard_files(files: list[tuple[str, int]], shard: dict) -> list[tuple[str, int]]:
+    """The embedding files of an index shard (``{"offset", "rows"}``): those whose rows start inside it."""
+    out, start = [], 0
+    for url, rows in files:
+        if shard["offset"] <= start < shard["offset"] + shard["rows"]:
+            out.append((url, rows))
+        start += rows
+    return out
+
+
+class CorpusShard(ShardActor):
+    """One index shard plus the ids, texts, text and group hashes (and vectors) of its rows.
+
+    Every method takes and returns global rows; a row another shard owns must not be asked for.
+    """
+
+    def __init__(self, index_dir: str, shard: dict, cfg: IndexConfig, storage_options: dict, files: list[tuple[str, int]],
+                 corpus: ValidatedCorpus, corpus_cfg: CorpusConfig):
+        storage.restore_options(storage_options)
+        ids, vectors = read_embeddings("", files)
+        if cfg.backend == "exact":  # the index is the vectors: build it from them rather than hold them twice
+            self.index, self.offset = build_index(vectors, cfg), shard["offset"]
+        else:
+            super().__init__(index_dir, shard, cfg, storage_options)
+        self.vectors = None if isinstance(self.index, ExactIndex) else vectors
+        self.ids = pa.array(ids, pa.string())
+        self.row_of = pd.Index(ids)
+        table = load_corpus(corpus, corpus_cfg, self.ids)
+        order = pd.Index(table.column("id").to_numpy(zero_copy_only=False)).get_indexer(ids)
+        if (order < 0).any():
+            raise StorageError(f"{files[0][0] if files else index_dir}: {int((order < 0).sum())} embedded ids are not in the corpus "
+                               "(the corpus changed after it was embedded); re-embed")
+        table = table.take(pa.array(order))
+        self.texts = table.column("text").combine_chunks()
+        self.text_hash = hash_texts(self.texts.to_pylist())
+        groups = table.column("group").combine_chunks() if "group" in table.column_names else None
+        self.groups = group_hashes(groups, table.num_rows)
+
+    def find(self, ids: np.ndarray) -> np.ndarray:
+        """The global row of each id (``-1``: not in this shard)."""
+        local = self.row_of.get_indexer(pd.Index(ids))
+        return np.where(local >= 0, local + self.offset, -1)
+
+    def facts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(text hashes, group keys, float32 vectors)`` of this shard's ``rows``."""
+        local = np.asarray(rows, np.int64) - self.offset
+        if self.vectors is None:
+            vectors = self.index.corpus[local].float().cpu().numpy()
+        else:
+            vectors = self.vectors[local]
+        return self.text_hash[local], self.groups[local], vectors
+
+    def texts_of(self, rows: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        """``(ids, texts)`` of this shard's ``rows``."""
+        take = pa.array(np.asarray(rows, np.int64) - self.offset)
+        return self.ids.take(take), self.texts.take(take)
+
+
+class ShardSet:
+    """A batch's calls fanned out to every shard (objects in this process, or their Ray actors) and merged."""
+
+    def __init__(self, shards: Sequence, starts: Sequence[int], ntotal: int):
+        self.shards = list(shards)
+        self.starts = np.asarray(starts, np.int64)
+        self.ntotal = ntotal
+        self.remote = not isinstance(self.shards[0], CorpusShard)
+
+    def _call(self, name: str, args: Sequence[tuple]) -> list:
+        if not self.remote:
+            return [getattr(shard, name)(*a) for shard, a in zip(self.shards, args)]
+        from hardneg.ray_runtime import get
+
+        return get([getattr(shard, name).remote(*a) for shard, a in zip(self.shards, args)])
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, rows)`` of the ``k`` best corpus rows per query, over every shard."""
+        queries = np.ascontiguousarray(queries, np.float32)
+        if len(self.shards) == 1:
+            return self._call("search", [(queries, k)])[0]
+        parts = self._call("search", [(queries, k)] * len(self.shards))
+        return merge_topk(np.concatenate([s for s, _ in parts], 1), np.concatenate([r for _, r in parts], 1), k)
+
+    def find(self, ids: np.ndarray) -> np.ndarray:
+        """The global row of each id (``-1``: in no shard)."""
+        return np.max(np.stack(self._call("find", [(ids,)] * len(self.shards))), axis=0)
+
+    def _routed(self, name: str, rows: np.ndarray) -> list[tuple[np.ndarray, tuple]]:
+        """``name`` asked of each shard for its own ``rows``: ``[(positions in rows, answer), ...]``."""
+        owner = np.searchsorted(self.starts, rows, side="right") - 1
+        picks = [np.flatnonzero(owner == shard) for shard in range(len(self.shards))]
+        asked = [shard for shard, pick in enumerate(picks) if len(pick)]
+        if not self.remote:
+            answers = [getattr(self.shards[s], name)(rows[picks[s]]) for s in asked]
+        else:
+            from hardneg.ray_runtime import get
+
+            answers = get([getattr(self.shards[s], name).remote(rows[picks[s]]) for s in asked])
+        return [(picks[s], answer) for s, answer in zip(asked, answers)]
+
+    def facts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(text hashes, group keys, vectors)`` of global ``rows``, in their order."""
+        text_hash, groups, vectors = np.zeros(len(rows), np.uint64), np.full(len(rows), NO_GROUP, np.int64), None
+        for at, (h, g, v) in self._routed("facts", rows):
+            vectors = np.zeros((len(rows), v.shape[1]), np.float32) if vectors is None else vectors
+            text_hash[at], groups[at], vectors[at] = h, g, v
+        return text_hash, groups, vectors
+
+    def texts_of(self, rows: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        """``(ids, texts)`` of global ``rows``, in their order."""
+        if not len(rows):
+            return pa.array([], pa.string()), pa.array([], pa.string())
+        answers = self._routed("texts_of", rows)
+        at = np.concatenate([pick for pick, _ in answers])
+        back = pa.array(np.argsort(at, kind="stable"))
+        ids = pa.concat_arrays([a[0] for _, a in answers]).take(back)
+        texts = pa.concat_arrays([a[1] for _, a in answers]).take(back)
+        return ids, texts
+
+
+@contextmanager
+def open_shards(index_cfg: IndexConfig, corpus: ValidatedCorpus, corpus_cfg: CorpusConfig, embeddings_dir: str,
+                index_dir: str, in_process: bool) -> Iterator[tuple[list, list[int], int, list[dict]]]:
+    """The shards of a committed index: ``(shards, starts, ntotal, constructor kwargs)``.
+
+    With ``in_process`` (one shard, mined by one actor) nothing starts here: the caller builds the
+    ``CorpusShard`` from the kwargs where it runs. Otherwise one Ray actor per shard, killed on exit.
+    """
+    manifest = index_manifest(index_dir)
+    cfg = index_cfg.model_copy(update={"backend": manifest["backend"]})
+    files = embedding_files(embeddings_dir)
+    kwargs = [{"index_dir": index_dir, "shard": shard, "cfg": cfg, "storage_options": storage.s3_options(),
+               "files": shard_files(files, shard), "corpus": corpus, "corpus_cfg": corpus_cfg} for shard in manifest["shards"]]
+    starts = [shard["offset"] for shard in manifest["shards"]]
+    if in_process:
+        yield [], starts, manifest["rows"], kwargs
+        return
+    import ray
+
+    from hardneg.resources import cluster_resources, shard_resources
+
+    # One shard's share more than there are shards: the MineActors that call them need CPUs too.
+    cpus, gpus = shard_resources(len(kwargs) + 1, cluster_resources(), cfg.device)
+    gpus = shard_resources(len(kwargs), cluster_resources(), cfg.device)[1]
+    actor = ray.remote(CorpusShard).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1)
+    actors = [actor.remote(**kw) for kw in kwargs]
+    try:
+        yield actors, starts, manifest["rows"], kwargs
+    finally:
+        for a in actors:
+            ray.kill(a)
