@@ -70,7 +70,7 @@ def test_mine_writes_a_report_with_every_section(mined_run, capsys):
     assert all(image["src"].startswith("data:image/png;base64,") for image in page.images)
     assert not [url for url in page.urls if not url.startswith("data:")]  # nothing to fetch
     assert page.rows["samples"] == 1 + 5  # header + SAMPLE_QUERIES
-    # prepare_inputs, embed (corpus and queries in one run), index, mine (search, mine, write: on Ray), recall (faiss flat)
+    # prepare_inputs, embed (corpus and queries in one run), index, mine (search, mine, write: on Ray), recall_check (faiss flat)
     assert page.rows["stages"] == 1 + 5
     text = (mined_run / REPORT_NAME).read_text()
     assert "index recall" in text and "negatives per query" in text

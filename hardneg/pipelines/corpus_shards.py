@@ -18,7 +18,7 @@ Example::
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,7 @@ from hardneg.corpus import ValidatedCorpus
 from hardneg.errors import StorageError
 from hardneg.miners import hash_texts
 from hardneg.pipelines.inputs import load_corpus
-from hardneg.search import ExactIndex, build_index, embedding_files, index_manifest, merge_topk, read_embeddings
+from hardneg.search import ExactIndex, FaissIndex, build_index, embedding_files, index_manifest, merge_topk, read_embeddings
 from hardneg.search.sharded import ShardActor
 
 NO_GROUP = -1
@@ -55,6 +55,20 @@ def shard_files(files: list[tuple[str, int]], shard: dict) -> list[tuple[str, in
     return out
 
 
+def stored_vectors(index) -> Optional[Callable[[np.ndarray], np.ndarray]]:
+    """``rows -> float32 vectors`` read back from an index that stores them exactly (exact; faiss flat, HNSW,
+    IVF-Flat on the CPU), so a shard need not hold a second copy; None for IVF-PQ (lossy) and GPU faiss."""
+    if isinstance(index, ExactIndex):
+        return lambda rows: index.corpus[rows].float().cpu().numpy()
+    if isinstance(index, FaissIndex) and index.backend in ("flat", "hnsw", "ivf") and "Gpu" not in type(index.index).__name__:
+        import faiss
+
+        if index.backend == "ivf":
+            faiss.extract_index_ivf(index.index).make_direct_map()
+        return lambda rows: index.index.reconstruct_batch(np.ascontiguousarray(rows, np.int64))
+    return None
+
+
 class CorpusShard(ShardActor):
     """One index shard plus the ids, texts, text and group hashes (and vectors) of its rows.
 
@@ -69,7 +83,9 @@ class CorpusShard(ShardActor):
             self.index, self.offset = build_index(vectors, cfg), shard["offset"]
         else:
             super().__init__(index_dir, shard, cfg, storage_options)
-        self.vectors = None if isinstance(self.index, ExactIndex) else vectors
+        self.read_back = stored_vectors(self.index)
+        self.vectors = None if self.read_back else vectors  # only an index that keeps no exact copy (IVF-PQ, GPU)
+        del vectors
         self.ids = pa.array(ids, pa.string())
         self.row_of = pd.Index(ids)
         table = load_corpus(corpus, corpus_cfg, self.ids)
@@ -91,10 +107,7 @@ class CorpusShard(ShardActor):
     def facts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(text hashes, group keys, float32 vectors)`` of this shard's ``rows``."""
         local = np.asarray(rows, np.int64) - self.offset
-        if self.vectors is None:
-            vectors = self.index.corpus[local].float().cpu().numpy()
-        else:
-            vectors = self.vectors[local]
+        vectors = self.read_back(local) if self.read_back else self.vectors[local]
         return self.text_hash[local], self.groups[local], vectors
 
     def texts_of(self, rows: np.ndarray) -> tuple[pa.Array, pa.Array]:

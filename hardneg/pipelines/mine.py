@@ -314,7 +314,7 @@ def mine_stage(cfg: RunConfig, corpus: ValidatedCorpus, corpus_cfg, here: storag
     if index_manifest(index_dir)["backend"] not in ("exact", "kdtree") and cfg.index.recall_sample:
         recall = ray.get(ray.remote(search_recall_task).remote(cfg, index_dir, embeddings_dir, here.join("query_embeddings").url,
                                                                 depth, storage.s3_options()))
-        stages["recall"] = timing(time.perf_counter() - started, recall["queries"])
+        stages["recall_check"] = timing(time.perf_counter() - started, recall["queries"])
     figures = {**tally.figures(), "candidates_per_query": depth, "recall": recall,
                "scored_by": "cross-encoder " + cfg.mine.cross_encoder if cfg.mine.cross_encoder else "bi-encoder"}
     if not tally.rows:  # every query dropped (on_short=drop): an empty table, so readers find the schema
