@@ -16,6 +16,7 @@ from hardneg.cli import main
 from hardneg.config import CorpusConfig, parse_config
 from hardneg.encoder import Encoder
 from hardneg.errors import InputError
+from hardneg.images import open_image
 from hardneg.places import load_places
 from hardneg.rundir import round_dir
 from hardneg.search import read_embeddings
@@ -62,6 +63,16 @@ def places(tmp_path_factory):
     return write_jsonl(folder / "places.jsonl", rows), rows
 
 
+@pytest.fixture(scope="module")
+def places_parquet(places):
+    """The same places as Parquet, view A as the encoded PNG itself (binary), view B as its path."""
+    path, rows = places
+    table = pa.table({"id": [row["id"] for row in rows], "image": [open(row["image"], "rb").read() for row in rows],
+                      "view": [row["view"] for row in rows], "lat": [row["lat"] for row in rows], "lon": [row["lon"] for row in rows]})
+    pq.write_table(table, path.replace(".jsonl", ".parquet"))
+    return path.replace(".jsonl", ".parquet"), table.to_pylist()
+
+
 def test_a_vision_encoder_pools_normalises_and_reloads_as_transformers_saves_it(vit_path, places, tmp_path):
     from transformers import AutoModel
 
@@ -74,7 +85,7 @@ def test_a_vision_encoder_pools_normalises_and_reloads_as_transformers_saves_it(
     with open(paths[0], "rb") as handle:  # bytes embed as the file they came from
         np.testing.assert_allclose(encoder.encode_images([handle.read()]), vectors[:1], atol=1e-6)
     model = AutoModel.from_pretrained(vit_path).eval()
-    pixels = torch.from_numpy(np.asarray(encoder.image_processor(images=[_rgb(p) for p in paths], return_tensors="np")["pixel_values"]))
+    pixels = torch.from_numpy(np.asarray(encoder.image_processor(images=[open_image(p) for p in paths], return_tensors="np")["pixel_values"]))
     with torch.no_grad():
         pooled = torch.nn.functional.normalize(model(pixel_values=pixels).pooler_output, dim=-1).numpy()
     np.testing.assert_allclose(vectors, pooled, atol=1e-6)  # pooler_output, L2-normalised
@@ -105,20 +116,18 @@ def test_a_dual_model_puts_texts_and_images_in_one_space(packaged_model_path, pl
     model = CLIPModel.from_pretrained(path).eval()
     with torch.no_grad():
         features = model.get_image_features(pixel_values=torch.from_numpy(
-            np.asarray(encoder.image_processor(images=[_rgb(row["image"]) for row in rows[:3]], return_tensors="np")["pixel_values"])))
+            np.asarray(encoder.image_processor(images=[open_image(row["image"]) for row in rows[:3]], return_tensors="np")["pixel_values"])))
     features = features if torch.is_tensor(features) else features.pooler_output
     np.testing.assert_allclose(images, torch.nn.functional.normalize(features, dim=-1).numpy(), atol=1e-6)
     assert (texts @ images.T).shape == (2, 3)  # text-to-image retrieval: one space
 
 
-def test_embed_reads_image_paths_and_parquet_bytes_and_matches_the_encoder(ray_session, vit_path, places, tmp_path):
+def test_embed_reads_image_paths_and_parquet_bytes_in_one_run_and_matches_the_encoder(ray_session, vit_path, places, places_parquet, tmp_path):
     from hardneg.pipelines.embed import EmbedTarget, embed_corpora
 
     path, rows = places
-    as_bytes = pa.table({"id": [row["id"] for row in rows], "image": [open(row["image"], "rb").read() for row in rows]})
-    pq.write_table(as_bytes, tmp_path / "bytes.parquet")
     cfg = parse_config({"model": {"path": vit_path}, "corpus": {"path": path}})
-    targets = [EmbedTarget(str(tmp_path / "paths"), cfg.corpus), EmbedTarget(str(tmp_path / "bytes"), CorpusConfig(path=str(tmp_path / "bytes.parquet")))]
+    targets = [EmbedTarget(str(tmp_path / "paths"), cfg.corpus), EmbedTarget(str(tmp_path / "bytes"), CorpusConfig(path=places_parquet[0]))]
     manifests = embed_corpora(cfg, targets)
     assert [(m["rows"], m["modality"], m["dim"]) for m in manifests] == [(len(rows), "image", 32)] * 2
     expected = Encoder.load(vit_path).encode_images([row["image"] for row in rows])
@@ -126,6 +135,27 @@ def test_embed_reads_image_paths_and_parquet_bytes_and_matches_the_encoder(ray_s
         ids, vectors = read_embeddings(target.output)
         assert list(ids) == [row["id"] for row in rows]
         np.testing.assert_allclose(vectors, expected, atol=1e-6)
+
+
+def test_a_training_step_on_rows_of_images_moves_the_vision_encoder(vit_path, places_parquet):
+    """The worker's step alone (no Ray): queries as bytes, positives and a short row's negatives as paths."""
+    import pandas as pd
+
+    from hardneg.config import TrainConfig
+    from hardneg.trainers.losses import LogitScale
+    from hardneg.trainers.train_loop import ContrastiveModel, _train_step
+
+    _, rows = places_parquet
+    cfg = TrainConfig(negatives_per_row=1, learning_rate=1e-2)
+    frame = pd.DataFrame({"query": [row["image"] for row in rows[:4]], "positive": [row["view"] for row in rows[:4]],
+                          "negatives": [[rows[5]["view"]], [], [rows[6]["view"]], [rows[7]["view"]]]})
+    encoder = Encoder.load(vit_path)
+    model = ContrastiveModel(encoder, LogitScale(cfg.temperature))
+    before = encoder.encode_images([row["image"] for row in rows[:4]])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    loss = _train_step(model, encoder, frame, cfg, "", optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), "cpu")
+    assert np.isfinite(loss) and loss > 0
+    assert np.abs(encoder.encode_images([row["image"] for row in rows[:4]]) - before).max() > 1e-4
 
 
 def test_an_unreadable_image_is_refused_at_the_door_naming_file_row_and_column(vit_path, places, tmp_path, capsys):
@@ -150,14 +180,16 @@ def test_an_unreadable_image_is_refused_at_the_door_naming_file_row_and_column(v
     assert "row 2, column view" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
-def test_gps_batches_one_training_step_a_dss_remine_and_a_checkpoint_that_embeds_identically(ray_session, vit_path, places, tmp_path):
+@pytest.mark.slow  # a Ray Train fit and two Ray Data runs: 40 to 60 s on a busy 2-core box
+def test_gps_batches_one_training_step_a_dss_remine_and_a_checkpoint_that_embeds_identically(ray_session, vit_path, places_parquet, tmp_path):
+    """The places as Parquet: view A the PNG bytes, view B a path; both reach the trainer and Ray's Encoder actors."""
     from transformers import AutoModel
 
     from hardneg.miners import haversine_km
     from hardneg.pipelines.loop import train_loop
     from hardneg.pipelines.remine import remine, run_state
 
-    path, rows = places
+    path, rows = places_parquet
     cfg = parse_config({
         "run_dir": str(tmp_path / "run"), "model": {"path": vit_path}, "corpus": {"path": path},
         "mine": {"miner": "geographic", "num_negatives": 8, "min_km": 0.5, "max_km": 50, "batches": True,
@@ -189,7 +221,7 @@ def test_gps_batches_one_training_step_a_dss_remine_and_a_checkpoint_that_embeds
     assert np.abs(base - fresh).max() > 1e-4  # ... and the training step changed it
     hf = AutoModel.from_pretrained(block.path).eval()
     with torch.no_grad():
-        pixels = torch.from_numpy(np.asarray(checkpoint.image_processor(images=[_rgb(by_id[ids[0]]["image"])], return_tensors="np")["pixel_values"]))
+        pixels = torch.from_numpy(np.asarray(checkpoint.image_processor(images=[open_image(by_id[ids[0]]["image"])], return_tensors="np")["pixel_values"]))
         pooled = torch.nn.functional.normalize(hf(pixel_values=pixels).pooler_output, dim=-1).numpy()[0]
     assert float(pooled @ fresh[0]) >= 1 - 1e-6  # transformers loads the checkpoint too
 
@@ -205,8 +237,3 @@ def test_gps_batches_one_training_step_a_dss_remine_and_a_checkpoint_that_embeds
         assert row["negative_scores"] == sorted(row["negative_scores"], reverse=True)
     assert json.loads(open(os.path.join(round_dir(cfg.run_dir, 1).join("embeddings").path, "MANIFEST.json")).read())["modality"] == "image"
 
-
-def _rgb(path):
-    from PIL import Image
-
-    return Image.open(path).convert("RGB")
