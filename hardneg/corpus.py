@@ -30,7 +30,7 @@ from hardneg.config import CorpusConfig
 from hardneg.errors import InputError
 from hardneg.images import image_problems
 from hardneg.ray_runtime import get
-from hardneg.storage import Location, list_table_files, read_table_file
+from hardneg.storage import Location, list_table_files, read_table_file, restore_options, s3_options
 
 logger = logging.getLogger(__name__)
 
@@ -197,8 +197,13 @@ def _scan_files(files: list[Location], cfg: CorpusConfig) -> list[FileScan]:
     if not ray.is_initialized():  # Arrow reads without the GIL: threads use the driver's cores
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             return list(pool.map(lambda loc: scan_file(loc, cfg), files))
-    scan = ray.remote(scan_file).options(num_cpus=1, max_retries=2)
-    return get([scan.remote(loc, cfg) for loc in files])
+    scan = ray.remote(_scan_on_worker).options(num_cpus=1, max_retries=2)
+    return get([scan.remote(loc, cfg, s3_options()) for loc in files])
+
+
+def _scan_on_worker(loc: Location, cfg: CorpusConfig, storage_options: dict) -> FileScan:
+    restore_options(storage_options)  # image URLs (s3://) go to the driver's endpoint
+    return scan_file(loc, cfg)
 
 
 def _judge(scans: list[FileScan], cfg: CorpusConfig) -> ValidatedCorpus:

@@ -58,6 +58,22 @@ def check_model_dir(path: str, field: str = "model.path") -> None:
         raise ConfigError(f"{field}: {path}: no weights (model.safetensors or pytorch_model.bin)")
 
 
+def check_model_reads(path: str, modality: str, field: str = "model.path") -> None:
+    """A corpus of images needs a model with an image processor, a corpus of texts one with a tokenizer.
+
+    Raises:
+        ConfigError: naming ``field``, the path and what the model lacks.
+    """
+    path = path[len("file://"):] if path.startswith("file://") else path
+    names = set(os.listdir(path))
+    if modality == "image" and IMAGE_PROCESSOR_FILE not in names:
+        raise ConfigError(f"{field}: {path}: the corpus holds images (corpus.image_column), but the model has no image "
+                          f"processor ({IMAGE_PROCESSOR_FILE}); give a vision or a CLIP-style model")
+    if modality == "text" and not names & set(TOKENIZER_FILES):
+        raise ConfigError(f"{field}: {path}: the corpus holds texts (corpus.text_column), but the model has no tokenizer: "
+                          "a vision model embeds images")
+
+
 def _check_config_json(config_file: str, field: str) -> None:
     try:
         with open(config_file, "rb") as handle:

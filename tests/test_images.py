@@ -122,14 +122,26 @@ def test_a_dual_model_puts_texts_and_images_in_one_space(packaged_model_path, pl
     assert (texts @ images.T).shape == (2, 3)  # text-to-image retrieval: one space
 
 
-def test_embed_reads_image_paths_and_parquet_bytes_in_one_run_and_matches_the_encoder(ray_session, vit_path, places, places_parquet, tmp_path):
+def test_embed_reads_paths_s3_urls_and_parquet_bytes_in_one_run_and_matches_the_encoder(ray_session, s3_storage, vit_path, places,
+                                                                                        places_parquet, tmp_path):
+    import boto3
+
+    from hardneg.corpus import validate_corpus
     from hardneg.pipelines.embed import EmbedTarget, embed_corpora
 
     path, rows = places
+    s3 = boto3.client("s3", endpoint_url=s3_storage, region_name="us-east-1")
+    for row in rows:
+        s3.put_object(Bucket="hardneg-test", Key=f"tiles/{row['id']}.png", Body=open(row["image"], "rb").read())
+    urls = [{"id": row["id"], "image": f"s3://hardneg-test/tiles/{row['id']}.png"} for row in rows]
+    missing = write_jsonl(tmp_path / "missing.jsonl", urls[:2] + [{"id": "x", "image": "s3://hardneg-test/tiles/x.png"}])
+    with pytest.raises(InputError, match=r"missing.jsonl: row 2, column image: no such file s3://hardneg-test/tiles/x.png"):
+        validate_corpus(CorpusConfig(path=missing))
     cfg = parse_config({"model": {"path": vit_path}, "corpus": {"path": path}})
-    targets = [EmbedTarget(str(tmp_path / "paths"), cfg.corpus), EmbedTarget(str(tmp_path / "bytes"), CorpusConfig(path=places_parquet[0]))]
-    manifests = embed_corpora(cfg, targets)
-    assert [(m["rows"], m["modality"], m["dim"]) for m in manifests] == [(len(rows), "image", 32)] * 2
+    targets = [EmbedTarget(str(tmp_path / "paths"), cfg.corpus), EmbedTarget(str(tmp_path / "bytes"), CorpusConfig(path=places_parquet[0])),
+               EmbedTarget(str(tmp_path / "s3"), CorpusConfig(path=write_jsonl(tmp_path / "urls.jsonl", urls)))]
+    manifests = embed_corpora(cfg, targets)  # one Ray Data run, one Encoder actor pool
+    assert [(m["rows"], m["modality"], m["dim"]) for m in manifests] == [(len(rows), "image", 32)] * 3
     expected = Encoder.load(vit_path).encode_images([row["image"] for row in rows])
     for target in targets:
         ids, vectors = read_embeddings(target.output)
@@ -178,6 +190,16 @@ def test_an_unreadable_image_is_refused_at_the_door_naming_file_row_and_column(v
         load_places(CorpusConfig(path=places_file))
     assert main(["mine", places_file, str(tmp_path / "run"), "--miner", "geographic", "--min-km", "0.5"]) == 2
     assert "row 2, column view" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_a_model_that_cannot_read_the_corpus_is_refused_at_the_door(vit_path, tiny_model_path, places, tmp_path, capsys):
+    path, _ = places
+    assert main(["embed", path, str(tmp_path / "out"), "--model-path", tiny_model_path]) == 2
+    assert "the corpus holds images (corpus.image_column), but the model has no image processor" in capsys.readouterr().err
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"id": 1, "text": "a temple roof"}])
+    assert main(["embed", texts, str(tmp_path / "out"), "--model-path", vit_path]) == 2
+    assert "the corpus holds texts (corpus.text_column), but the model has no tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow  # a Ray Train fit and two Ray Data runs: 40 to 60 s on a busy 2-core box

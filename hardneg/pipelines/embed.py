@@ -105,9 +105,10 @@ def tokenize_block(block: pa.Table, model_path: str, max_length: int, prefixes: 
     })
 
 
-def preprocess_block(block: pa.Table, model_path: str, trust_remote_code: bool) -> pa.Table:
+def preprocess_block(block: pa.Table, model_path: str, trust_remote_code: bool, storage_options: dict) -> pa.Table:
     """Decode a block's images and preprocess them with the model's ``AutoImageProcessor`` (CPU task):
     ``pixel_values`` flat per row (float32) with its ``pixel_shape`` (channels, height, width)."""
+    storage.restore_options(storage_options)  # s3:// images on the configured endpoint
     images = [path if path is not None else encoded
               for path, encoded in zip(block.column("image_path").to_pylist(), block.column("image_bytes").to_pylist())]
     pixels = pixel_values(images, image_processor(model_path, trust_remote_code))
@@ -166,7 +167,8 @@ def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, pr
     max_length = model.max_length or spec.max_seq_length or 512
     logger.info("embedding with %d Encoder actor(s), %.0f GPU and %d torch thread(s) each", plan.num_actors, plan.gpus_per_actor, plan.torch_threads)
     if modality == "image":
-        prepare, fn_kwargs = preprocess_block, {"model_path": model_path, "trust_remote_code": model.trust_remote_code}
+        prepare, fn_kwargs = preprocess_block, {"model_path": model_path, "trust_remote_code": model.trust_remote_code,
+                                                "storage_options": storage.s3_options()}
     else:
         prepare, fn_kwargs = tokenize_block, {"model_path": model_path, "max_length": max_length, "prefixes": list(prefixes),
                                               "trust_remote_code": model.trust_remote_code}

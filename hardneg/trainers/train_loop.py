@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import torch
 
+from hardneg import storage
 from hardneg.config import TrainConfig
 from hardneg.encoder import Encoder, pad_batch
 from hardneg.images import pixel_values
@@ -145,12 +146,14 @@ def _train_step(model, encoder: Encoder, frame, cfg: TrainConfig, query_prompt: 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: ``train`` (TrainConfig as a dict), ``model_path``,
-    ``epochs``, ``steps_per_epoch``, ``batch_mode``, ``fit_id``, optionally ``query_prompt``.
+    ``epochs``, ``steps_per_epoch``, ``batch_mode``, ``fit_id``, optionally ``query_prompt`` and
+    ``storage_options`` (``storage.s3_options()`` of the driver).
     """
     import ray.train
     import ray.train.torch
 
     cfg = TrainConfig.model_validate(config["train"])
+    storage.restore_options(config.get("storage_options", {}))
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(cfg.seed)
