@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from hardneg.errors import ConfigError
-from hardneg.images import ImageValue, image_processor, pixel_values
+from hardneg.images import ImageValue, image_processor, preprocess_images
 from hardneg.model_dir import IMAGE_PROCESSOR_FILE, TOKENIZER_FILES, config_dim, default_model_path
 
 POOLING_KEYS = {
@@ -246,7 +246,7 @@ class Encoder(torch.nn.Module):
             raise ConfigError("model.path: this model embeds texts only (it has no image processor, preprocessor_config.json)")
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self.encode_pixels(pixel_values(images, self.image_processor), batch_size=batch_size)
+        return self.encode_pixels(preprocess_images(images, self.image_processor), batch_size=batch_size)
 
     @property
     def dim(self) -> int:

@@ -3,13 +3,13 @@
 An image column (``corpus.image_column``) holds, per row, a file path (relative paths are read from the
 working directory), a URL any ``storage.resolve`` understands, or the encoded image itself (a Parquet
 binary column). The door (``image_problems``) opens every value with PIL and verifies it, which reads
-the header and, for PNG, checks the chunks without decoding the pixels; ``pixel_values`` decodes and
+the header and, for PNG, checks the chunks without decoding the pixels; ``preprocess_images`` decodes and
 runs the model's ``AutoImageProcessor`` in a Ray Data CPU task, so Encoder actors get ready tensors.
 
 Example::
 
     image_problems(pa.array(["tiles/0.png", "missing.png"]))   # ['', 'no such file missing.png']
-    pixel_values(["tiles/0.png"], image_processor(model_dir))   # float32 (1, 3, 32, 32)
+    preprocess_images(["tiles/0.png"], image_processor(model_dir))   # float32 (1, 3, 32, 32)
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def image_processor(model_path: str, trust_remote_code: bool = False):
     return _processors[key]
 
 
-def pixel_values(values: Sequence[ImageValue], processor) -> np.ndarray:
+def preprocess_images(values: Sequence[ImageValue], processor) -> np.ndarray:
     """Decode ``values`` and preprocess them with ``processor``: float32 ``(n, channels, height, width)``."""
     images = [open_image(value) for value in values]
     return np.asarray(processor(images=images, return_tensors="np")["pixel_values"], dtype=np.float32)

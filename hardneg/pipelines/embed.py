@@ -3,10 +3,10 @@
 The driver holds neither texts nor vectors: files are read by Ray tasks, token
 ids flow as Arrow blocks to a pool of Encoder actors (one GPU each when the
 cluster has GPUs), and the actors' output is written by Ray as Parquet shards
-with ``id`` and ``embedding`` (fixed-size list). A corpus of images (``corpus.image_column``)
+with ``id`` and ``embedding`` (fixed-size list). ``MANIFEST.json`` is written
+last, so a crash leaves no readable partial output. A corpus of images (``corpus.image_column``)
 takes the same road: CPU tasks decode each block's images and run the model's
-``AutoImageProcessor`` (``preprocess_block``), and the actors get ``pixel_values``, never files. ``MANIFEST.json`` is written
-last, so a crash leaves no readable partial output.
+``AutoImageProcessor`` (``preprocess_block``); the actors get ``pixel_values``, never files.
 
 The corpus files are grouped into parts of about ``embed.part_rows`` rows, each embedded
 into ``OUTPUT/part-NNNNN/`` and committed with its own manifest. Each attempt at a part names
@@ -45,7 +45,7 @@ from hardneg import console, faults, storage
 from hardneg.config import CorpusConfig, EmbedConfig, ModelConfig, RunConfig
 from hardneg.corpus import ValidatedCorpus, validate_corpus
 from hardneg.encoder import Encoder, default_model_path, model_fingerprint, read_pooling_spec
-from hardneg.images import image_processor, is_image_column, pixel_values
+from hardneg.images import image_processor, is_image_column, preprocess_images
 from hardneg.model_dir import model_dim
 from hardneg.resources import ResourcePlan, plan_resources
 
@@ -111,7 +111,7 @@ def preprocess_block(block: pa.Table, model_path: str, trust_remote_code: bool, 
     storage.restore_options(storage_options)  # s3:// images on the configured endpoint
     images = [path if path is not None else encoded
               for path, encoded in zip(block.column("image_path").to_pylist(), block.column("image_bytes").to_pylist())]
-    pixels = pixel_values(images, image_processor(model_path, trust_remote_code))
+    pixels = preprocess_images(images, image_processor(model_path, trust_remote_code))
     shape = pa.array([list(pixels.shape[1:])] * len(pixels), pa.list_(pa.int32(), 3))
     flat = pa.FixedSizeListArray.from_arrays(pa.array(pixels.reshape(-1)), int(np.prod(pixels.shape[1:])))
     return pa.table({"id": block.column("id"), "dest": block.column("dest"), "pixel_values": flat, "pixel_shape": shape})

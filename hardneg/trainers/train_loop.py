@@ -27,7 +27,7 @@ import torch
 from hardneg import storage
 from hardneg.config import TrainConfig
 from hardneg.encoder import Encoder, pad_batch
-from hardneg.images import pixel_values
+from hardneg.images import preprocess_images
 from hardneg.trainers.batches import batch_texts, read_batches
 from hardneg.trainers.losses import LogitScale, info_nce
 
@@ -126,7 +126,7 @@ def _train_step(model, encoder: Encoder, frame, cfg: TrainConfig, query_prompt: 
     if encoder.tokenizer is None:  # a vision encoder: the rows hold images; a masked negative repeats its row's positive
         negatives = [value if keep else positives[index // max(1, cfg.negatives_per_row)]
                      for index, (value, keep) in enumerate(zip(negatives, mask.reshape(-1)))]
-        pixels = pixel_values(queries + positives + negatives, encoder.image_processor)
+        pixels = preprocess_images(queries + positives + negatives, encoder.image_processor)
         vectors, scale = model(pixel_values=torch.from_numpy(pixels).to(device))
     else:
         tokens = encoder.tokenize([query_prompt + text for text in queries] + positives + negatives)
