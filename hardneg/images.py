@@ -52,16 +52,18 @@ def image_problem(value: Any) -> str:
 
     if value is None:
         return "null image"
-    if isinstance(value, str):
-        if not value.strip():
-            return "empty image path"
-        loc = storage.resolve(value)
-        if not loc.fs.exists(loc.path):
-            return f"no such file {value}"
-    elif not isinstance(value, (bytes, bytearray, memoryview)):
+    if isinstance(value, str) and not value.strip():
+        return "empty image path"
+    if not isinstance(value, (str, bytes, bytearray, memoryview)):
         return f"image is {type(value).__name__}, not a path or bytes"
     try:
-        with Image.open(io.BytesIO(image_bytes(value))) as image:
+        if isinstance(value, str) and not storage.exists(value):
+            return f"no such file {value}"
+        encoded = image_bytes(value)
+    except Exception as err:  # a permission, an unreachable endpoint: the row is named, not a traceback
+        return f"{value}: cannot be read ({type(err).__name__}: {err})"
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
             image.verify()
     except Exception as err:  # PIL raises many kinds (UnidentifiedImageError, SyntaxError, OSError, ...)
         where = f"{value}: " if isinstance(value, str) else ""
