@@ -202,7 +202,7 @@ def test_a_model_that_cannot_read_the_corpus_is_refused_at_the_door(vit_path, ti
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow  # a Ray Train fit and two Ray Data runs: 40 to 60 s on a busy 2-core box
+@pytest.mark.slow  # a Ray Train fit and a Ray Data run: 40 to 70 s of call on a busy 2-core box (65 to 80 s with setup)
 def test_gps_batches_one_training_step_a_dss_remine_and_a_checkpoint_that_embeds_identically(ray_session, vit_path, places_parquet, tmp_path):
     """The places as Parquet: view A the PNG bytes, view B a path; both reach the trainer and Ray's Encoder actors."""
     from transformers import AutoModel
