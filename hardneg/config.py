@@ -45,6 +45,9 @@ class CorpusConfig(Section):
     path: Optional[str] = None
     id_column: str = "id"
     text_column: str = "text"
+    image_column: str = Field("image", description="Images, read when the corpus has no text_column: per row a file path, a URL "
+                              "(s3://) or the encoded image (Parquet binary). Decoded and preprocessed with the model's "
+                              "AutoImageProcessor in Ray Data CPU tasks; a cross-view corpus's view_column then holds images too.")
     lat_column: str = "lat"
     lon_column: str = "lon"
     group_column: str = "group"
@@ -85,6 +88,8 @@ class EmbedConfig(Section):
 
     batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
     block_size: int = Field(2048, ge=1, description="Texts per tokenize task; length-sorted inside.")
+    image_block_size: int = Field(256, ge=1, description="Images per decode task (a corpus of images): its pixels, "
+                                  "about 0.6 MB an image at 224 x 224, travel to the Encoder actors as one block.")
     part_rows: int = Field(1_000_000, ge=1, description="Rows per committed part: a re-run after a crash redoes only unfinished parts.")
     dtype: Literal["float16", "float32"] = Field("float32", description="Stored embedding dtype.")
     num_actors: Optional[int] = Field(None, ge=1, description="Encoder actors; one per GPU, or 1 on CPU, when unset.")

@@ -1,9 +1,11 @@
 """Corpus validation at the door: every bad row is named by file, row and column.
 
-Rules: the id and text columns exist; ids are strings or integers (never floats: 1.0 would
-silently become "1"), not null and unique across all files; every file gives the id and text
-columns the same type (ints in one file and strings in another would crash Ray Data later);
-text is a non-empty string. A rejected corpus writes nothing. With ``drop_invalid`` the bad
+Rules: the id column and the text column (or, in a corpus of images, the image column) exist; ids
+are strings or integers (never floats: 1.0 would silently become "1"), not null and unique across
+all files; every file gives the id and value columns the same type (ints in one file and strings in
+another would crash Ray Data later); text is a non-empty string; an image is a path, URL or bytes
+that PIL opens and verifies (``hardneg.images.image_problem``). A corpus whose files have no text
+column but an image column (``corpus.image_column``) is a corpus of images; all its files must be. A rejected corpus writes nothing. With ``drop_invalid`` the bad
 rows (and the second and later copies of a duplicate id) are dropped instead and counted in
 the summary; float ids and type clashes between files are refused either way.
 
@@ -26,8 +28,9 @@ import pyarrow.compute as pc
 
 from hardneg.config import CorpusConfig
 from hardneg.errors import InputError
+from hardneg.images import image_problems
 from hardneg.ray_runtime import get
-from hardneg.storage import Location, list_table_files, read_table_file
+from hardneg.storage import Location, list_table_files, read_table_file, restore_options, s3_options
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class FileScan:
     bad_rows: np.ndarray
     id_hashes: np.ndarray
     kinds: dict[str, str] = field(default_factory=dict)  # column -> value kind ("string", "integer", ...)
+    modality: str = "text"  # what the value column holds: "text" or "image"
 
 
 @dataclass
@@ -55,6 +59,11 @@ class ValidatedCorpus:
     num_rows: int
     dropped: dict[str, int] = field(default_factory=dict)
     file_rows: list[int] = field(default_factory=list)
+    modality: str = "text"  # "text" or "image" (the corpus has corpus.image_column, not corpus.text_column)
+
+    def value_column(self, cfg: CorpusConfig) -> str:
+        """The column that is embedded: ``cfg.text_column``, or ``cfg.image_column`` for a corpus of images."""
+        return cfg.image_column if self.modality == "image" else cfg.text_column
 
     @property
     def num_valid(self) -> int:
@@ -69,7 +78,7 @@ class ValidatedCorpus:
         drops = [self.drop_rows[i] for i in indices]
         rows = [self.file_rows[i] for i in indices]
         return ValidatedCorpus([self.files[i] for i in indices], drops, sum(rows),
-                               {"dropped": int(sum(len(d) for d in drops))}, rows)
+                               {"dropped": int(sum(len(d) for d in drops))}, rows, self.modality)
 
 
 def text_problems(texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -145,24 +154,27 @@ def hash_ids(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def scan_file(loc: Location, cfg: CorpusConfig) -> FileScan:
     """Scan one corpus file against the rules (runs in a Ray task)."""
-    table = read_table_file(loc, [cfg.id_column, cfg.text_column])
-    missing = [c for c in (cfg.id_column, cfg.text_column) if c not in table.column_names]
+    table = read_table_file(loc, [cfg.id_column, cfg.text_column, cfg.image_column])
+    modality = "image" if cfg.text_column not in table.column_names and cfg.image_column in table.column_names else "text"
+    value_column = cfg.image_column if modality == "image" else cfg.text_column
+    missing = [c for c in (cfg.id_column, value_column) if c not in table.column_names]
     if missing:
         raise InputError(
             f"{loc.url}: missing column(s) {', '.join(missing)} (corpus.id_column={cfg.id_column!r}, "
-            f"corpus.text_column={cfg.text_column!r}); columns found: {', '.join(table.column_names)}"
+            f"corpus.text_column={cfg.text_column!r}, or corpus.image_column={cfg.image_column!r} for images); "
+            f"columns found: {', '.join(table.column_names)}"
         )
-    ids, texts = table.column(cfg.id_column), table.column(cfg.text_column)
+    ids, values = table.column(cfg.id_column), table.column(value_column)
     refuse_float_ids(loc, ids, cfg.id_column)
     problems = []
     null_ids = np.flatnonzero(pc.is_null(ids).to_numpy(zero_copy_only=False))
     problems += [(int(row), cfg.id_column, "null id") for row in null_ids]
-    text_issue = text_problems(texts)
-    problems += [(int(row), cfg.text_column, text_issue[row]) for row in np.flatnonzero(text_issue != "")]
+    value_issue = image_problems(values) if modality == "image" else text_problems(values)
+    problems += [(int(row), value_column, value_issue[row]) for row in np.flatnonzero(value_issue != "")]
     problems.sort()
     bad = np.unique(np.array([row for row, _, _ in problems], dtype=np.int64))
-    kinds = {cfg.id_column: value_kind(ids.type), cfg.text_column: value_kind(texts.type)}
-    return FileScan(loc, table.num_rows, problems, bad, hash_ids(ids), kinds)
+    kinds = {cfg.id_column: value_kind(ids.type), value_column: value_kind(values.type)}
+    return FileScan(loc, table.num_rows, problems, bad, hash_ids(ids), kinds, modality)
 
 
 def validate_corpus(cfg: CorpusConfig, path: str | None = None) -> ValidatedCorpus:
@@ -185,12 +197,21 @@ def _scan_files(files: list[Location], cfg: CorpusConfig) -> list[FileScan]:
     if not ray.is_initialized():  # Arrow reads without the GIL: threads use the driver's cores
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             return list(pool.map(lambda loc: scan_file(loc, cfg), files))
-    scan = ray.remote(scan_file).options(num_cpus=1, max_retries=2)
-    return get([scan.remote(loc, cfg) for loc in files])
+    scan = ray.remote(_scan_on_worker).options(num_cpus=1, max_retries=2)
+    return get([scan.remote(loc, cfg, s3_options()) for loc in files])
+
+
+def _scan_on_worker(loc: Location, cfg: CorpusConfig, storage_options: dict) -> FileScan:
+    restore_options(storage_options)  # image URLs (s3://) go to the driver's endpoint
+    return scan_file(loc, cfg)
 
 
 def _judge(scans: list[FileScan], cfg: CorpusConfig) -> ValidatedCorpus:
     check_same_kinds(scans)
+    modalities = {scan.modality: scan.loc.url for scan in scans}
+    if len(modalities) > 1:
+        raise InputError(f"{modalities['text']} has a {cfg.text_column!r} column (corpus.text_column) and {modalities['image']} "
+                         f"has {cfg.image_column!r} instead (corpus.image_column): a corpus is texts or images, in every file")
     drop = [scan.bad_rows for scan in scans]
     dropped = {"invalid": int(sum(len(rows) for rows in drop))}
     problems = [f"{scan.loc.url}: row {row}, column {col}: {what}" for scan in scans for row, col, what in scan.problems]
@@ -216,7 +237,8 @@ def _judge(scans: list[FileScan], cfg: CorpusConfig) -> ValidatedCorpus:
         logger.warning("dropping %d invalid row(s) of %d: %s", sum(map(len, drop_rows)), total, dropped)
     if total - sum(map(len, drop_rows)) == 0:
         raise InputError("the corpus has no valid rows")
-    return ValidatedCorpus([scan.loc for scan in scans], drop_rows, total, dropped, [int(scan.num_rows) for scan in scans])
+    return ValidatedCorpus([scan.loc for scan in scans], drop_rows, total, dropped, [int(scan.num_rows) for scan in scans],
+                           scans[0].modality)
 
 
 def _duplicate_rows(scans: list[FileScan], bad: list[np.ndarray]) -> list[np.ndarray]:

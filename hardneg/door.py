@@ -12,7 +12,8 @@ Checked, in order:
    ``remine --checkpoint`` (``hardneg.model_dir.check_model_dir``);
 3. the options: a run directory made with other options is refused (``check_same_options``);
 4. the inputs, with the very checks the pipeline runs (``check_inputs``, ``load_places``,
-   ``validate_corpus``) but in this process: the corpus files are scanned on threads, not Ray tasks.
+   ``validate_corpus``) but in this process: the corpus files are scanned on threads, not Ray tasks;
+   a corpus of images needs a model with an image processor, one of texts a tokenizer (``check_model_reads``).
    Inputs a run directory already committed are only compared with their sources.
 5. a user's own embeddings (``embed.corpus_embeddings`` / ``embed.query_embeddings``) against the
    inputs' ids and the model's width (``hardneg.pipelines.own_embeddings.check_own_embeddings``).
@@ -30,7 +31,7 @@ from hardneg import storage
 from hardneg.config import RunConfig
 from hardneg.corpus import ValidatedCorpus, validate_corpus
 from hardneg.errors import ConfigError, StorageError
-from hardneg.model_dir import check_model_dir, default_model_path
+from hardneg.model_dir import check_model_dir, check_model_reads, default_model_path
 
 
 def check_reachable(*paths: Optional[str]) -> None:
@@ -57,7 +58,7 @@ def check_models(cfg: RunConfig, checkpoint: Optional[str] = None, needs_encoder
 
 # Fields that change how fast a round runs, not what it writes: a re-run may change them freely.
 NOT_RESULT_OPTIONS = {
-    "embed": {"batch_size", "block_size", "part_rows", "num_actors", "gpus_per_actor", "cpus_per_actor", "autocast"},
+    "embed": {"batch_size", "block_size", "image_block_size", "part_rows", "num_actors", "gpus_per_actor", "cpus_per_actor", "autocast"},
     "index": {"device", "chunk_size", "query_batch_size", "num_shards", "recall_sample"},
     "mine": {"cross_encoder_batch_size", "format", "output_scores"},  # views derive from the mined table (run.with_view)
     "corpus": {"path"}, "queries": {"path"},  # the inputs' files are compared by content (inputs.input_fingerprint)
@@ -131,7 +132,7 @@ def check_round(cfg: RunConfig, checkpoint: Optional[str] = None, training: bool
     if cfg.mine.miner in ("geographic", "mixed"):
         load_places(cfg.corpus)
         if cfg.mine.miner == "mixed":
-            validate_corpus(cfg.corpus)
+            check_model_reads(cfg.model.path or default_model_path(), validate_corpus(cfg.corpus).modality)
     else:
         ids = check_inputs(cfg, storage.resolve(cfg.run_dir), want_ids=bool(own))
         if ids is not None:
@@ -147,4 +148,6 @@ def check_embed(cfg: RunConfig, output: str) -> ValidatedCorpus:
     check_models(cfg)
     if storage.is_committed(output):
         raise StorageError(f"{storage.resolve(output).url} is already committed; choose a new output path")
-    return validate_corpus(cfg.corpus)
+    corpus = validate_corpus(cfg.corpus)
+    check_model_reads(cfg.model.path or default_model_path(), corpus.modality)
+    return corpus

@@ -1,4 +1,5 @@
-"""The bi-encoder: a transformers ``AutoModel`` plus the pooling its sentence-transformers config declares.
+"""The bi-encoder: a transformers ``AutoModel`` plus the pooling its sentence-transformers config declares;
+texts, images (vision models) or both (CLIP-style dual models).
 
 One implementation serves the embed pipeline and the trainer, so a checkpoint
 embeds exactly as it trained. Loading never touches a model hub
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 
 from hardneg.errors import ConfigError
-from hardneg.model_dir import default_model_path
+from hardneg.images import ImageValue, image_processor, preprocess_images
+from hardneg.model_dir import IMAGE_PROCESSOR_FILE, TOKENIZER_FILES, config_dim, default_model_path
 
 POOLING_KEYS = {
     "pooling_mode_cls_token": "cls",
@@ -102,16 +104,45 @@ def pad_batch(token_lists: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.
     return torch.from_numpy(input_ids), torch.from_numpy(mask)
 
 
-class Encoder(torch.nn.Module):
-    """AutoModel + pooling (+ optional L2 normalisation): texts or token ids in, vectors out."""
+def image_pool(output) -> torch.Tensor:
+    """A vision model's vector per image: ``pooler_output`` when the model has one (ViT: its dense + tanh
+    over the CLS token; ConvNeXt: the normed global average), else the mean of ``last_hidden_state`` over
+    its tokens ``(B, T, H)`` or its grid ``(B, C, H, W)``."""
+    pooled = getattr(output, "pooler_output", None)
+    if pooled is not None:
+        return pooled.flatten(1)
+    hidden = output.last_hidden_state
+    return hidden.mean(dim=(2, 3)) if hidden.dim() == 4 else hidden.mean(dim=1)
 
-    def __init__(self, model, tokenizer, pooling: str, normalize: bool, max_length: int):
+
+def _features(output) -> torch.Tensor:
+    """``get_text_features`` / ``get_image_features`` return a tensor, or (transformers 5) an output whose
+    ``pooler_output`` is the projected vector."""
+    return output if torch.is_tensor(output) else output.pooler_output
+
+
+class Encoder(torch.nn.Module):
+    """AutoModel + pooling (+ optional L2 normalisation): texts, token ids or images in, vectors out.
+
+    Three kinds of model directory load, told apart by what they hold:
+
+    - a text model (a tokenizer): ``last_hidden_state`` pooled as its sentence-transformers config says;
+    - a vision model (an image processor, ``preprocessor_config.json``; ViT, ConvNeXt, a CLIP or SigLIP
+      vision tower): ``image_pool``;
+    - a dual text+image model (both, and ``get_text_features`` / ``get_image_features``: CLIP, SigLIP):
+      texts and images land in one space, so a text query finds images.
+
+    One encoder embeds both views of a cross-view place (shared weights, as Sample4Geo trains).
+    """
+
+    def __init__(self, model, tokenizer, pooling: str, normalize: bool, max_length: int, image_processor=None):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.normalize = normalize
         self.max_length = max_length
+        self.image_processor = image_processor
 
     @classmethod
     def load(
@@ -123,31 +154,50 @@ class Encoder(torch.nn.Module):
         trust_remote_code: bool = False,
         device: str = "cpu",
     ) -> "Encoder":
-        """Load a local model directory; unset options come from its sentence-transformers config."""
+        """Load a local model directory; unset options come from its sentence-transformers config.
+
+        Without one, a text model is not normalised and a model that embeds images is (its vectors are
+        compared by cosine, as CLIP's are).
+        """
         from transformers import AutoModel, AutoTokenizer
 
         path = path or default_model_path()
         if not os.path.isdir(path):
             raise ConfigError(f"model.path: {path} is not a local model directory")
         spec = read_pooling_spec(path)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+        names = set(os.listdir(path))
+        tokenizer = None
+        if names & set(TOKENIZER_FILES):
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+        processor = image_processor(path, trust_remote_code) if IMAGE_PROCESSOR_FILE in names else None
         model = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
-        limit = max_length or spec.max_seq_length or min(tokenizer.model_max_length, 512)
-        return cls(
-            model.to(device).eval(),
-            tokenizer,
-            pooling or spec.pooling,
-            spec.normalize if normalize is None else normalize,
-            limit,
-        )
+        limit = max_length or spec.max_seq_length or (min(tokenizer.model_max_length, 512) if tokenizer is not None else 512)
+        if normalize is None:
+            normalize = spec.normalize if "modules.json" in names else processor is not None
+        return cls(model.to(device).eval(), tokenizer, pooling or spec.pooling, normalize, limit, processor)
+
+    @property
+    def is_dual(self) -> bool:
+        """A CLIP-style model: texts through ``get_text_features``, images through ``get_image_features``."""
+        return hasattr(self.model, "get_text_features") and hasattr(self.model, "get_image_features")
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text, truncated to ``max_length``, unpadded."""
+        if self.tokenizer is None:
+            raise ConfigError("model.path: a vision model embeds images, not texts (it has no tokenizer)")
         return self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=False)["input_ids"]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        vectors = pool(hidden, attention_mask, self.pooling)
+    def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                pixel_values: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Vectors of a padded token batch, or (``pixel_values``) of a preprocessed image batch."""
+        if pixel_values is not None:
+            vectors = _features(self.model.get_image_features(pixel_values=pixel_values)) if self.is_dual \
+                else image_pool(self.model(pixel_values=pixel_values))
+        elif self.is_dual:
+            vectors = _features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+        else:
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            vectors = pool(hidden, attention_mask, self.pooling)
         if self.normalize:
             vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
         return vectors
@@ -168,21 +218,49 @@ class Encoder(torch.nn.Module):
             out[rows] = vectors.float().cpu().numpy()
         return out
 
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: np.ndarray, batch_size: int = 64, autocast: Optional[torch.dtype] = None) -> np.ndarray:
+        """Embed preprocessed images ``(n, channels, height, width)`` in batches (float32, input order)."""
+        device = next(self.model.parameters()).device
+        out = np.empty((len(pixels), self.dim), dtype=np.float32)
+        for start in range(0, len(pixels), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(pixels[start : start + batch_size])).to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                out[start : start + batch_size] = self(pixel_values=batch).float().cpu().numpy()
+        return out
+
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Embed texts (float32, in input order)."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self.encode_tokens(self.tokenize(texts), batch_size=batch_size)
 
+    def encode_images(self, images: Sequence[ImageValue], batch_size: int = 64) -> np.ndarray:
+        """Embed images given as paths, URLs or bytes (float32, in input order).
+
+        Example::
+
+            Encoder.load("/models/vit-tiny").encode_images(["tiles/0.png", "tiles/1.png"])   # (2, dim)
+        """
+        if self.image_processor is None:
+            raise ConfigError("model.path: this model embeds texts only (it has no image processor, preprocessor_config.json)")
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.encode_pixels(preprocess_images(images, self.image_processor), batch_size=batch_size)
+
     @property
     def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        return config_dim(self.model.config.to_dict())
 
     def save(self, path: str) -> None:
-        """Save weights, tokenizer and a sentence-transformers pooling config (loadable by both libraries)."""
+        """Save weights, tokenizer and/or image processor and a sentence-transformers pooling config (loadable by
+        transformers' AutoModel, ``Encoder.load`` and, for text models, sentence-transformers)."""
         os.makedirs(os.path.join(path, "1_Pooling"), exist_ok=True)
         self.model.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(path)
+        if self.image_processor is not None:
+            self.image_processor.save_pretrained(path)
         modules = [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},

@@ -1,7 +1,8 @@
 """What makes a directory a model hardneg can load, checked in the driver without loading it.
 
 A model directory (an encoder, a cross-encoder, a training checkpoint) is local and holds a
-``config.json`` that is a JSON object with a ``model_type``, a tokenizer file and a weights file.
+``config.json`` that is a JSON object with a ``model_type``, a tokenizer file or an image processor
+(``preprocessor_config.json``, for vision and dual text+image models) and a weights file.
 These checks take milliseconds and import neither torch nor transformers, so a wrong path is
 refused at the door instead of inside a Ray actor half a minute later.
 
@@ -19,6 +20,7 @@ from hardneg.errors import ConfigError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
                    "sentencepiece.bpe.model", "tokenizer.model")
+IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 
 
@@ -49,10 +51,27 @@ def check_model_dir(path: str, field: str = "model.path") -> None:
         raise ConfigError(f"{field}: {path}: not a model directory (no config.json){empty}; give a transformers or "
                           "sentence-transformers model folder")
     _check_config_json(os.path.join(path, "config.json"), field)
-    if not names & set(TOKENIZER_FILES):
-        raise ConfigError(f"{field}: {path}: no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+    if not names & set(TOKENIZER_FILES) and IMAGE_PROCESSOR_FILE not in names:
+        raise ConfigError(f"{field}: {path}: no tokenizer (none of {', '.join(TOKENIZER_FILES)}) and no image processor "
+                          f"({IMAGE_PROCESSOR_FILE})")
     if not any(name.endswith(WEIGHT_SUFFIXES) for name in names):
         raise ConfigError(f"{field}: {path}: no weights (model.safetensors or pytorch_model.bin)")
+
+
+def check_model_reads(path: str, modality: str, field: str = "model.path") -> None:
+    """A corpus of images needs a model with an image processor, a corpus of texts one with a tokenizer.
+
+    Raises:
+        ConfigError: naming ``field``, the path and what the model lacks.
+    """
+    path = path[len("file://"):] if path.startswith("file://") else path
+    names = set(os.listdir(path))
+    if modality == "image" and IMAGE_PROCESSOR_FILE not in names:
+        raise ConfigError(f"{field}: {path}: the corpus holds images (corpus.image_column), but the model has no image "
+                          f"processor ({IMAGE_PROCESSOR_FILE}); give a vision or a CLIP-style model")
+    if modality == "text" and not names & set(TOKENIZER_FILES):
+        raise ConfigError(f"{field}: {path}: the corpus holds texts (corpus.text_column), but the model has no tokenizer: "
+                          "a vision model embeds images")
 
 
 def _check_config_json(config_file: str, field: str) -> None:
@@ -68,9 +87,18 @@ def _check_config_json(config_file: str, field: str) -> None:
 
 
 def model_dim(path: str) -> int:
-    """The width of the vectors a model directory makes (``config.json``'s ``hidden_size``, or ``d_model`` /
-    ``dim`` where a model names it so), read without loading the model."""
+    """The width of the vectors a model directory makes (``config_dim`` of its ``config.json``), read without
+    loading the model."""
     path = path[len("file://"):] if path.startswith("file://") else path
     with open(os.path.join(path, "config.json"), "rb") as handle:
-        config = json.loads(handle.read().decode("utf-8"))
-    return int(config.get("hidden_size") or config.get("d_model") or config["dim"])
+        return config_dim(json.loads(handle.read().decode("utf-8")))
+
+
+def config_dim(config: dict) -> int:
+    """The width of a model's vectors from its config: a dual text+image model's ``projection_dim`` (CLIP), or
+    its vision tower's width (SigLIP); else ``hidden_size``, ``d_model`` or ``dim``, or the last of ``hidden_sizes``
+    (ConvNeXt, whose pooled output is its last stage)."""
+    if isinstance(config.get("text_config"), dict) and isinstance(config.get("vision_config"), dict):
+        return int(config.get("projection_dim") or config_dim(config["vision_config"]))
+    width = config.get("hidden_size") or config.get("d_model") or config.get("dim")
+    return int(width or config["hidden_sizes"][-1])

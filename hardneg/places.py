@@ -1,8 +1,12 @@
-"""A places corpus (``id``, ``lat``, ``lon``, optional ``text``, ``view`` and ``group``), validated at the door.
+"""A places corpus (``id``, ``lat``, ``lon``, optional ``text`` or ``image``, ``view`` and ``group``), validated at the door.
 
 ``view`` (``corpus.view_column``) makes the corpus cross-view, as in Sample4Geo: each place has two
 views (``text`` and ``view``), the place's own ``view`` is its positive and other places' views are
 its negatives. A file that has the column must fill it in every row.
+
+A file with no ``text`` column but an ``image`` one (``corpus.image_column``) is a corpus of images:
+both views are images (path, URL or bytes), each opened and verified at the door, and the table
+carries ``image`` instead of ``text`` (``place_values``). All files of a corpus agree.
 
 Rules, each failure named by file, row and column: the id, lat and lon columns exist; ids are
 strings or integers (not floats), not null and unique across files; lat and lon are numbers, not null or NaN, lat in [-90, 90],
@@ -31,6 +35,7 @@ from hardneg import storage
 from hardneg.config import CorpusConfig
 from hardneg.corpus import MAX_REPORTED, refuse_float_ids
 from hardneg.errors import InputError
+from hardneg.images import image_problems
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +44,17 @@ RADIANS_MIN_ROWS = 100
 
 @dataclass
 class Places:
-    """The valid rows of a places corpus: ``id`` (string), ``lat``, ``lon`` (float64), ``text``, ``group`` (string,
-    nullable) and, for a cross-view corpus, ``view`` (string)."""
+    """The valid rows of a places corpus: ``id`` (string), ``lat``, ``lon`` (float64), ``text`` (or ``image``, paths or
+    bytes), ``group`` (string, nullable) and, for a cross-view corpus, ``view`` (string, or images)."""
 
     table: pa.Table
     num_rows: int
     dropped: dict = field(default_factory=dict)
+
+
+def place_values(table: pa.Table) -> pa.ChunkedArray:
+    """A places table's first view: its ``image`` column in a corpus of images, else its ``text``."""
+    return table.column("image" if "image" in table.column_names else "text")
 
 
 def coordinate_problems(values: pa.ChunkedArray | pa.Array, column: str, limit: float) -> list[tuple[int, str, str]]:
@@ -92,6 +102,11 @@ def load_places(cfg: CorpusConfig, path: Optional[str] = None) -> Places:
         problems += [(loc.url, row, column, what) for row, column, what in file_problems]
         tables.append(table)
         owners.append((loc.url, table.num_rows))
+    imaged = [loc for (loc, _), table in zip(owners, tables) if "image" in table.column_names]
+    if imaged and len(imaged) < len(tables):
+        bare = next(loc for (loc, _), table in zip(owners, tables) if "image" not in table.column_names)
+        raise InputError(f"{bare}: a {cfg.text_column!r} column (corpus.text_column), but {imaged[0]} has {cfg.image_column!r} "
+                         "instead (corpus.image_column): a places corpus is texts or images, in every file")
     viewed = [loc for (loc, _), table in zip(owners, tables) if "view" in table.column_names]
     if viewed and len(viewed) < len(tables):
         bare = [loc for (loc, _), table in zip(owners, tables) if "view" not in table.column_names]
@@ -118,7 +133,7 @@ def load_places(cfg: CorpusConfig, path: Optional[str] = None) -> Places:
 
 
 def _read_file(loc: storage.Location, cfg: CorpusConfig) -> tuple[pa.Table, list[tuple[int, str, str]]]:
-    wanted = [cfg.id_column, cfg.lat_column, cfg.lon_column, cfg.text_column, cfg.group_column, cfg.view_column]
+    wanted = [cfg.id_column, cfg.lat_column, cfg.lon_column, cfg.text_column, cfg.group_column, cfg.view_column, cfg.image_column]
     raw = storage.read_table_file(loc, wanted)
     missing = [c for c in wanted[:3] if c not in raw.column_names]
     if missing:
@@ -137,15 +152,26 @@ def _read_file(loc: storage.Location, cfg: CorpusConfig) -> tuple[pa.Table, list
         if bad_coords:  # non-numbers cannot be cast; they are dropped or reported anyway
             values = pa.array([None if row in bad_coords else v for row, v in enumerate(values.to_pylist())], pa.float64())
         columns[name] = values.cast(pa.float64())
-    for name, source in (("text", cfg.text_column), ("group", cfg.group_column)):
+    images = cfg.text_column not in raw.column_names and cfg.image_column in raw.column_names
+    for name, source in (("image" if images else "text", cfg.image_column if images else cfg.text_column), ("group", cfg.group_column)):
         present = source in raw.column_names
-        columns[name] = raw.column(source).cast(pa.string()) if present else pa.nulls(raw.num_rows, pa.string())
+        columns[name] = raw.column(source) if name == "image" else \
+            raw.column(source).cast(pa.string()) if present else pa.nulls(raw.num_rows, pa.string())
+    if images:
+        problems += _image_problems(raw.column(cfg.image_column), cfg.image_column)
     if cfg.view_column in raw.column_names:
         views = raw.column(cfg.view_column)
-        problems += [(int(row), cfg.view_column, "missing view (a cross-view place needs both views)")
-                     for row in np.flatnonzero(pc.is_null(views).to_numpy(zero_copy_only=False))]
-        columns["view"] = views.cast(pa.string())
+        missing = pc.is_null(views).to_numpy(zero_copy_only=False)
+        problems += [(int(row), cfg.view_column, "missing view (a cross-view place needs both views)") for row in np.flatnonzero(missing)]
+        if images:
+            problems += [problem for problem in _image_problems(views, cfg.view_column) if not missing[problem[0]]]
+        columns["view"] = views if images else views.cast(pa.string())
     return pa.table(columns), problems
+
+
+def _image_problems(values: pa.ChunkedArray, column: str) -> list[tuple[int, str, str]]:
+    issue = image_problems(values)
+    return [(int(row), column, issue[row]) for row in np.flatnonzero(issue != "")]
 
 
 def _duplicates(ids: pa.ChunkedArray, owners: list[tuple[str, int]], id_column: str) -> list[tuple[str, int, str, str]]:

@@ -232,8 +232,9 @@ def read_table_file(loc: Location, columns: Optional[Sequence[str]] = None) -> p
         raise InputError(f"{loc.url}: cannot be read as a table: {err}") from None
     if columns:
         missing = [c for c in columns if c not in table.column_names]
-        if missing:
-            return table  # the caller reports missing columns with the file's name
+        if missing:  # the caller reports missing columns (or skips optional ones) with the file's name
+            _check_utf8(loc, table.select([c for c in columns if c in table.column_names]))
+            return table
         table = table.select(list(columns))
     _check_utf8(loc, table)
     return table

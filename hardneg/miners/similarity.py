@@ -96,7 +96,7 @@ class MiningResult:
         return self.counts == self.negative_rows.shape[1]
 
 
-def hash_texts(texts: Sequence[str]) -> np.ndarray:
+def hash_texts(texts: Sequence[str | bytes]) -> np.ndarray:
     """Stable 64-bit hashes of texts (blake2b), for ``corpus_text_hash`` and ``query_forbidden_hashes``.
 
     Example::
@@ -106,7 +106,8 @@ def hash_texts(texts: Sequence[str]) -> np.ndarray:
     out = np.empty(len(texts), dtype=np.uint64)
     for i, text in enumerate(texts):
         # 0 is the padding of query_forbidden_hashes, so no text hashes to it.
-        out[i] = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") or 1
+        data = text if isinstance(text, bytes) else text.encode("utf-8")  # an image given as bytes hashes as is
+        out[i] = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") or 1
     return out
 
 

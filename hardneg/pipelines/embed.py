@@ -1,10 +1,12 @@
-"""Embed a corpus with Ray Data: read -> tokenize (CPU tasks) -> Encoder actors -> Parquet shards.
+"""Embed a corpus with Ray Data: read -> tokenize or decode images (CPU tasks) -> Encoder actors -> Parquet shards.
 
 The driver holds neither texts nor vectors: files are read by Ray tasks, token
 ids flow as Arrow blocks to a pool of Encoder actors (one GPU each when the
 cluster has GPUs), and the actors' output is written by Ray as Parquet shards
 with ``id`` and ``embedding`` (fixed-size list). ``MANIFEST.json`` is written
-last, so a crash leaves no readable partial output.
+last, so a crash leaves no readable partial output. A corpus of images (``corpus.image_column``)
+takes the same road: CPU tasks decode each block's images and run the model's
+``AutoImageProcessor`` (``preprocess_block``); the actors get ``pixel_values``, never files.
 
 The corpus files are grouped into parts of about ``embed.part_rows`` rows, each embedded
 into ``OUTPUT/part-NNNNN/`` and committed with its own manifest. Each attempt at a part names
@@ -43,6 +45,7 @@ from hardneg import console, faults, storage
 from hardneg.config import CorpusConfig, EmbedConfig, ModelConfig, RunConfig
 from hardneg.corpus import ValidatedCorpus, validate_corpus
 from hardneg.encoder import Encoder, default_model_path, model_fingerprint, read_pooling_spec
+from hardneg.images import image_processor, is_image_column, preprocess_images
 from hardneg.model_dir import model_dim
 from hardneg.resources import ResourcePlan, plan_resources
 
@@ -65,16 +68,23 @@ def _tokenizer(model_path: str, trust_remote_code: bool):
     return _tokenizers[key]
 
 
-def read_corpus_file(spec: dict, id_column: str, text_column: str) -> pa.Table:
-    """Read one corpus file's id and text columns, minus the rows validation dropped; ``dest``: its output part."""
+def read_corpus_file(spec: dict, id_column: str, value_column: str, modality: str = "text") -> pa.Table:
+    """Read one corpus file's id and text (or image) columns, minus the rows validation dropped; ``dest``: its
+    output part. Texts come out as ``text`` (string); images as ``image_path`` (string) or ``image_bytes``
+    (binary), the other null: one schema for every file, so Ray Data never casts paths to bytes."""
     loc = storage.Location(spec["fs"], spec["path"])
-    table = storage.read_table_file(loc, [id_column, text_column])
+    table = storage.read_table_file(loc, [id_column, value_column])
     if len(spec["drop_rows"]):
         keep = np.ones(table.num_rows, dtype=bool)
         keep[spec["drop_rows"]] = False
         table = table.filter(pa.array(keep))
-    return pa.table({"id": table.column(id_column), "text": table.column(text_column).cast(pa.string()),
-                     "dest": pa.array(np.full(table.num_rows, spec.get("dest", 0), np.int32))})
+    values = table.column(value_column)
+    dest = pa.array(np.full(table.num_rows, spec.get("dest", 0), np.int32))
+    if modality != "image":
+        return pa.table({"id": table.column(id_column), "text": values.cast(pa.string()), "dest": dest})
+    paths = values.cast(pa.string()) if not is_image_column(values) else pa.nulls(table.num_rows, pa.string())
+    encoded = values.cast(pa.binary()) if is_image_column(values) else pa.nulls(table.num_rows, pa.binary())
+    return pa.table({"id": table.column(id_column), "image_path": paths, "image_bytes": encoded, "dest": dest})
 
 
 def tokenize_block(block: pa.Table, model_path: str, max_length: int, prefixes: Sequence[str], trust_remote_code: bool) -> pa.Table:
@@ -95,6 +105,25 @@ def tokenize_block(block: pa.Table, model_path: str, max_length: int, prefixes: 
     })
 
 
+def preprocess_block(block: pa.Table, model_path: str, trust_remote_code: bool, storage_options: dict) -> pa.Table:
+    """Decode a block's images and preprocess them with the model's ``AutoImageProcessor`` (CPU task):
+    ``pixel_values`` flat per row (float32) with its ``pixel_shape`` (channels, height, width)."""
+    storage.restore_options(storage_options)  # s3:// images on the configured endpoint
+    images = [path if path is not None else encoded
+              for path, encoded in zip(block.column("image_path").to_pylist(), block.column("image_bytes").to_pylist())]
+    pixels = preprocess_images(images, image_processor(model_path, trust_remote_code))
+    shape = pa.array([list(pixels.shape[1:])] * len(pixels), pa.list_(pa.int32(), 3))
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(pixels.reshape(-1)), int(np.prod(pixels.shape[1:])))
+    return pa.table({"id": block.column("id"), "dest": block.column("dest"), "pixel_values": flat, "pixel_shape": shape})
+
+
+def block_pixels(block: pa.Table) -> np.ndarray:
+    """``preprocess_block``'s pixels of a block back as float32 ``(n, channels, height, width)``."""
+    shape = block.column("pixel_shape")[0].as_py()
+    flat = block.column("pixel_values").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(block.num_rows, *shape)
+
+
 def embedding_array(vectors: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
     """(n, d) numpy -> Arrow fixed_size_list<float16|float32>[d]."""
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.dtype(dtype)).reshape(-1))
@@ -102,7 +131,7 @@ def embedding_array(vectors: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
 
 
 class EncoderActor:
-    """A Ray Data callable class: token-id blocks in, ``id`` + ``embedding`` blocks out."""
+    """A Ray Data callable class: token-id (or pixel) blocks in, ``id`` + ``embedding`` blocks out."""
 
     def __init__(self, model: ModelConfig, embed: EmbedConfig, model_path: str, torch_threads: int):
         import torch
@@ -118,28 +147,33 @@ class EncoderActor:
         self.autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(embed.autocast) if device == "cuda" else None
 
     def __call__(self, block: pa.Table) -> pa.Table:
-        token_lists = block.column("input_ids").to_pylist()
-        vectors = self.encoder.encode_tokens(token_lists, batch_size=self.batch_size, autocast=self.autocast)
-        faults.point("embed.block", rows=len(token_lists))
+        if "pixel_values" in block.column_names:
+            vectors = self.encoder.encode_pixels(block_pixels(block), batch_size=self.batch_size, autocast=self.autocast)
+        else:
+            token_lists = block.column("input_ids").to_pylist()
+            vectors = self.encoder.encode_tokens(token_lists, batch_size=self.batch_size, autocast=self.autocast)
+        faults.point("embed.block", rows=block.num_rows)
         return pa.table({"id": block.column("id"), "dest": block.column("dest"), "embedding": embedding_array(vectors, self.dtype)})
 
 
-def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, prefixes: Sequence[str] = ("",)):
-    """Ray Dataset of (id, text, dest) -> Ray Dataset of (id, dest, embedding). Lazy; nothing runs yet."""
+def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, prefixes: Sequence[str] = ("",),
+                 modality: str = "text"):
+    """Ray Dataset of (id, text, dest), or (id, image_path, image_bytes, dest) for ``modality="image"``, -> Ray Dataset of
+    (id, dest, embedding). Lazy; nothing runs yet."""
     import ray
 
     spec = read_pooling_spec(model_path)
     plan = plan_actors(embed)
     max_length = model.max_length or spec.max_seq_length or 512
     logger.info("embedding with %d Encoder actor(s), %.0f GPU and %d torch thread(s) each", plan.num_actors, plan.gpus_per_actor, plan.torch_threads)
-    tokens = ds.map_batches(
-        tokenize_block,
-        batch_size=embed.block_size,
-        batch_format="pyarrow",
-        fn_kwargs={"model_path": model_path, "max_length": max_length, "prefixes": list(prefixes),
-                   "trust_remote_code": model.trust_remote_code},
-        num_cpus=1,
-    )
+    if modality == "image":
+        prepare, fn_kwargs = preprocess_block, {"model_path": model_path, "trust_remote_code": model.trust_remote_code,
+                                                "storage_options": storage.s3_options()}
+    else:
+        prepare, fn_kwargs = tokenize_block, {"model_path": model_path, "max_length": max_length, "prefixes": list(prefixes),
+                                              "trust_remote_code": model.trust_remote_code}
+    block_size = embed.image_block_size if modality == "image" else embed.block_size
+    tokens = ds.map_batches(prepare, batch_size=block_size, batch_format="pyarrow", fn_kwargs=fn_kwargs, num_cpus=1)
     with warnings.catch_warnings():
         # Ray 2.60 names no max_restarts / max_task_retries in map_batches: they go as ray_remote_args,
         # which it warns about on every call (RayDeprecationWarning) although there is no other way.
@@ -160,16 +194,18 @@ def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, pr
         )
 
 
-def corpus_dataset(corpora: Sequence[ValidatedCorpus], id_column: Sequence[str], text_column: Sequence[str]):
-    """A Ray Dataset of (id, text, dest), one read task per validated file; ``dest`` is the index in ``corpora``."""
+def corpus_dataset(corpora: Sequence[ValidatedCorpus], id_column: Sequence[str], value_column: Sequence[str]):
+    """A Ray Dataset of (id, text, dest), or (id, image_path, image_bytes, dest) for corpora of images, one read task per validated
+    file; ``dest`` is the index in ``corpora``, ``value_column[dest]`` the column read."""
     import ray
 
-    specs = [{"fs": loc.fs, "path": loc.path, "drop_rows": rows, "dest": dest, "id": id_column[dest], "text": text_column[dest]}
+    specs = [{"fs": loc.fs, "path": loc.path, "drop_rows": rows, "dest": dest, "id": id_column[dest], "value": value_column[dest],
+              "modality": corpus.modality}
              for dest, corpus in enumerate(corpora) for loc, rows in zip(corpus.files, corpus.drop_rows)]
 
     def read(batch: dict) -> pa.Table:
         spec = specs[int(batch["file"][0])]
-        return read_corpus_file(spec, spec["id"], spec["text"])
+        return read_corpus_file(spec, spec["id"], spec["value"], spec["modality"])
 
     files = ray.data.from_items([{"file": index} for index in range(len(specs))], override_num_blocks=len(specs))
     # Half a CPU: reading is I/O, and a different CPU request keeps Ray Data from fusing it with tokenizing,
@@ -283,8 +319,9 @@ def embed_corpora(cfg: RunConfig, targets: Sequence[EmbedTarget]) -> list[dict]:
     model_path = cfg.model.path or default_model_path()
     pending, resumed, num_parts = _pending_parts(cfg, outs, corpora)
     runs: list[list[_Part]] = []
-    for part in pending:
-        if not runs or sum(p.expected for p in runs[-1]) + part.expected > cfg.embed.part_rows:
+    for part in sorted(pending, key=lambda p: p.corpus.modality):  # a run embeds texts or images, not both
+        if (not runs or sum(p.expected for p in runs[-1]) + part.expected > cfg.embed.part_rows
+                or runs[-1][0].corpus.modality != part.corpus.modality):
             runs.append([])
         runs[-1].append(part)
     for number, run in enumerate(runs):
@@ -330,8 +367,8 @@ def _pending_parts(cfg: RunConfig, outs: list, corpora: list) -> tuple[list[_Par
 def _embed_run(cfg: RunConfig, targets: Sequence[EmbedTarget], model_path: str, run: list[_Part], name: str) -> None:
     """One Ray Data run over ``run``'s parts (one actor pool), each part written to its folder and committed."""
     ds = corpus_dataset([p.corpus for p in run], [targets[p.target].corpus_cfg.id_column for p in run],
-                        [targets[p.target].corpus_cfg.text_column for p in run])
-    ds = embed_tables(ds, cfg.model, cfg.embed, model_path, [targets[p.target].prefix for p in run])
+                        [p.corpus.value_column(targets[p.target].corpus_cfg) for p in run])
+    ds = embed_tables(ds, cfg.model, cfg.embed, model_path, [targets[p.target].prefix for p in run], run[0].corpus.modality)
     with console.stage(name, rows=sum(p.expected for p in run)):
         written = write_embeddings(ds, [p.part_dir for p in run], f"a{uuid.uuid4().hex[:12]}")
     for part, (rows, shards) in zip(run, written):
@@ -390,7 +427,9 @@ def embeddings_manifest(cfg: RunConfig, model_path: str, rows: int, seconds: flo
         "kind": "embeddings",
         "model": model_path,
         "model_hash": model_fingerprint(model_path),
-        "pooling": cfg.model.pooling or spec.pooling,
+        "modality": corpus.modality,
+        # images: pooler_output, or the mean of last_hidden_state (hardneg.encoder.image_pool)
+        "pooling": "image_pool" if corpus.modality == "image" else cfg.model.pooling or spec.pooling,
         "normalize": cfg.model.normalize,
         "max_length": cfg.model.max_length or spec.max_seq_length,
         "dim": dim,

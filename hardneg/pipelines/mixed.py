@@ -48,7 +48,7 @@ from hardneg.pipelines.geo import mine_places, place_arrays
 from hardneg.pipelines.index import index_or_reuse
 from hardneg.pipelines.mine import search_recall
 from hardneg.pipelines.write import kept_rows, places_table, write_place_rows
-from hardneg.places import Places, load_places
+from hardneg.places import Places, load_places, place_values
 from hardneg.rundir import RoundManifest, stage_timing, timing
 from hardneg.search import open_index, read_embeddings
 
@@ -133,7 +133,7 @@ def _search_and_mine(cfg: RunConfig, index, embeddings_dir: str, vectors: np.nda
                      table: pa.Table, lat: np.ndarray, lon: np.ndarray, groups: np.ndarray,
                      stages: dict) -> tuple[MiningResult, int, object]:
     """``_similarity``'s batches over an open ``index``."""
-    text_hash = hash_texts(table.column("text").to_pylist())
+    text_hash = hash_texts(place_values(table).to_pylist())  # a corpus of images: equal paths or bytes
     depth = min(cfg.mine.candidate_depth() + 1, index.ntotal)  # + 1: the place itself comes back first
     num_places, step = len(vectors), cfg.index.query_batch_size
     rows_out = np.full((num_places, cfg.mine.num_negatives), -1, np.int64)

@@ -21,6 +21,7 @@ from hardneg import storage
 from hardneg.config import RunConfig
 from hardneg.miners import compose_batches
 from hardneg.pipelines.views import view_table
+from hardneg.places import place_values
 from hardneg.rundir import stage_timing
 
 PART_ROWS = 100_000
@@ -74,7 +75,7 @@ def view_columns(cfg: RunConfig) -> tuple[str, str]:
 
 
 def places_table(places: pa.Table, negative_rows: np.ndarray, round_index: int, encoder: str, **lists: np.ndarray) -> pa.Table:
-    """One row per place: ``query_id``, ``query``, ``negative_ids``, ``negatives``, then ``lists`` (each a
+    """One row per place: ``query_id``, ``query`` (its text, or its image), ``negative_ids``, ``negatives``, then ``lists`` (each a
     ``(q, n)`` array aligned with ``negative_rows``; floats are written as float32), ``round``, ``encoder``.
 
     A cross-view corpus (a ``view`` column) adds ``positive_id`` and ``positive`` (the place's own
@@ -82,7 +83,7 @@ def places_table(places: pa.Table, negative_rows: np.ndarray, round_index: int, 
     present = negative_rows >= 0
     offsets = pa.array(np.concatenate([[0], np.cumsum(present.sum(axis=1))]).astype(np.int32))
     take = pa.array(negative_rows[present])
-    ids, texts = places.column("id").combine_chunks(), places.column("text").combine_chunks()
+    ids, texts = places.column("id").combine_chunks(), place_values(places).combine_chunks()
     columns = {"query_id": ids, "query": texts}
     if "view" in places.column_names:
         texts = places.column("view").combine_chunks()

@@ -89,16 +89,22 @@ def _runs(chunk: pd.DataFrame) -> Iterator[tuple[int, pd.DataFrame]]:
         yield int(ids[start]), chunk.iloc[start:end]
 
 
-def batch_texts(frame: pd.DataFrame, negatives_per_row: int) -> tuple[list[str], list[str], list[str], np.ndarray]:
-    """Queries, positives, ``negatives_per_row`` negatives per row (flat, row-major; "" pads short rows) and their mask."""
+def batch_texts(frame: pd.DataFrame, negatives_per_row: int) -> tuple[list, list, list, np.ndarray]:
+    """Queries, positives, ``negatives_per_row`` negatives per row (flat, row-major; "" pads short rows) and their mask.
+
+    Texts come back as strings; images given as bytes stay bytes (paths are strings either way)."""
     check_columns(frame, batch_mode=False)
-    queries = [str(text) for text in frame["query"]]
-    positives = [str(text) for text in frame["positive"]]
+    queries = [_value(text) for text in frame["query"]]
+    positives = [_value(text) for text in frame["positive"]]
     mask = np.zeros((len(frame), negatives_per_row), dtype=bool)
     negatives: list[str] = []
     for row, texts in enumerate(frame["negatives"]):
         texts = list(texts)[:negatives_per_row] if texts is not None else []
         mask[row, : len(texts)] = True
-        negatives.extend(str(text) for text in texts)
+        negatives.extend(_value(text) for text in texts)
         negatives.extend([""] * (negatives_per_row - len(texts)))
     return queries, positives, negatives, mask
+
+
+def _value(value) -> str | bytes:
+    return value if isinstance(value, bytes) else str(value)

@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from hardneg import storage
 from hardneg.config import TrainConfig
 from hardneg.errors import ConfigError, InputError
 from hardneg.trainers.train_loop import train_loop_per_worker
@@ -108,6 +109,7 @@ def fit_round(
         "train": train_cfg.model_dump(), "model_path": model_path, "epochs": epochs,
         "steps_per_epoch": steps_per_epoch(dataset, train_cfg, batch_mode), "batch_mode": batch_mode,
         "fit_id": fit_id or uuid.uuid4().hex, "query_prompt": query_prompt,
+        "storage_options": storage.s3_options(),  # a worker reads s3:// images on the configured endpoint
     }
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -1,5 +1,9 @@
 """The Ray Train worker loop: a bi-encoder trained with InfoNCE on a streamed mined round.
 
+A vision encoder (no tokenizer: a round over a places corpus of images) reads its rows' queries,
+positives and negatives as images (paths or bytes), decodes and preprocesses them with the
+checkpoint's image processor in the worker, and embeds both views with the one encoder.
+
 Each worker loads ``hardneg.encoder.Encoder`` (the class the embed pipeline
 uses, so a checkpoint embeds exactly as it trained), streams its shard of the
 round, and after every epoch reports metrics and a checkpoint directory that
@@ -20,8 +24,10 @@ from typing import Any, Optional
 
 import torch
 
+from hardneg import storage
 from hardneg.config import TrainConfig
 from hardneg.encoder import Encoder, pad_batch
+from hardneg.images import preprocess_images
 from hardneg.trainers.batches import batch_texts, read_batches
 from hardneg.trainers.losses import LogitScale, info_nce
 
@@ -39,8 +45,9 @@ class ContrastiveModel(torch.nn.Module):
         self.encoder = encoder
         self.logit_scale = logit_scale
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(input_ids, attention_mask), self.logit_scale()
+    def forward(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``input_ids`` and ``attention_mask``, or ``pixel_values``: the encoder's vectors and the scale."""
+        return self.encoder(**inputs), self.logit_scale()
 
 
 def linear_warmup_decay(warmup_steps: int, total_steps: int):
@@ -116,9 +123,15 @@ def _load_start(config: dict, cfg: TrainConfig) -> tuple[ContrastiveModel, dict,
 def _train_step(model, encoder: Encoder, frame, cfg: TrainConfig, query_prompt: str, optimizer, scheduler, device) -> float:
     queries, positives, negatives, mask = batch_texts(frame, cfg.negatives_per_row)
     rows = len(queries)
-    tokens = encoder.tokenize([query_prompt + text for text in queries] + positives + negatives)
-    input_ids, attention = pad_batch(tokens, encoder.tokenizer.pad_token_id or 0)
-    vectors, scale = model(input_ids.to(device), attention.to(device))
+    if encoder.tokenizer is None:  # a vision encoder: the rows hold images; a masked negative repeats its row's positive
+        negatives = [value if keep else positives[index // max(1, cfg.negatives_per_row)]
+                     for index, (value, keep) in enumerate(zip(negatives, mask.reshape(-1)))]
+        pixels = preprocess_images(queries + positives + negatives, encoder.image_processor)
+        vectors, scale = model(pixel_values=torch.from_numpy(pixels).to(device))
+    else:
+        tokens = encoder.tokenize([query_prompt + text for text in queries] + positives + negatives)
+        input_ids, attention = pad_batch(tokens, encoder.tokenizer.pad_token_id or 0)
+        vectors, scale = model(input_ids=input_ids.to(device), attention_mask=attention.to(device))
     negative_vecs = vectors[2 * rows :].reshape(rows, cfg.negatives_per_row, -1) if cfg.negatives_per_row else None
     loss = info_nce(
         vectors[:rows], vectors[rows : 2 * rows], negative_vecs, scale=scale, symmetric=cfg.symmetric,
@@ -133,12 +146,14 @@ def _train_step(model, encoder: Encoder, frame, cfg: TrainConfig, query_prompt: 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: ``train`` (TrainConfig as a dict), ``model_path``,
-    ``epochs``, ``steps_per_epoch``, ``batch_mode``, ``fit_id``, optionally ``query_prompt``.
+    ``epochs``, ``steps_per_epoch``, ``batch_mode``, ``fit_id``, optionally ``query_prompt`` and
+    ``storage_options`` (``storage.s3_options()`` of the driver).
     """
     import ray.train
     import ray.train.torch
 
     cfg = TrainConfig.model_validate(config["train"])
+    storage.restore_options(config.get("storage_options", {}))
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(cfg.seed)

@@ -1,0 +1,261 @@
+"""Images, mechanically end to end: a tiny random ViT built here, real photographs from scikit-learn cut into
+tiles as places (two views each: the tile and its mirror image), embedded by Ray, GPS batches, one training
+step, a similarity (DSS) re-mine with the checkpoint, and a checkpoint that reloads and embeds identically."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from hardneg import storage
+from hardneg.cli import main
+from hardneg.config import CorpusConfig, parse_config
+from hardneg.encoder import Encoder
+from hardneg.errors import InputError
+from hardneg.images import open_image
+from hardneg.places import load_places
+from hardneg.rundir import round_dir
+from hardneg.search import read_embeddings
+from conftest import write_jsonl
+
+TILE = 64  # pixels; each tile is a place
+DEGREES_PER_TILE = 0.01  # about 1.1 km between neighbouring tiles
+GRID = (4, 6)  # tiles per photograph (rows, columns): 2 photographs, 48 places
+
+
+@pytest.fixture(scope="module")
+def vit_path(tmp_path_factory):
+    """A tiny random ViT (32 x 32 input, patches of 8, hidden 32, 2 layers) and its image processor, saved as
+    transformers saves them: no sentence-transformers config, so vectors are normalised by default."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64)
+    path = str(tmp_path_factory.mktemp("tiny_vit"))
+    ViTModel(config).eval().save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    """scikit-learn's two sample photographs cut into 64 x 64 tiles saved as PNG; a place per tile at its grid
+    position (0.01 degree a tile, the photographs a degree apart), view A the tile, view B its mirror image."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    folder = tmp_path_factory.mktemp("tiles")
+    rows = []
+    for number, photo in enumerate(load_sample_images().images):
+        for r in range(GRID[0]):
+            for c in range(GRID[1]):
+                tile = Image.fromarray(photo[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE])
+                name = f"{number}_{r}_{c}"
+                tile.save(folder / f"{name}.png")
+                tile.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / f"{name}_mirror.png")
+                rows.append({"id": name, "image": str(folder / f"{name}.png"), "view": str(folder / f"{name}_mirror.png"),
+                             "lat": 40 + number + r * DEGREES_PER_TILE, "lon": 10 + c * DEGREES_PER_TILE})
+    return write_jsonl(folder / "places.jsonl", rows), rows
+
+
+@pytest.fixture(scope="module")
+def places_parquet(places):
+    """The same places as Parquet, view A as the encoded PNG itself (binary), view B as its path."""
+    path, rows = places
+    table = pa.table({"id": [row["id"] for row in rows], "image": [open(row["image"], "rb").read() for row in rows],
+                      "view": [row["view"] for row in rows], "lat": [row["lat"] for row in rows], "lon": [row["lon"] for row in rows]})
+    pq.write_table(table, path.replace(".jsonl", ".parquet"))
+    return path.replace(".jsonl", ".parquet"), table.to_pylist()
+
+
+def test_a_vision_encoder_pools_normalises_and_reloads_as_transformers_saves_it(vit_path, places, tmp_path):
+    from transformers import AutoModel
+
+    _, rows = places
+    encoder = Encoder.load(vit_path)
+    paths = [row["image"] for row in rows[:5]]
+    vectors = encoder.encode_images(paths)
+    assert encoder.tokenizer is None and encoder.normalize and vectors.shape == (5, 32)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-6)
+    with open(paths[0], "rb") as handle:  # bytes embed as the file they came from
+        np.testing.assert_allclose(encoder.encode_images([handle.read()]), vectors[:1], atol=1e-6)
+    model = AutoModel.from_pretrained(vit_path).eval()
+    pixels = torch.from_numpy(np.asarray(encoder.image_processor(images=[open_image(p) for p in paths], return_tensors="np")["pixel_values"]))
+    with torch.no_grad():
+        pooled = torch.nn.functional.normalize(model(pixel_values=pixels).pooler_output, dim=-1).numpy()
+    np.testing.assert_allclose(vectors, pooled, atol=1e-6)  # pooler_output, L2-normalised
+
+    encoder.save(str(tmp_path / "saved"))
+    again = Encoder.load(str(tmp_path / "saved"))
+    assert type(AutoModel.from_pretrained(str(tmp_path / "saved"))).__name__ == "ViTModel"
+    np.testing.assert_array_equal(again.encode_images(paths), vectors)
+
+
+def test_a_dual_model_puts_texts_and_images_in_one_space(packaged_model_path, places, tmp_path):
+    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    _, rows = places
+    tokenizer = AutoTokenizer.from_pretrained(packaged_model_path, local_files_only=True)
+    torch.manual_seed(0)
+    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = CLIPConfig(text_config={**tower, "vocab_size": tokenizer.vocab_size, "max_position_embeddings": 64},
+                        vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=16)
+    path = str(tmp_path / "clip")
+    CLIPModel(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+
+    encoder = Encoder.load(path)
+    texts, images = encoder.encode(["a red flower", "a temple roof"]), encoder.encode_images([row["image"] for row in rows[:3]])
+    assert encoder.is_dual and texts.shape == (2, 16) and images.shape == (3, 16)
+    model = CLIPModel.from_pretrained(path).eval()
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values=torch.from_numpy(
+            np.asarray(encoder.image_processor(images=[open_image(row["image"]) for row in rows[:3]], return_tensors="np")["pixel_values"])))
+    features = features if torch.is_tensor(features) else features.pooler_output
+    np.testing.assert_allclose(images, torch.nn.functional.normalize(features, dim=-1).numpy(), atol=1e-6)
+    assert (texts @ images.T).shape == (2, 3)  # text-to-image retrieval: one space
+
+
+def test_embed_reads_paths_s3_urls_and_parquet_bytes_in_one_run_and_matches_the_encoder(ray_session, s3_storage, vit_path, places,
+                                                                                        places_parquet, tmp_path):
+    import boto3
+
+    from hardneg.corpus import validate_corpus
+    from hardneg.pipelines.embed import EmbedTarget, embed_corpora
+
+    path, rows = places
+    s3 = boto3.client("s3", endpoint_url=s3_storage, region_name="us-east-1")
+    for row in rows:
+        s3.put_object(Bucket="hardneg-test", Key=f"tiles/{row['id']}.png", Body=open(row["image"], "rb").read())
+    urls = [{"id": row["id"], "image": f"s3://hardneg-test/tiles/{row['id']}.png"} for row in rows]
+    missing = write_jsonl(tmp_path / "missing.jsonl", urls[:2] + [{"id": "x", "image": "s3://hardneg-test/tiles/x.png"}])
+    with pytest.raises(InputError, match=r"missing.jsonl: row 2, column image: no such file s3://hardneg-test/tiles/x.png"):
+        validate_corpus(CorpusConfig(path=missing))
+    cfg = parse_config({"model": {"path": vit_path}, "corpus": {"path": path}})
+    targets = [EmbedTarget(str(tmp_path / "paths"), cfg.corpus), EmbedTarget(str(tmp_path / "bytes"), CorpusConfig(path=places_parquet[0])),
+               EmbedTarget(str(tmp_path / "s3"), CorpusConfig(path=write_jsonl(tmp_path / "urls.jsonl", urls)))]
+    manifests = embed_corpora(cfg, targets)  # one Ray Data run, one Encoder actor pool
+    assert [(m["rows"], m["modality"], m["dim"]) for m in manifests] == [(len(rows), "image", 32)] * 3
+    expected = Encoder.load(vit_path).encode_images([row["image"] for row in rows])
+    for target in targets:
+        ids, vectors = read_embeddings(target.output)
+        assert list(ids) == [row["id"] for row in rows]
+        np.testing.assert_allclose(vectors, expected, atol=1e-6)
+
+
+def test_a_training_step_on_rows_of_images_moves_the_vision_encoder(vit_path, places_parquet):
+    """The worker's step alone (no Ray): queries as bytes, positives and a short row's negatives as paths."""
+    import pandas as pd
+
+    from hardneg.config import TrainConfig
+    from hardneg.trainers.losses import LogitScale
+    from hardneg.trainers.train_loop import ContrastiveModel, _train_step
+
+    _, rows = places_parquet
+    cfg = TrainConfig(negatives_per_row=1, learning_rate=1e-2)
+    frame = pd.DataFrame({"query": [row["image"] for row in rows[:4]], "positive": [row["view"] for row in rows[:4]],
+                          "negatives": [[rows[5]["view"]], [], [rows[6]["view"]], [rows[7]["view"]]]})
+    encoder = Encoder.load(vit_path)
+    model = ContrastiveModel(encoder, LogitScale(cfg.temperature))
+    before = encoder.encode_images([row["image"] for row in rows[:4]])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    loss = _train_step(model, encoder, frame, cfg, "", optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), "cpu")
+    assert np.isfinite(loss) and loss > 0
+    assert np.abs(encoder.encode_images([row["image"] for row in rows[:4]]) - before).max() > 1e-4
+
+
+def test_an_unreadable_image_is_refused_at_the_door_naming_file_row_and_column(vit_path, places, tmp_path, capsys):
+    path, rows = places
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    bad = [dict(row) for row in rows[:4]]
+    bad[1]["image"] = str(tmp_path / "gone.png")
+    bad[3]["image"] = str(tmp_path / "broken.png")
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"id": row["id"], "image": row["image"]} for row in bad])
+    assert main(["embed", corpus, str(tmp_path / "out"), "--model-path", vit_path]) == 2
+    err = capsys.readouterr().err
+    assert f"{corpus}: row 1, column image: no such file {tmp_path / 'gone.png'}" in err
+    assert f"{corpus}: row 3, column image: {tmp_path / 'broken.png'}: cannot decode the image" in err
+    assert not (tmp_path / "out").exists()
+
+    views = [dict(row) for row in rows[:4]]
+    views[2]["view"] = str(tmp_path / "broken.png")
+    places_file = write_jsonl(tmp_path / "places.jsonl", views)
+    with pytest.raises(InputError, match=r"places.jsonl: row 2, column view: .*broken.png: cannot decode"):
+        load_places(CorpusConfig(path=places_file))
+    assert main(["mine", places_file, str(tmp_path / "run"), "--miner", "geographic", "--min-km", "0.5"]) == 2
+    assert "row 2, column view" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_a_model_that_cannot_read_the_corpus_is_refused_at_the_door(vit_path, tiny_model_path, places, tmp_path, capsys):
+    path, _ = places
+    assert main(["embed", path, str(tmp_path / "out"), "--model-path", tiny_model_path]) == 2
+    assert "the corpus holds images (corpus.image_column), but the model has no image processor" in capsys.readouterr().err
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"id": 1, "text": "a temple roof"}])
+    assert main(["embed", texts, str(tmp_path / "out"), "--model-path", vit_path]) == 2
+    assert "the corpus holds texts (corpus.text_column), but the model has no tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # a Ray Train fit and a Ray Data run: 40 to 70 s of call on a busy 2-core box (65 to 80 s with setup)
+def test_gps_batches_one_training_step_a_dss_remine_and_a_checkpoint_that_embeds_identically(ray_session, vit_path, places_parquet, tmp_path):
+    """The places as Parquet: view A the PNG bytes, view B a path; both reach the trainer and Ray's Encoder actors."""
+    from transformers import AutoModel
+
+    from hardneg.miners import haversine_km
+    from hardneg.pipelines.loop import train_loop
+    from hardneg.pipelines.remine import remine, run_state
+
+    path, rows = places_parquet
+    cfg = parse_config({
+        "run_dir": str(tmp_path / "run"), "model": {"path": vit_path}, "corpus": {"path": path},
+        "mine": {"miner": "geographic", "num_negatives": 8, "min_km": 0.5, "max_km": 50, "batches": True,
+                 "composed_batch_size": 8, "near_neighbours": 3, "random_neighbours": 2},
+        "embed": {"batch_size": 16},
+        "train": {"epochs": 2, "remine_every": 1, "gps_epochs": 1, "batch_size": 8, "max_steps_per_epoch": 1,
+                  "symmetric": True, "learnable_scale": True, "learning_rate": 1e-2, "negatives_per_row": 0},
+    })
+    [block] = train_loop(cfg, max_blocks=1)  # round 0 (GPS batches) and one training step on it
+    gps = run_state(cfg.run_dir).rounds[0].manifest
+    assert gps["miner"] == "geographic" and block.round == 0 and block.metrics["steps"] == 1
+    batches = storage.read_table(round_dir(cfg.run_dir, 0).join("batches").url).to_pandas()
+    by_id = {row["id"]: row for row in rows}
+    assert sorted(batches["query_id"]) == sorted(by_id)  # every place once
+    for _, batch in batches.groupby("batch_id"):
+        assert len(batch) <= 8
+        lat, lon = np.array([by_id[i]["lat"] for i in batch["query_id"]]), np.array([by_id[i]["lon"] for i in batch["query_id"]])
+        km = haversine_km(lat[:, None], lon[:, None], lat[None], lon[None])
+        assert (km[~np.eye(len(batch), dtype=bool)] >= 0.5).all()  # no two views of one place in a batch
+    assert all(row.query == by_id[row.query_id]["image"] and row.positive == by_id[row.query_id]["view"] for row in batches.itertuples())
+
+    status, dss = remine(cfg)  # round 1: similarity over the places with the checkpoint (train.gps_epochs 1)
+    assert status == "done" and dss["miner"] == "mixed" and dss["encoder"] == block.id and dss["model"] == block.path
+    checkpoint = Encoder.load(block.path)
+    ids, stored = read_embeddings(round_dir(cfg.run_dir, 1).join("embeddings").url)
+    fresh = checkpoint.encode_images([by_id[i]["image"] for i in ids])
+    assert (np.sum(fresh * stored, axis=1) >= 1 - 1e-6).all()  # the checkpoint reloads and embeds as Ray's actors did
+    base = Encoder.load(vit_path).encode_images([by_id[i]["image"] for i in ids])
+    assert np.abs(base - fresh).max() > 1e-4  # ... and the training step changed it
+    hf = AutoModel.from_pretrained(block.path).eval()
+    with torch.no_grad():
+        pixels = torch.from_numpy(np.asarray(checkpoint.image_processor(images=[open_image(by_id[ids[0]]["image"])], return_tensors="np")["pixel_values"]))
+        pooled = torch.nn.functional.normalize(hf(pixel_values=pixels).pooler_output, dim=-1).numpy()[0]
+    assert float(pooled @ fresh[0]) >= 1 - 1e-6  # transformers loads the checkpoint too
+
+    vector_of = dict(zip(ids, fresh))
+    mined = storage.read_table(round_dir(cfg.run_dir, 1).join("mined").url).to_pylist()
+    assert len(mined) == len(rows)
+    for row in mined:
+        assert row["query"] == by_id[row["query_id"]]["image"] and row["positive"] == by_id[row["query_id"]]["view"]
+        assert row["negatives"] == [by_id[i]["view"] for i in row["negative_ids"]] and row["query_id"] not in row["negative_ids"]
+        assert set(row["negative_source"]) == {"similarity"} and min(row["negative_km"]) >= 0.5
+        scores = [float(vector_of[row["query_id"]] @ vector_of[i]) for i in row["negative_ids"]]
+        np.testing.assert_allclose(row["negative_scores"], scores, atol=1e-5)
+        assert row["negative_scores"] == sorted(row["negative_scores"], reverse=True)
+    assert json.loads(open(os.path.join(round_dir(cfg.run_dir, 1).join("embeddings").path, "MANIFEST.json")).read())["modality"] == "image"
+
