@@ -129,7 +129,9 @@ def arm_st(paths: dict, size: int) -> dict:
 def index_settings(size: int) -> dict:
     if size <= 200_000:
         return {"backend": "exact", "device": "cpu"}
-    return {"backend": "ivf", "device": "cpu", "nlist": 1024, "nprobe": 32}
+    # Past 1M rows, two shards: one IVF build over 3M x 384 float32 rows peaks above this 24 GB box
+    # (vectors, index, serialized bytes), and each shard's build and CorpusShard then hold half.
+    return {"backend": "ivf", "device": "cpu", "nlist": 1024, "nprobe": 32, "num_shards": 1 if size <= 1_000_000 else 2}
 
 
 def arm(paths: dict, size: int, run_dir: str) -> dict:

@@ -90,8 +90,16 @@ class ShardedIndex(Index):
         return merge_topk(scores, rows, k)
 
     def close(self) -> None:
+        """Kill the shard actors and return once each is dead (``ray.kill`` only sends the kill: a call made
+        right after it could still reach the actor)."""
         import ray
 
         for a in self.actors:
             ray.kill(a)
+        for a in self.actors:
+            while True:  # each try is a round trip to the actor; it fails once the kill has landed
+                try:
+                    ray.get(a.__ray_ready__.remote())
+                except ray.exceptions.RayActorError:
+                    break
         self.actors = []

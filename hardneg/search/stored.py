@@ -41,7 +41,10 @@ def write_shard(files: list[tuple[str, int]], cfg: IndexConfig, out_url: str, st
         np.save(buffer, np.ascontiguousarray(vectors, np.float32), allow_pickle=False)
         data = buffer.getvalue()
     else:
-        data = build_index(vectors, cfg).to_bytes()
+        index = build_index(vectors, cfg)
+        del vectors  # the index holds its own copy: do not keep a third one while it serializes
+        data = index.to_bytes()
+        del index
     storage.write_bytes(storage.resolve(out_url), data)
     return len(vectors)
 
