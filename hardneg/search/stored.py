@@ -36,6 +36,7 @@ def write_shard(files: list[tuple[str, int]], cfg: IndexConfig, out_url: str, st
     """Build the index over the rows of ``files`` and write it to ``out_url``; returns its row count."""
     storage.restore_options(storage_options)
     _, vectors = read_embeddings("", files)
+    rows = len(vectors)
     if cfg.backend in ("exact", "kdtree"):  # the vectors themselves: nothing to train, and no fp16 round trip
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(vectors, np.float32), allow_pickle=False)
@@ -46,7 +47,7 @@ def write_shard(files: list[tuple[str, int]], cfg: IndexConfig, out_url: str, st
         data = index.to_bytes()
         del index
     storage.write_bytes(storage.resolve(out_url), data)
-    return len(vectors)
+    return rows
 
 
 def index_manifest(index_dir: str) -> dict:
