@@ -35,6 +35,7 @@ from hardneg.errors import InputError
 from hardneg.model_dir import default_model_path, model_dim
 
 MAX_SHOWN = 3
+SCAN_ROWS = 65_536  # rows of an embeddings file checked at a time (the door holds one such batch)
 
 
 @dataclass
@@ -47,8 +48,8 @@ class ScannedEmbeddings:
     dim: int
 
 
-def embedding_width(loc: storage.Location, column: pa.ChunkedArray) -> Optional[int]:
-    """The one width of an embedding column (None when it has no rows).
+def embedding_width(loc: storage.Location, column: pa.ChunkedArray | pa.Array, first_row: int = 0) -> Optional[int]:
+    """The one width of an embedding column (None when it has no rows); rows are named from ``first_row``.
 
     Raises:
         InputError: not a list of floats, a null vector, or rows of different lengths; names the file and row.
@@ -58,19 +59,19 @@ def embedding_width(loc: storage.Location, column: pa.ChunkedArray) -> Optional[
             or not pa.types.is_floating(kind.value_type):
         raise InputError(f"{loc.url}: column embedding is {kind}; expected a list of floats (fixed_size_list or list)")
     if column.null_count:
-        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        row = first_row + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError(f"{loc.url}: row {row}, column embedding: null vector")
     if len(column) == 0:
         return None
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     odd = np.flatnonzero(lengths != lengths[0])
     if len(odd):
-        raise InputError(f"{loc.url}: row {int(odd[0])}, column embedding: {int(lengths[odd[0]])} values where row 0 has "
+        raise InputError(f"{loc.url}: row {first_row + int(odd[0])}, column embedding: {int(lengths[odd[0]])} values where row {first_row} has "
                          f"{int(lengths[0])}; every vector must have the same length")
     values = pc.list_flatten(column)
     if values.null_count or not pc.all(pc.is_finite(values)).as_py():
         bad = ~np.isfinite(values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(column), -1)).all(axis=1)
-        raise InputError(f"{loc.url}: row {int(np.flatnonzero(bad)[0])}, column embedding: a NaN, infinite or null value")
+        raise InputError(f"{loc.url}: row {first_row + int(np.flatnonzero(bad)[0])}, column embedding: a NaN, infinite or null value")
     return int(lengths[0])
 
 
@@ -95,20 +96,22 @@ def scan_embeddings(path: str, field: str) -> ScannedEmbeddings:
         if missing:
             raise InputError(f"{field}: {loc.url}: no column {' or '.join(missing)}; an embeddings file holds id and "
                              f"embedding (columns found: {', '.join(names)})")
-        table = storage.read_table_file(loc, ["id", "embedding"])
-        width = embedding_width(loc, table.column("embedding"))
-        if width is not None:
-            dims.setdefault(width, loc.url)
-        if len(dims) > 1:
-            (first, first_file), (second, second_file) = list(dims.items())[:2]
-            raise InputError(f"{field}: {second_file} holds {second}-dim vectors but {first_file} {first}-dim ones; "
-                             "one folder holds one model's vectors")
-        file_ids = table.column("id")
-        if file_ids.null_count:
-            row = int(np.flatnonzero(file_ids.is_null().to_numpy(zero_copy_only=False))[0])
-            raise InputError(f"{field}: {loc.url}: row {row}, column id: null id")
-        ids.append(file_ids.cast(pa.string()).combine_chunks())
-        files.append((loc.url, table.num_rows))
+        rows = 0
+        for batch in storage.iter_parquet_batches(loc.url, ["id", "embedding"], batch_size=SCAN_ROWS):  # bounded memory
+            width = embedding_width(loc, batch.column("embedding"), first_row=rows)
+            if width is not None:
+                dims.setdefault(width, loc.url)
+            if len(dims) > 1:
+                (first, first_file), (second, second_file) = list(dims.items())[:2]
+                raise InputError(f"{field}: {second_file} holds {second}-dim vectors but {first_file} {first}-dim ones; "
+                                 "one folder holds one model's vectors")
+            batch_ids = batch.column("id")
+            if batch_ids.null_count:
+                row = rows + int(np.flatnonzero(batch_ids.is_null().to_numpy(zero_copy_only=False))[0])
+                raise InputError(f"{field}: {loc.url}: row {row}, column id: null id")
+            ids.append(batch_ids.cast(pa.string()))
+            rows += batch.num_rows
+        files.append((loc.url, rows))
     all_ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
     counts = pc.value_counts(all_ids)
     repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
