@@ -51,6 +51,6 @@ def test_one_text_under_two_ids_never_fills_two_negative_slots(ray_session, pack
         assert len(negatives) == len(set(negatives)) == 3
     france = mined.filter([q == "q0" for q in mined.column("query_id").to_pylist()])
     assert france.column("negatives").to_pylist()[0][0] == "Madrid is the capital of Spain."
-    triplets = storage.read_table(storage.resolve(out).join("rounds", "00000", "triplet").url)
+    triplets = storage.read_table(storage.resolve(out).join("rounds", "00000", "triplet-scores").url)  # a view with scores
     assert triplets.column_names == ["anchor", "positive", "negative", "scores"]
     assert triplets.num_rows == 9

@@ -79,13 +79,15 @@ def test_rerun_resumes_committed_stages_and_redoes_a_partial_one(ray_session, ti
     index_stamp = (here / "index" / "shard-00000.npy").stat().st_mtime_ns
     (here / "MANIFEST.json").unlink()
     (here / "mined" / "MANIFEST.json").unlink()  # as if the driver died while writing mined/
-    (here / "mined" / "part-00000.parquet").write_bytes(b"half a file")
+    (here / "mined" / "part-000000000000.parquet").write_bytes(b"half a file")  # the first part's name
     again = run_round(cfg)
     assert (here / "embeddings" / "MANIFEST.json").read_text() == embed_manifest  # not re-embedded
     assert (here / "index" / "MANIFEST.json").read_text() == index_manifest  # the persisted index is reused
     assert (here / "index" / "shard-00000.npy").stat().st_mtime_ns == index_stamp
     assert again["counts"] == first["counts"]
-    assert mined_rows(tmp_path / "run")[0]["negative_ids"] == pq.read_table(here / "mined" / "part-00000.parquet").to_pylist()[0]["negative_ids"]
+    first_part = sorted((here / "mined").glob("part-*.parquet"))[0]
+    assert first_part.name == "part-000000000000.parquet"
+    assert mined_rows(tmp_path / "run")[0]["negative_ids"] == pq.read_table(first_part).to_pylist()[0]["negative_ids"]
 
     (here / "MANIFEST.json").unlink()  # an unfinished round, resumed after the queries file changed
     with open(queries, "a") as handle:
