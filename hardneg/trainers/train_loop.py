@@ -159,7 +159,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     module, state, optimizer_state = _load_start(config, cfg)
     module.train()
-    model = ray.train.torch.prepare_model(module)
+    # A text model's pooler (BERT's, kept by AutoModel) gets no gradient under mean pooling: DDP must know,
+    # or two workers fail on their second step ("parameters that did not receive grad").
+    model = ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": True})
     device = ray.train.torch.get_device()
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.learning_rate)
     if optimizer_state is not None:
