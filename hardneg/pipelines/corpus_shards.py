@@ -11,8 +11,10 @@ them) and merges: the merged search equals the unsharded one, scores and rows (t
 
 Example::
 
-    with open_shards(cfg, inputs, "runs/a/rounds/00000/embeddings", "runs/a/rounds/00000/index") as shards:
-        scores, rows = ShardSet(shards, ...).search(query_vectors, k=50)
+    index_dir = "runs/a/rounds/00000/index"
+    with open_shards(cfg.index, corpus, corpus_cfg, "runs/a/rounds/00000/embeddings", index_dir, index_manifest(index_dir),
+                     in_process=False) as (actors, starts, _):
+        scores, rows = ShardSet(actors, starts).search(query_vectors, k=50)
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from hardneg.corpus import ValidatedCorpus
 from hardneg.errors import StorageError
 from hardneg.miners import hash_texts
 from hardneg.pipelines.inputs import load_corpus
-from hardneg.search import ExactIndex, FaissIndex, build_index, embedding_files, index_manifest, merge_topk, read_embeddings
-from hardneg.search.sharded import ShardActor
+from hardneg.search import ExactIndex, FaissIndex, build_index, embedding_files, read_embeddings
+from hardneg.search.sharded import ShardActor, merge_shards
 
 NO_GROUP = -1
 
@@ -119,42 +121,37 @@ class CorpusShard(ShardActor):
 class ShardSet:
     """A batch's calls fanned out to every shard (objects in this process, or their Ray actors) and merged."""
 
-    def __init__(self, shards: Sequence, starts: Sequence[int], ntotal: int):
+    def __init__(self, shards: Sequence, starts: Sequence[int]):
         self.shards = list(shards)
         self.starts = np.asarray(starts, np.int64)
-        self.ntotal = ntotal
         self.remote = not isinstance(self.shards[0], CorpusShard)
 
-    def _call(self, name: str, args: Sequence[tuple]) -> list:
+    def _call(self, name: str, calls: Sequence[tuple[int, tuple]]) -> list:
+        """``name(*args)`` of shard ``s`` for each ``(s, args)``: direct calls, or Ray calls gathered at once."""
         if not self.remote:
-            return [getattr(shard, name)(*a) for shard, a in zip(self.shards, args)]
+            return [getattr(self.shards[s], name)(*args) for s, args in calls]
         from hardneg.ray_runtime import get
 
-        return get([getattr(shard, name).remote(*a) for shard, a in zip(self.shards, args)])
+        return get([getattr(self.shards[s], name).remote(*args) for s, args in calls])
+
+    def _everywhere(self, name: str, *args) -> list:
+        return self._call(name, [(s, args) for s in range(len(self.shards))])
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)`` of the ``k`` best corpus rows per query, over every shard."""
-        queries = np.ascontiguousarray(queries, np.float32)
-        if len(self.shards) == 1:
-            return self._call("search", [(queries, k)])[0]
-        parts = self._call("search", [(queries, k)] * len(self.shards))
-        return merge_topk(np.concatenate([s for s, _ in parts], 1), np.concatenate([r for _, r in parts], 1), k)
+        parts = self._everywhere("search", np.ascontiguousarray(queries, np.float32), k)
+        return parts[0] if len(parts) == 1 else merge_shards(parts, k)
 
     def find(self, ids: np.ndarray) -> np.ndarray:
         """The global row of each id (``-1``: in no shard)."""
-        return np.max(np.stack(self._call("find", [(ids,)] * len(self.shards))), axis=0)
+        return np.max(np.stack(self._everywhere("find", ids)), axis=0)
 
     def _routed(self, name: str, rows: np.ndarray) -> list[tuple[np.ndarray, tuple]]:
         """``name`` asked of each shard for its own ``rows``: ``[(positions in rows, answer), ...]``."""
         owner = np.searchsorted(self.starts, rows, side="right") - 1
-        picks = [np.flatnonzero(owner == shard) for shard in range(len(self.shards))]
-        asked = [shard for shard, pick in enumerate(picks) if len(pick)]
-        if not self.remote:
-            answers = [getattr(self.shards[s], name)(rows[picks[s]]) for s in asked]
-        else:
-            from hardneg.ray_runtime import get
-
-            answers = get([getattr(self.shards[s], name).remote(rows[picks[s]]) for s in asked])
+        picks = {s: np.flatnonzero(owner == s) for s in range(len(self.shards))}
+        asked = [s for s, pick in picks.items() if len(pick)]
+        answers = self._call(name, [(s, (rows[picks[s]],)) for s in asked])
         return [(picks[s], answer) for s, answer in zip(asked, answers)]
 
     def facts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -179,32 +176,31 @@ class ShardSet:
 
 @contextmanager
 def open_shards(index_cfg: IndexConfig, corpus: ValidatedCorpus, corpus_cfg: CorpusConfig, embeddings_dir: str,
-                index_dir: str, in_process: bool) -> Iterator[tuple[list, list[int], int, list[dict]]]:
-    """The shards of a committed index: ``(shards, starts, ntotal, constructor kwargs)``.
+                index_dir: str, manifest: dict, in_process: bool) -> Iterator[tuple[list, list[int], list[dict]]]:
+    """The shards of the committed index ``index_dir`` (``manifest``: its manifest): ``(shards, starts, constructor kwargs)``.
 
     With ``in_process`` (one shard, mined by one actor) nothing starts here: the caller builds the
     ``CorpusShard`` from the kwargs where it runs. Otherwise one Ray actor per shard, killed on exit.
     """
-    manifest = index_manifest(index_dir)
     cfg = index_cfg.model_copy(update={"backend": manifest["backend"]})
     files = embedding_files(embeddings_dir)
     kwargs = [{"index_dir": index_dir, "shard": shard, "cfg": cfg, "storage_options": storage.s3_options(),
                "files": shard_files(files, shard), "corpus": corpus, "corpus_cfg": corpus_cfg} for shard in manifest["shards"]]
     starts = [shard["offset"] for shard in manifest["shards"]]
     if in_process:
-        yield [], starts, manifest["rows"], kwargs
+        yield [], starts, kwargs
         return
     import ray
 
     from hardneg.resources import cluster_resources, shard_resources
 
     # One shard's share more than there are shards: the MineActors that call them need CPUs too.
-    cpus, gpus = shard_resources(len(kwargs) + 1, cluster_resources(), cfg.device)
-    gpus = shard_resources(len(kwargs), cluster_resources(), cfg.device)[1]
+    cluster = cluster_resources()
+    cpus, gpus = shard_resources(len(kwargs) + 1, cluster, cfg.device)[0], shard_resources(len(kwargs), cluster, cfg.device)[1]
     actor = ray.remote(CorpusShard).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1)
     actors = [actor.remote(**kw) for kw in kwargs]
     try:
-        yield actors, starts, manifest["rows"], kwargs
+        yield actors, starts, kwargs
     finally:
         for a in actors:
             ray.kill(a)

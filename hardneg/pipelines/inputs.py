@@ -149,11 +149,7 @@ def load_corpus(corpus: ValidatedCorpus, cfg: CorpusConfig, ids: Optional[pa.Arr
     only the rows whose id is in ``ids`` when given (one file in memory at a time)."""
     tables = []
     for loc, drop in zip(corpus.files, corpus.drop_rows):
-        table = storage.read_table_file(loc, [cfg.id_column, cfg.text_column, cfg.group_column])
-        if len(drop):
-            keep = np.ones(table.num_rows, dtype=bool)
-            keep[drop] = False
-            table = table.filter(pa.array(keep))
+        table = _valid_rows(loc, drop, [cfg.id_column, cfg.text_column, cfg.group_column])
         columns = {"id": table.column(cfg.id_column).cast(pa.string()), "text": table.column(cfg.text_column).cast(pa.string())}
         if cfg.group_column in table.column_names:
             columns["group"] = table.column(cfg.group_column).cast(pa.string())
@@ -281,15 +277,19 @@ def _unknown_ids(lists: list, known: pa.Array) -> dict[int, object]:
 
 def corpus_ids(corpus: ValidatedCorpus, cfg: CorpusConfig) -> pa.ChunkedArray:
     """The string ids of every valid row, in file order (only the id column is kept, one file at a time)."""
-    arrays = []
-    for loc, drop in zip(corpus.files, corpus.drop_rows):
-        ids = storage.read_table_file(loc, [cfg.id_column]).column(cfg.id_column).cast(pa.string()).combine_chunks()
-        if len(drop):
-            keep = np.ones(len(ids), dtype=bool)
-            keep[drop] = False
-            ids = ids.filter(pa.array(keep))
-        arrays.append(ids)
+    arrays = [_valid_rows(loc, drop, [cfg.id_column]).column(cfg.id_column).cast(pa.string()).combine_chunks()
+              for loc, drop in zip(corpus.files, corpus.drop_rows)]
     return pa.chunked_array(arrays, pa.string())
+
+
+def _valid_rows(loc: storage.Location, drop: np.ndarray, columns: list[str]) -> pa.Table:
+    """``columns`` of one corpus file without the rows validation dropped."""
+    table = storage.read_table_file(loc, columns)
+    if len(drop):
+        keep = np.ones(table.num_rows, dtype=bool)
+        keep[drop] = False
+        table = table.filter(pa.array(keep))
+    return table
 
 
 def group_codes(groups: Optional[pa.ChunkedArray], num_rows: int) -> np.ndarray:

@@ -69,7 +69,6 @@ class MinePlan:
     round_index: int
     encoder: str
     starts: list
-    ntotal: int
     shard_kwargs: Optional[dict]  # set when the MineActor holds the only shard itself
     threads: int
     storage_options: dict
@@ -86,7 +85,7 @@ class MineActor:
             torch.set_num_threads(plan.threads)
             shards = [CorpusShard(**plan.shard_kwargs)]
         self.plan = plan
-        self.shards = ShardSet(shards, plan.starts, plan.ntotal)
+        self.shards = ShardSet(shards, plan.starts)
         self.scorer = None
         cfg = plan.cfg
         if cfg.mine.cross_encoder:
@@ -172,7 +171,8 @@ def mine_batch(plan: MinePlan, shards: ShardSet, scorer, queries: pa.Table, vect
     same_text = (text_hash[np.maximum(local_negatives, 0)] == text_hash[positive_local][:, None]) & (local_negatives >= 0)
     negatives = np.where(result.negative_rows >= 0, known[np.maximum(result.negative_rows, 0)], -1)
     table = pair_rows(plan, shards, queries, negatives, result.negative_scores, result.counts, pair_query, positive_rows, pair_scores)
-    return table, {"counts": result.counts, "rows": table.num_rows, "removed": result.removed, "same_text": int(same_text.sum()),
+    per_query = np.bincount(result.counts, minlength=plan.params.num_negatives + 1)
+    return table, {"per_query": per_query, "rows": table.num_rows, "removed": result.removed, "same_text": int(same_text.sum()),
                    "positive_scores": pair_scores, "negative_scores": result.negative_scores[~np.isnan(result.negative_scores)]}
 
 
@@ -225,8 +225,9 @@ class Tally:
         self.removed = dict.fromkeys(FILTERS, 0)
         self.samples: dict[str, list[np.ndarray]] = {"positive_scores": [], "negative_scores": []}
 
-    def add(self, counts, rows: int, removed: dict, same_text: int, positive_scores, negative_scores, per_query=None, keys=None) -> None:
-        self.per_query += np.bincount(counts, minlength=len(self.per_query)) if per_query is None else np.asarray(per_query)
+    def add(self, per_query, rows: int, removed: dict, same_text: int, positive_scores, negative_scores, keys=None) -> None:
+        """One batch's figures (``keys`` None: its scores get sample keys in ``result``), or a ``result`` merged in."""
+        self.per_query += np.asarray(per_query, np.int64)
         self.rows += rows
         self.same_text += same_text
         for name, count in removed.items():
@@ -245,7 +246,7 @@ class Tally:
     def result(self, seed: int) -> dict:
         """A JSON-able dict that ``add(**merged)`` takes back (the sample keys drawn now, seeded)."""
         rng = np.random.default_rng(seed)
-        out = {"counts": [], "per_query": self.per_query.tolist(), "rows": self.rows, "removed": self.removed,
+        out = {"per_query": self.per_query.tolist(), "rows": self.rows, "removed": self.removed,
                "same_text": self.same_text, "keys": {}}
         for name, pieces in self.samples.items():
             both = np.concatenate(pieces, axis=1) if pieces else np.zeros((2, 0))
@@ -287,12 +288,13 @@ def mine_stage(cfg: RunConfig, corpus: ValidatedCorpus, corpus_cfg, here: storag
     resources = cluster_resources()
     cpus = int(max(1, resources.get("CPU", 1)))
     index_dir, embeddings_dir = here.join("index").url, here.join("embeddings").url
-    one_shard = len(index_manifest(index_dir)["shards"]) == 1
-    with open_shards(cfg.index, corpus, corpus_cfg, embeddings_dir, index_dir, in_process=one_shard) as (actors, starts, ntotal, kwargs):
-        depth = min(params.range_max + max_positives, ntotal)
+    index = index_manifest(index_dir)
+    one_shard = len(index["shards"]) == 1
+    depth = min(params.range_max + max_positives, index["rows"])
+    with open_shards(cfg.index, corpus, corpus_cfg, embeddings_dir, index_dir, index, in_process=one_shard) as (actors, starts, kwargs):
         plan = MinePlan(cfg=cfg, params=params, depth=depth, queries_dir=storage.resolve(cfg.run_dir).join("inputs", "queries").url,
                         out_dir=mined_dir.url, files=tasks, heldout=heldout, round_index=round_index, encoder=encoder,
-                        starts=starts, ntotal=ntotal, shard_kwargs=kwargs[0] if one_shard else None, threads=min(cpus, 8),
+                        starts=starts, shard_kwargs=kwargs[0] if one_shard else None, threads=min(cpus, 8),
                         storage_options=storage.s3_options())
         size = 1 if one_shard else max(1, min(len(tasks), cpus))
         on_gpu = bool(resources.get("GPU")) and cfg.index.device != "cpu" and (one_shard or bool(cfg.mine.cross_encoder))
@@ -311,7 +313,7 @@ def mine_stage(cfg: RunConfig, corpus: ValidatedCorpus, corpus_cfg, here: storag
     started = time.perf_counter()
     stages = {"mine": timing(mined_seconds, queries)}
     recall = None
-    if index_manifest(index_dir)["backend"] not in ("exact", "kdtree") and cfg.index.recall_sample:
+    if index["backend"] not in ("exact", "kdtree") and cfg.index.recall_sample:
         recall = ray.get(ray.remote(search_recall_task).remote(cfg, index_dir, embeddings_dir, here.join("query_embeddings").url,
                                                                 depth, storage.s3_options()))
         stages["recall_check"] = timing(time.perf_counter() - started, recall["queries"])

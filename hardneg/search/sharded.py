@@ -39,6 +39,11 @@ def split_files(files: list[tuple[str, int]], num_shards: int) -> list[tuple[lis
     return shards
 
 
+def merge_shards(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of every shard's ``(scores, global rows)`` per query, ties by lower row."""
+    return merge_topk(np.concatenate([s for s, _ in parts], axis=1), np.concatenate([r for _, r in parts], axis=1), k)
+
+
 class ShardActor:
     """Holds one shard of a persisted index (loaded from its file); ``search`` returns global rows."""
 
@@ -84,10 +89,7 @@ class ShardedIndex(Index):
         import ray
 
         ref = ray.put(np.ascontiguousarray(queries, dtype=np.float32))
-        parts = ray.get([a.search.remote(ref, k) for a in self.actors])
-        scores = np.concatenate([s for s, _ in parts], axis=1)
-        rows = np.concatenate([r for _, r in parts], axis=1)
-        return merge_topk(scores, rows, k)
+        return merge_shards(ray.get([a.search.remote(ref, k) for a in self.actors]), k)
 
     def close(self) -> None:
         """Kill the shard actors and return once each is dead (``ray.kill`` only sends the kill: a call made
