@@ -10,8 +10,10 @@ rows (and the second and later copies of a duplicate id) are dropped instead and
 the summary; float ids and type clashes between files are refused either way.
 
 Each file is scanned by its own Ray task once Ray runs; before it starts (the CLI's door
-checks) the files are scanned in this process. Only 64-bit id hashes and the numbers of bad
-rows come back to the driver, never the text.
+checks) the files are scanned in this process, a Parquet file ``SCAN_ROWS`` rows at a time. Only
+64-bit id hashes and the bad rows come back to the driver, never the text: 8 bytes a corpus row,
+kept sorted as ``ValidatedCorpus.id_hashes`` (in the process that validated; not pickled), which is
+what queries' positives and a user's own embeddings are matched against.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -30,11 +33,12 @@ from hardneg.config import CorpusConfig
 from hardneg.errors import InputError
 from hardneg.images import image_problems
 from hardneg.ray_runtime import get
-from hardneg.storage import Location, list_table_files, read_table_file, restore_options, s3_options
+from hardneg.storage import Location, iter_table_file, list_table_files, read_table_file, restore_options, s3_options
 
 logger = logging.getLogger(__name__)
 
 MAX_REPORTED = 10
+SCAN_ROWS = 8192  # rows of a Parquet corpus file scanned at a time
 
 
 @dataclass
@@ -60,6 +64,11 @@ class ValidatedCorpus:
     dropped: dict[str, int] = field(default_factory=dict)
     file_rows: list[int] = field(default_factory=list)
     modality: str = "text"  # "text" or "image" (the corpus has corpus.image_column, not corpus.text_column)
+    id_hashes: Optional[np.ndarray] = field(default=None, repr=False)  # sorted ``hash_ids`` of the valid rows
+
+    def __getstate__(self) -> dict:
+        """Pickled (to Ray tasks and actors) without ``id_hashes``: they serve the process that validated."""
+        return {**self.__dict__, "id_hashes": None}
 
     def value_column(self, cfg: CorpusConfig) -> str:
         """The column that is embedded: ``cfg.text_column``, or ``cfg.image_column`` for a corpus of images."""
@@ -147,34 +156,45 @@ def check_same_kinds(scans: list[FileScan]) -> None:
 
 
 def hash_ids(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Stable 64-bit hashes of ids (ints and strings hash apart: 1 and '1' are different ids)."""
-    values = pd.Series(ids.to_pandas(), dtype=object).map(lambda v: f"{type(v).__name__}:{v}")
-    return pd.util.hash_pandas_object(values, index=False).to_numpy(np.uint64)
+    """Stable 64-bit hashes of ids' string forms, as the rounds write them (a corpus gives all its ids one
+    type, ``check_same_kinds``, so 1 and '1' never meet), comparable with queries' positive ids."""
+    return pd.util.hash_array(ids.cast(pa.string()).to_numpy(zero_copy_only=False).astype(object, copy=False), categorize=False)
+
+
+def contains(sorted_hashes: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """Per hash of ``hashes``: is it in ``sorted_hashes`` (sorted, unique)."""
+    if not len(sorted_hashes):
+        return np.zeros(len(hashes), bool)
+    at = np.minimum(np.searchsorted(sorted_hashes, hashes), len(sorted_hashes) - 1)
+    return sorted_hashes[at] == hashes
 
 
 def scan_file(loc: Location, cfg: CorpusConfig) -> FileScan:
-    """Scan one corpus file against the rules (runs in a Ray task)."""
-    table = read_table_file(loc, [cfg.id_column, cfg.text_column, cfg.image_column])
-    modality = "image" if cfg.text_column not in table.column_names and cfg.image_column in table.column_names else "text"
-    value_column = cfg.image_column if modality == "image" else cfg.text_column
-    missing = [c for c in (cfg.id_column, value_column) if c not in table.column_names]
-    if missing:
-        raise InputError(
-            f"{loc.url}: missing column(s) {', '.join(missing)} (corpus.id_column={cfg.id_column!r}, "
-            f"corpus.text_column={cfg.text_column!r}, or corpus.image_column={cfg.image_column!r} for images); "
-            f"columns found: {', '.join(table.column_names)}"
-        )
-    ids, values = table.column(cfg.id_column), table.column(value_column)
-    refuse_float_ids(loc, ids, cfg.id_column)
-    problems = []
-    null_ids = np.flatnonzero(pc.is_null(ids).to_numpy(zero_copy_only=False))
-    problems += [(int(row), cfg.id_column, "null id") for row in null_ids]
-    value_issue = image_problems(values) if modality == "image" else text_problems(values)
-    problems += [(int(row), value_column, value_issue[row]) for row in np.flatnonzero(value_issue != "")]
+    """Scan one corpus file against the rules (runs in a Ray task), ``SCAN_ROWS`` rows at a time."""
+    problems, hashes, kinds, modality, rows = [], [], {}, "text", 0
+    for start, table in iter_table_file(loc, [cfg.id_column, cfg.text_column, cfg.image_column], SCAN_ROWS):
+        if start == 0:
+            modality = "image" if cfg.text_column not in table.column_names and cfg.image_column in table.column_names else "text"
+            value_column = cfg.image_column if modality == "image" else cfg.text_column
+            missing = [c for c in (cfg.id_column, value_column) if c not in table.column_names]
+            if missing:
+                raise InputError(
+                    f"{loc.url}: missing column(s) {', '.join(missing)} (corpus.id_column={cfg.id_column!r}, "
+                    f"corpus.text_column={cfg.text_column!r}, or corpus.image_column={cfg.image_column!r} for images); "
+                    f"columns found: {', '.join(table.column_names)}"
+                )
+            kinds = {cfg.id_column: value_kind(table.column(cfg.id_column).type), value_column: value_kind(table.column(value_column).type)}
+        ids, values = table.column(cfg.id_column), table.column(value_column)
+        refuse_float_ids(loc, ids, cfg.id_column)
+        null_ids = np.flatnonzero(pc.is_null(ids).to_numpy(zero_copy_only=False))
+        problems += [(start + int(row), cfg.id_column, "null id") for row in null_ids]
+        value_issue = image_problems(values) if modality == "image" else text_problems(values)
+        problems += [(start + int(row), value_column, value_issue[row]) for row in np.flatnonzero(value_issue != "")]
+        hashes.append(hash_ids(ids))
+        rows += table.num_rows
     problems.sort()
     bad = np.unique(np.array([row for row, _, _ in problems], dtype=np.int64))
-    kinds = {cfg.id_column: value_kind(ids.type), value_column: value_kind(values.type)}
-    return FileScan(loc, table.num_rows, problems, bad, hash_ids(ids), kinds, modality)
+    return FileScan(loc, rows, problems, bad, np.concatenate(hashes), kinds, modality)
 
 
 def validate_corpus(cfg: CorpusConfig, path: str | None = None) -> ValidatedCorpus:
@@ -215,7 +235,7 @@ def _judge(scans: list[FileScan], cfg: CorpusConfig) -> ValidatedCorpus:
     drop = [scan.bad_rows for scan in scans]
     dropped = {"invalid": int(sum(len(rows) for rows in drop))}
     problems = [f"{scan.loc.url}: row {row}, column {col}: {what}" for scan in scans for row, col, what in scan.problems]
-    duplicates = _duplicate_rows(scans, drop)
+    duplicates, id_hashes = _duplicate_rows(scans, drop)
     dropped["duplicate_id"] = int(sum(len(rows) for rows in duplicates))
     for scan, dup_rows in zip(scans, duplicates):
         if len(dup_rows):
@@ -238,22 +258,27 @@ def _judge(scans: list[FileScan], cfg: CorpusConfig) -> ValidatedCorpus:
     if total - sum(map(len, drop_rows)) == 0:
         raise InputError("the corpus has no valid rows")
     return ValidatedCorpus([scan.loc for scan in scans], drop_rows, total, dropped, [int(scan.num_rows) for scan in scans],
-                           scans[0].modality)
+                           scans[0].modality, id_hashes)
 
 
-def _duplicate_rows(scans: list[FileScan], bad: list[np.ndarray]) -> list[np.ndarray]:
-    """Rows whose id already appeared earlier (in file order, then row order), bad rows aside."""
-    hashes, owners = [], []
+def _duplicate_rows(scans: list[FileScan], bad: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per file, the rows whose id already appeared earlier (in file order, then row order), bad rows aside;
+    and the sorted unique hashes of the valid ids. Holds two hash arrays (16 bytes a row); the rows of a
+    repeated id are found only when there is one."""
+    hashes = np.concatenate([np.delete(scan.id_hashes, bad[index]) for index, scan in enumerate(scans)]) if scans else np.zeros(0, np.uint64)
+    for scan in scans:
+        scan.id_hashes = None  # the concatenation replaces them
+    ordered = np.sort(hashes)
+    repeated = ordered[1:] == ordered[:-1]
+    if not repeated.any():
+        return [np.zeros(0, np.int64) for _ in scans], ordered
+    later = np.ones(len(hashes), dtype=bool)
+    later[np.unique(hashes, return_index=True)[1]] = False  # every copy but the first
+    out, start = [], 0
     for index, scan in enumerate(scans):
         keep = np.ones(scan.num_rows, dtype=bool)
         keep[bad[index]] = False
         rows = np.flatnonzero(keep)
-        hashes.append(scan.id_hashes[rows])
-        owners.append(np.stack([np.full(len(rows), index), rows], axis=1))
-    all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-    all_owners = np.concatenate(owners) if owners else np.zeros((0, 2), np.int64)
-    _, first = np.unique(all_hashes, return_index=True)
-    repeated = np.ones(len(all_hashes), dtype=bool)
-    repeated[first] = False
-    dup_owners = all_owners[repeated]
-    return [np.sort(dup_owners[dup_owners[:, 0] == index, 1]) for index in range(len(scans))]
+        out.append(np.sort(rows[later[start:start + len(rows)]]))
+        start += len(rows)
+    return out, np.unique(ordered)

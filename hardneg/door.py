@@ -136,7 +136,7 @@ def check_round(cfg: RunConfig, checkpoint: Optional[str] = None, training: bool
     else:
         ids = check_inputs(cfg, storage.resolve(cfg.run_dir), want_ids=bool(own))
         if ids is not None:
-            check_own_embeddings(cfg, *ids)
+            check_own_embeddings(cfg, ids)
 
 
 def check_embed(cfg: RunConfig, output: str) -> ValidatedCorpus:

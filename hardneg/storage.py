@@ -39,6 +39,7 @@ TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson")
 
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 JSON_MAX_LINE_BYTES = 1 << 30  # Arrow's JSON block size is an int32; longer lines are refused by name
+STREAM_BUFFER = 1 << 20  # streamed Parquet reads take a column chunk page by page through a buffer this size, not whole
 
 _s3_options: dict[str, Any] = {}
 _commit_checks: list[Callable[["Location"], None]] = []
@@ -240,6 +241,39 @@ def read_table_file(loc: Location, columns: Optional[Sequence[str]] = None) -> p
     return table
 
 
+def iter_table_file(loc: Location, columns: Sequence[str], batch_size: int = 65_536) -> Iterator[tuple[int, pa.Table]]:
+    """``(first row, table)`` pieces of one Parquet or JSONL file, ``columns`` that it has only (at least one
+    piece, maybe empty, so the caller sees which are missing), each checked as ``read_table_file`` checks.
+
+    Parquet is decoded ``batch_size`` rows at a time (memory: one batch, plus a row group's compressed
+    column chunks); a JSON lines file is read whole, then cut.
+
+    Raises:
+        InputError: as ``read_table_file``, rows named from the file's first row.
+    """
+    if not loc.path.endswith(".parquet"):
+        table = read_table_file(loc, columns)
+        for start in range(0, max(1, table.num_rows), batch_size):
+            yield start, table.slice(start, batch_size)
+        return
+    start = 0
+    try:
+        with loc.fs.open(loc.path, "rb") as handle:
+            parquet = pq.ParquetFile(handle, buffer_size=STREAM_BUFFER)
+            present = [c for c in columns if c in parquet.schema_arrow.names]
+            for batch in parquet.iter_batches(batch_size=batch_size, columns=present):
+                table = pa.Table.from_batches([batch])
+                _check_utf8(loc, table, first_row=start)
+                yield start, table
+                start += batch.num_rows
+            if start == 0:
+                yield 0, parquet.schema_arrow.empty_table().select(present)
+    except pa.ArrowInvalid as err:
+        raise InputError(f"{loc.url}: cannot be read as Parquet: {err}") from None
+    except OSError as err:
+        raise InputError(f"{loc.url}: cannot be read as a table: {err}") from None
+
+
 def _read_json_lines(loc: Location, columns: Optional[Sequence[str]]) -> pa.Table:
     """Arrow's JSON reader; a line longer than its default block is read with a block that holds it."""
     try:
@@ -272,8 +306,9 @@ def _block_size_for(loc: Location) -> int:
     return max(1 << 20, longest + 1024)
 
 
-def _check_utf8(loc: Location, table: pa.Table) -> None:
-    """Refuse text columns holding invalid UTF-8 (Arrow reads them; Python cannot), naming row and column."""
+def _check_utf8(loc: Location, table: pa.Table, first_row: int = 0) -> None:
+    """Refuse text columns holding invalid UTF-8 (Arrow reads them; Python cannot), naming row (counted from
+    ``first_row``) and column."""
     for name in table.column_names:
         column = table.column(name)
         if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
@@ -288,7 +323,7 @@ def _check_utf8(loc: Location, table: pa.Table) -> None:
                 if value is not None:
                     value.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise InputError(f"{loc.url}: row {row}, column {name}: {_utf8_problem(value, err)}") from None
+                raise InputError(f"{loc.url}: row {first_row + row}, column {name}: {_utf8_problem(value, err)}") from None
 
 
 def _utf8_problem(raw: bytes, err: UnicodeDecodeError) -> str:
@@ -332,7 +367,7 @@ def iter_parquet_batches(path: str, columns: Optional[Sequence[str]] = None, bat
     """Stream record batches from every Parquet file under ``path``."""
     for loc in list_table_files(path):
         with loc.fs.open(loc.path, "rb") as handle:
-            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns)
+            yield from pq.ParquetFile(handle, buffer_size=STREAM_BUFFER).iter_batches(batch_size=batch_size, columns=columns)
 
 
 def write_parquet(table: pa.Table, loc: Location, **kwargs: Any) -> None:

@@ -110,3 +110,33 @@ def test_a_json_line_longer_than_arrows_block_is_read_whole(tmp_path):
     write_jsonl(tmp_path / "c.jsonl", [{"id": 1, "text": long_text}, {"id": 2, "text": "short"}])
     table = storage.read_table_file(storage.resolve(str(tmp_path / "c.jsonl")), ["id", "text"])
     assert table.column("text").to_pylist() == [long_text, "short"]
+
+
+def test_rows_past_the_first_scan_batch_are_named_by_their_file_row(tmp_path):
+    """The door scans a Parquet file SCAN_ROWS rows at a time (no Ray: the driver's threads); a bad row
+    in a later batch, and an id repeated across batches, are named by their row in the file."""
+    from hardneg.corpus import SCAN_ROWS
+
+    rows = 2 * SCAN_ROWS + 100
+    texts = [f"text {i}" for i in range(rows)]
+    ids = [f"d{i}" for i in range(rows)]
+    texts[SCAN_ROWS + 7] = "  "
+    ids[2 * SCAN_ROWS + 50] = "d3"
+    pq.write_table(pa.table({"id": ids, "text": texts}), tmp_path / "big.parquet", row_group_size=SCAN_ROWS // 2)
+    with pytest.raises(InputError) as err:
+        validate_corpus(corpus_cfg(tmp_path))
+    assert f"big.parquet: row {SCAN_ROWS + 7}, column text: empty text" in str(err.value)
+    assert f"big.parquet: row {2 * SCAN_ROWS + 50}, column id: duplicate id 'd3'" in str(err.value)
+    kept = validate_corpus(corpus_cfg(tmp_path, drop_invalid=True))
+    assert kept.drop_rows[0].tolist() == [SCAN_ROWS + 7, 2 * SCAN_ROWS + 50]
+    assert len(kept.id_hashes) == rows - 2  # the valid ids' hashes, what positives and own embeddings are matched against
+
+
+def test_invalid_utf8_past_the_first_scan_batch_names_its_file_row(tmp_path):
+    from hardneg.corpus import SCAN_ROWS
+
+    rows = SCAN_ROWS + 10
+    texts = pa.array([f"text {i}".encode() for i in range(rows - 1)] + [b"caf\xe9"], pa.binary()).cast(pa.string(), safe=False)
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(rows)], "text": texts}), tmp_path / "bad.parquet")
+    with pytest.raises(InputError, match=rf"bad\.parquet: row {rows - 1}, column text: not valid UTF-8"):
+        validate_corpus(corpus_cfg(tmp_path))

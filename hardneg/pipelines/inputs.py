@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from hardneg import storage
 from hardneg.config import CorpusConfig, RunConfig
-from hardneg.corpus import MAX_REPORTED, ValidatedCorpus, refuse_float_ids, text_problems, validate_corpus
+from hardneg.corpus import MAX_REPORTED, ValidatedCorpus, contains, hash_ids, refuse_float_ids, text_problems, validate_corpus
 from hardneg.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -85,19 +85,34 @@ def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
         corpus_cfg = cfg.corpus
         validated = validate_corpus(corpus_cfg)
         if not storage.is_committed(queries_dir):
-            queries = _from_queries(cfg, corpus_ids(validated, corpus_cfg))
+            queries = _from_queries(cfg, validated.id_hashes)
             _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path, "sources": sources})
     queries = storage.read_table(queries_dir.url)
     return Inputs(corpus_cfg, validated, queries)
 
 
-def check_inputs(cfg: RunConfig, run_dir: storage.Location, want_ids: bool = False) -> Optional[tuple[pa.Array, pa.Array]]:
+@dataclass
+class InputIds:
+    """The inputs' ids, as the door matches a user's own embeddings against them.
+
+    Attributes:
+        corpus_hashes: sorted unique ``hash_ids`` of the corpus ids (8 bytes a row).
+        corpus_ids: the corpus ids as strings, read when called (only to name a mismatch).
+        query_ids: the query ids as strings.
+    """
+
+    corpus_hashes: np.ndarray
+    corpus_ids: Callable[[], pa.Array]
+    query_ids: pa.Array
+
+
+def check_inputs(cfg: RunConfig, run_dir: storage.Location, want_ids: bool = False) -> Optional[InputIds]:
     """Run every check ``prepare_inputs`` runs, writing nothing (the CLI's door, before Ray starts).
 
     Inputs a run directory already committed are only compared with the sources (a resumed run).
 
     Args:
-        want_ids: also return ``(corpus ids, query ids)`` as strings (to check a user's own embeddings).
+        want_ids: also return the inputs' ids (to check a user's own embeddings).
 
     Raises:
         InputError: what ``prepare_inputs`` would raise.
@@ -108,17 +123,19 @@ def check_inputs(cfg: RunConfig, run_dir: storage.Location, want_ids: bool = Fal
         if not want_ids:
             return None
         corpus_cfg = cfg.corpus if cfg.queries.format == "queries" else CorpusConfig(path=run_dir.join("inputs", "corpus").url)
-        ids = corpus_ids(validate_corpus(corpus_cfg), corpus_cfg)
-        queries = storage.read_table(queries_dir.url)
+        corpus = validate_corpus(corpus_cfg)
+        hashes, ids = corpus.id_hashes, lambda: corpus_ids(corpus, corpus_cfg)
+        queries = storage.read_table(queries_dir.url, ["query_id"])
     elif cfg.queries.format == "pairs":
-        corpus, queries = _from_pairs(cfg)
-        ids = corpus.column("id")
+        table, queries = _from_pairs(cfg)
+        hashes, ids = np.unique(hash_ids(table.column("id"))), lambda: table.column("id").combine_chunks()
     elif not cfg.corpus.path:
         raise InputError("queries.format=queries needs corpus.path (the corpus the positive_ids refer to)")
     else:
-        ids = corpus_ids(validate_corpus(cfg.corpus), cfg.corpus)
-        queries = _from_queries(cfg, ids)
-    return (ids.combine_chunks(), queries.column("query_id").combine_chunks()) if want_ids else None
+        corpus = validate_corpus(cfg.corpus)
+        hashes, ids = corpus.id_hashes, lambda: corpus_ids(corpus, cfg.corpus)
+        queries = _from_queries(cfg, hashes)
+    return InputIds(hashes, ids, queries.column("query_id").combine_chunks()) if want_ids else None
 
 
 def input_fingerprint(cfg: RunConfig) -> list[list]:
@@ -226,12 +243,11 @@ def _from_pairs(cfg: RunConfig) -> tuple[pa.Table, pa.Table]:
     return corpus, queries
 
 
-def _from_queries(cfg: RunConfig, ids: pa.ChunkedArray | pa.Array) -> pa.Table:
-    """Queries with ids into the corpus, every positive id checked against the corpus."""
+def _from_queries(cfg: RunConfig, known: np.ndarray) -> pa.Table:
+    """Queries with ids into the corpus, every positive id checked against the corpus' sorted id hashes ``known``."""
     q = cfg.queries
     if not q.path:
         raise InputError("queries.path is not set (columns query_id, query, positive_ids)")
-    known = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     errors, tables, seen = [], [], set()
     for loc, table in _read_checked(q.path, [q.query_id_column, q.query_column, q.positive_ids_column], "queries.format=queries"):
         errors += _text_errors(loc, table, [q.query_column])
@@ -261,13 +277,13 @@ def _from_queries(cfg: RunConfig, ids: pa.ChunkedArray | pa.Array) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def _unknown_ids(lists: list, known: pa.Array) -> dict[int, object]:
-    """``{row: its first positive id not in known}`` (an Arrow hash lookup, not a Python set of the corpus)."""
+def _unknown_ids(lists: list, known: np.ndarray) -> dict[int, object]:
+    """``{row: its first positive id not in the corpus}``, by the corpus' sorted id hashes ``known``."""
     sizes = [len(ids) if isinstance(ids, list) else 0 for ids in lists]
     flat = [ids for row in lists if isinstance(row, list) for ids in row]
     if not flat:
         return {}
-    missing = np.flatnonzero(~pc.is_in(pa.array([str(p) for p in flat], pa.string()), value_set=known).to_numpy(zero_copy_only=False))
+    missing = np.flatnonzero(~contains(known, hash_ids(pa.array([str(p) for p in flat], pa.string()))))
     rows = np.repeat(np.arange(len(lists)), sizes)
     out: dict[int, object] = {}
     for at in missing.tolist():
@@ -275,11 +291,12 @@ def _unknown_ids(lists: list, known: pa.Array) -> dict[int, object]:
     return out
 
 
-def corpus_ids(corpus: ValidatedCorpus, cfg: CorpusConfig) -> pa.ChunkedArray:
-    """The string ids of every valid row, in file order (only the id column is kept, one file at a time)."""
+def corpus_ids(corpus: ValidatedCorpus, cfg: CorpusConfig) -> pa.Array:
+    """The string ids of every valid row, in file order (only the id column is kept, one file at a time);
+    what the door reads to name ids a user's own embeddings lack or add."""
     arrays = [_valid_rows(loc, drop, [cfg.id_column]).column(cfg.id_column).cast(pa.string()).combine_chunks()
               for loc, drop in zip(corpus.files, corpus.drop_rows)]
-    return pa.chunked_array(arrays, pa.string())
+    return pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
 
 
 def _valid_rows(loc: storage.Location, drop: np.ndarray, columns: list[str]) -> pa.Table:

@@ -5,16 +5,19 @@ optionally, ``embed.query_embeddings`` the queries' (``id`` = the query id); wit
 embeds the queries, so its width must be the corpus vectors' width. ``embedding`` is a
 ``fixed_size_list`` (what ``hardneg embed`` writes) or a ``list`` of floats, every row as long.
 
-At the door (``check_own_embeddings``, before Ray starts) every file is read once, one at a time:
-both columns present, one width, no null or non-finite value, no duplicate id, the corpus ids exactly
-the corpus's and every query id present. In the round (``adopt_embeddings``) the stage folder
+At the door (``check_own_embeddings``, before Ray starts) every file is read once, ``SCAN_ROWS`` rows
+at a time: both columns present, one width, no null or non-finite value, no duplicate id, the corpus
+ids exactly the corpus's and every query id present. The corpus vectors' ids are compared as a sketch
+(count, sum and sum of squares of their 64-bit hashes, ``id_sketch``) with the corpus's, so the door
+holds nothing that grows with them; only when the sketches differ are the ids read again, to name
+the ones missing, extra or repeated. In the round (``adopt_embeddings``) the stage folder
 (``rounds/N/embeddings``, ``rounds/N/query_embeddings``) is committed with a manifest that lists the
 user's files (``source_files``) and where they came from (``source``); nothing is copied, and every
 later stage reads them through ``hardneg.search.embedding_files``.
 
 Example::
 
-    check_own_embeddings(cfg, corpus_ids, query_ids)     # returns, or raises InputError naming the file
+    check_own_embeddings(cfg, check_inputs(cfg, run_dir, want_ids=True))  # returns, or raises InputError naming the file
     adopt_embeddings("vectors/corpus", here.join("embeddings"))["rows"]
 """
 
@@ -35,17 +38,31 @@ from hardneg.errors import InputError
 from hardneg.model_dir import default_model_path, model_dim
 
 MAX_SHOWN = 3
-SCAN_ROWS = 65_536  # rows of an embeddings file checked at a time (the door holds one such batch)
+SCAN_ROWS = 8192  # rows of an embeddings file checked at a time (the door holds one such batch: 12 MB at 384 dims)
+MASK = (1 << 64) - 1
+
+
+def id_sketch(hashes: np.ndarray) -> tuple[int, int, int]:
+    """``(count, sum, sum of squares)`` of 64-bit id hashes, mod 2**64: the same for the same set of unique
+    ids in any order or files; a missing, extra or repeated id changes it (but for a 2**-64 chance)."""
+    values = np.asarray(hashes, np.uint64)
+    return len(values), int(np.sum(values, dtype=np.uint64)), int(np.sum(values * values, dtype=np.uint64))
+
+
+def _add(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:
+    return a[0] + b[0], (a[1] + b[1]) & MASK, (a[2] + b[2]) & MASK
 
 
 @dataclass
 class ScannedEmbeddings:
-    """What the door learnt from a folder of embeddings: its files (URL, rows), ids and width."""
+    """What the door learnt from a folder of embeddings: its files (URL, rows), width, the sketch of its
+    ids (``id_sketch``) and, when asked for, the ids themselves."""
 
     source: str
     files: list[tuple[str, int]]
-    ids: pa.Array
+    ids: Optional[pa.Array]
     dim: int
+    sketch: tuple[int, int, int]
 
 
 def embedding_width(loc: storage.Location, column: pa.ChunkedArray | pa.Array, first_row: int = 0) -> Optional[int]:
@@ -75,18 +92,20 @@ def embedding_width(loc: storage.Location, column: pa.ChunkedArray | pa.Array, f
     return int(lengths[0])
 
 
-def scan_embeddings(path: str, field: str) -> ScannedEmbeddings:
+def scan_embeddings(path: str, field: str, keep_ids: bool = False) -> ScannedEmbeddings:
     """Read a folder (or file, or glob) of ``id`` + ``embedding`` Parquet once, one file at a time, checking it.
 
     Raises:
         InputError: no such path, a file that is not Parquet, a missing column, a bad vector, vectors of
-            different widths across files, a null or duplicate id; names ``field``, the file and row.
+            different widths across files, a null id, or (``keep_ids``) a duplicate id; names ``field``, the file and row.
     """
+    from hardneg.corpus import hash_ids
+
     try:
         locations = storage.list_table_files(path)
     except InputError as err:
         raise InputError(f"{field}: {err}") from None
-    files, ids, dims = [], [], {}
+    files, ids, dims, sketch = [], [], {}, (0, 0, 0)
     for loc in locations:
         if not loc.path.endswith(".parquet"):
             raise InputError(f"{field}: {loc.url}: embeddings are read from Parquet files (id, embedding), not JSON lines")
@@ -109,18 +128,22 @@ def scan_embeddings(path: str, field: str) -> ScannedEmbeddings:
             if batch_ids.null_count:
                 row = rows + int(np.flatnonzero(batch_ids.is_null().to_numpy(zero_copy_only=False))[0])
                 raise InputError(f"{field}: {loc.url}: row {row}, column id: null id")
-            ids.append(batch_ids.cast(pa.string()))
+            sketch = _add(sketch, id_sketch(hash_ids(batch_ids)))
+            if keep_ids:
+                ids.append(batch_ids.cast(pa.string()))
             rows += batch.num_rows
         files.append((loc.url, rows))
-    all_ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
-    counts = pc.value_counts(all_ids)
-    repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
-    if len(repeated):
-        raise InputError(f"{field}: {storage.resolve(path).url}: id {repeated[0].as_py()!r} has more than one vector "
-                         f"({len(repeated)} duplicate id(s))")
     if not dims:
         raise InputError(f"{field}: {storage.resolve(path).url}: no vectors (every file is empty)")
-    return ScannedEmbeddings(storage.resolve(path).url, files, all_ids, next(iter(dims)))
+    all_ids = None
+    if keep_ids:
+        all_ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+        counts = pc.value_counts(all_ids)
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+        if len(repeated):
+            raise InputError(f"{field}: {storage.resolve(path).url}: id {repeated[0].as_py()!r} has more than one vector "
+                             f"({len(repeated)} duplicate id(s))")
+    return ScannedEmbeddings(storage.resolve(path).url, files, all_ids, next(iter(dims)), sketch)
 
 
 def _shown(ids: pa.Array) -> str:
@@ -132,8 +155,9 @@ def _not_in(ids: pa.Array, others: pa.Array) -> pa.Array:
     return ids.filter(pc.invert(pc.is_in(ids, value_set=others)))
 
 
-def check_own_embeddings(cfg: RunConfig, corpus_ids: pa.Array, query_ids: pa.Array) -> None:
-    """The door's check of ``embed.corpus_embeddings`` / ``embed.query_embeddings`` against the prepared inputs.
+def check_own_embeddings(cfg: RunConfig, inputs) -> None:
+    """The door's check of ``embed.corpus_embeddings`` / ``embed.query_embeddings`` against the inputs' ids
+    (``hardneg.pipelines.inputs.InputIds``).
 
     Raises:
         InputError: a bad folder (``scan_embeddings``), corpus ids without a vector or vectors of ids the
@@ -144,21 +168,14 @@ def check_own_embeddings(cfg: RunConfig, corpus_ids: pa.Array, query_ids: pa.Arr
         raise InputError("embed.query_embeddings is set without embed.corpus_embeddings; give the corpus vectors too "
                          "(--corpus-embeddings DIR)")
     corpus = scan_embeddings(cfg.embed.corpus_embeddings, "embed.corpus_embeddings")
-    wanted = corpus_ids.cast(pa.string())
-    missing = _not_in(wanted, corpus.ids)
-    if len(missing):
-        raise InputError(f"embed.corpus_embeddings: {corpus.source}: {len(missing)} corpus id(s) have no vector "
-                         f"({_shown(missing)}); embed the whole corpus")
-    extra = _not_in(corpus.ids, wanted)
-    if len(extra):
-        raise InputError(f"embed.corpus_embeddings: {corpus.source}: {len(extra)} id(s) are not in the corpus "
-                         f"({_shown(extra)}); a negative needs its text: drop those vectors or add the rows to the corpus")
+    if corpus.sketch != id_sketch(inputs.corpus_hashes):
+        _refuse_other_ids(scan_embeddings(cfg.embed.corpus_embeddings, "embed.corpus_embeddings", keep_ids=True), inputs.corpus_ids())
     if cfg.embed.query_embeddings:
-        queries = scan_embeddings(cfg.embed.query_embeddings, "embed.query_embeddings")
+        queries = scan_embeddings(cfg.embed.query_embeddings, "embed.query_embeddings", keep_ids=True)
         if queries.dim != corpus.dim:
             raise InputError(f"embed.query_embeddings: {queries.source} holds {queries.dim}-dim vectors but "
                              f"embed.corpus_embeddings {corpus.source} holds {corpus.dim}-dim ones")
-        missing = _not_in(query_ids.cast(pa.string()), queries.ids)
+        missing = _not_in(inputs.query_ids.cast(pa.string()), queries.ids)
         if len(missing):
             raise InputError(f"embed.query_embeddings: {queries.source}: {len(missing)} query id(s) have no vector "
                              f"({_shown(missing)})")
@@ -169,6 +186,24 @@ def check_own_embeddings(cfg: RunConfig, corpus_ids: pa.Array, query_ids: pa.Arr
         raise InputError(f"embed.corpus_embeddings: {corpus.source} holds {corpus.dim}-dim vectors but the model "
                          f"{model_path}, which embeds the queries, makes {width}-dim ones; give the model that made "
                          "them (--model) or the queries' vectors too (--query-embeddings)")
+
+
+def _refuse_other_ids(corpus: ScannedEmbeddings, corpus_ids: pa.Array) -> None:
+    """Name the corpus ids without a vector, or the vectors of ids the corpus lacks (the sketches differed).
+
+    Raises:
+        InputError: always.
+    """
+    wanted = corpus_ids.cast(pa.string())
+    missing = _not_in(wanted, corpus.ids)
+    if len(missing):
+        raise InputError(f"embed.corpus_embeddings: {corpus.source}: {len(missing)} corpus id(s) have no vector "
+                         f"({_shown(missing)}); embed the whole corpus")
+    extra = _not_in(corpus.ids, wanted)
+    if len(extra):
+        raise InputError(f"embed.corpus_embeddings: {corpus.source}: {len(extra)} id(s) are not in the corpus "
+                         f"({_shown(extra)}); a negative needs its text: drop those vectors or add the rows to the corpus")
+    raise InputError(f"embed.corpus_embeddings: {corpus.source}: its ids are not the corpus's (their hashes differ)")
 
 
 def adopt_embeddings(source: str, out: storage.Location) -> dict:
