@@ -65,6 +65,24 @@ def read_pooling_spec(model_path: str) -> PoolingSpec:
     return PoolingSpec(pooling, normalize, max_len)
 
 
+def max_text_tokens(model_path: str, max_length: Optional[int] = None) -> int:
+    """The tokens a text is cut to: ``max_length`` (``model.max_length``), else the sentence-transformers
+    config's ``max_seq_length``, else the tokenizer's ``model_max_length`` (where sentence-transformers 6
+    saves it: its ``sentence_bert_config.json`` has none), at most 512. What ``SentenceTransformer`` cuts to."""
+    if max_length:
+        return max_length
+    spec = read_pooling_spec(model_path)
+    if spec.max_seq_length:
+        return spec.max_seq_length
+    tokenizer_config = os.path.join(model_path, "tokenizer_config.json")
+    if os.path.exists(tokenizer_config):
+        with open(tokenizer_config) as handle:
+            limit = json.load(handle).get("model_max_length")
+        if isinstance(limit, (int, float)) and 0 < limit < 512:
+            return int(limit)
+    return 512
+
+
 def model_fingerprint(model_path: str) -> str:
     """A short content hash of a model directory's config and weights (identifies a checkpoint)."""
     digest = hashlib.sha256()
@@ -171,7 +189,7 @@ class Encoder(torch.nn.Module):
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
         processor = image_processor(path, trust_remote_code) if IMAGE_PROCESSOR_FILE in names else None
         model = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
-        limit = max_length or spec.max_seq_length or (min(tokenizer.model_max_length, 512) if tokenizer is not None else 512)
+        limit = max_text_tokens(path, max_length)
         if normalize is None:
             normalize = spec.normalize if "modules.json" in names else processor is not None
         return cls(model.to(device).eval(), tokenizer, pooling or spec.pooling, normalize, limit, processor)

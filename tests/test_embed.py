@@ -38,6 +38,26 @@ def test_embeddings_equal_sentence_transformers(ray_session, real_pairs, package
     assert on_disk["rows"] == len(texts) and on_disk["model_hash"] == manifest["model_hash"]
 
 
+def test_a_model_saved_by_sentence_transformers_6_is_cut_where_it_cuts(ray_session, real_pairs, tiny_model_path, tmp_path):
+    """sentence-transformers 6 saves ``max_seq_length`` as the tokenizer's ``model_max_length``, not in
+    ``sentence_bert_config.json``: the embed stage must still cut texts there (it cut at 512, and
+    ``hardneg.mine_hard_negatives`` with a model object mined from other vectors than ST's)."""
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(tiny_model_path, device="cpu")
+    reference.max_seq_length = 16
+    saved = str(tmp_path / "st6")
+    reference.save(saved)
+    assert "max_seq_length" not in json.loads((tmp_path / "st6" / "sentence_bert_config.json").read_text())
+    texts = sorted({pair["positive"][:300] for pair in real_pairs})[:40]  # 30-90 tokens each: past 16, within BERT's 128
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"id": i, "text": t} for i, t in enumerate(texts)])
+    manifest = embed_corpus(parse_config({"corpus": {"path": corpus}, "model": {"path": saved}}), str(tmp_path / "out"))
+    assert manifest["max_length"] == 16
+    ids, vectors = read_embeddings(tmp_path / "out")
+    expected = SentenceTransformer(saved, device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(vectors, expected[ids], atol=1e-5)
+
+
 def test_float16_shards_and_committed_output_is_never_overwritten(ray_session, tiny_model_path, tmp_path):
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": f"d{i}", "text": f"document number {i}"} for i in range(50)])
     cfg = parse_config({"corpus": {"path": corpus}, "model": {"path": tiny_model_path}, "embed": {"dtype": "float16"}})

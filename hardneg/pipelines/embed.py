@@ -44,7 +44,7 @@ import pyarrow as pa
 from hardneg import console, faults, storage
 from hardneg.config import CorpusConfig, EmbedConfig, ModelConfig, RunConfig
 from hardneg.corpus import ValidatedCorpus, validate_corpus
-from hardneg.encoder import Encoder, default_model_path, model_fingerprint, read_pooling_spec
+from hardneg.encoder import Encoder, default_model_path, max_text_tokens, model_fingerprint, read_pooling_spec
 from hardneg.images import image_processor, is_image_column, preprocess_images
 from hardneg.model_dir import model_dim
 from hardneg.resources import ResourcePlan, plan_resources
@@ -162,9 +162,8 @@ def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, pr
     (id, dest, embedding). Lazy; nothing runs yet."""
     import ray
 
-    spec = read_pooling_spec(model_path)
     plan = plan_actors(embed)
-    max_length = model.max_length or spec.max_seq_length or 512
+    max_length = max_text_tokens(model_path, model.max_length)
     logger.info("embedding with %d Encoder actor(s), %.0f GPU and %d torch thread(s) each", plan.num_actors, plan.gpus_per_actor, plan.torch_threads)
     if modality == "image":
         prepare, fn_kwargs = preprocess_block, {"model_path": model_path, "trust_remote_code": model.trust_remote_code,
@@ -431,7 +430,7 @@ def embeddings_manifest(cfg: RunConfig, model_path: str, rows: int, seconds: flo
         # images: pooler_output, or the mean of last_hidden_state (hardneg.encoder.image_pool)
         "pooling": "image_pool" if corpus.modality == "image" else cfg.model.pooling or spec.pooling,
         "normalize": cfg.model.normalize,
-        "max_length": cfg.model.max_length or spec.max_seq_length,
+        "max_length": max_text_tokens(model_path, cfg.model.max_length),
         "dim": dim,
         "dtype": cfg.embed.dtype,
         "rows": rows,
