@@ -1,15 +1,19 @@
 """Sample4Geo's schedule on a text cross-view set: GPS rounds first, then similarity rounds (DSS) mined
 with the newest checkpoint, trained on whole batches; held-out places evaluated every round."""
 
+import os
+
 import pytest
 
 from hardneg import storage
-from hardneg.config import parse_config
+from hardneg.config import load_config, parse_config
 from hardneg.errors import ConfigError
 from hardneg.pipelines.heldout import heldout_ids
 from hardneg.pipelines.remine import run_state
 from hardneg.rundir import round_dir
 from conftest import crossview_cities, write_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def assert_heldout_places_left_out(run_dir: str, round_index: int, held: set) -> None:
@@ -44,6 +48,17 @@ def test_a_gps_round_holds_places_out_and_evaluates_the_encoder_it_trains_from(r
     assert_heldout_places_left_out(cfg.run_dir, 0, held)
     assert_place_eval(manifest, held, tiny_model_path)
     assert "recall@1 " in run_summary(run_state(cfg.run_dir)) and "held-out places" in run_summary(run_state(cfg.run_dir))
+
+
+def test_the_crossview_example_config_parses_and_its_corpus_exists():
+    cfg = load_config(os.path.join(ROOT, "examples", "crossview.yaml"))
+    assert cfg.mine.miner == "geographic" and cfg.mine.batches and cfg.train.gps_epochs == 1 and cfg.train.remine_every == 1
+    assert cfg.train.symmetric and cfg.train.learnable_scale and cfg.train.eval_fraction > 0
+    assert cfg.run_dir == "runs/crossview" and not os.path.isabs(cfg.corpus.path)
+    path = os.path.join(ROOT, cfg.corpus.path)
+    with open(path, encoding="utf-8") as handle:
+        first = handle.readline()
+    assert all(f'"{column}"' in first for column in ("id", "lat", "lon", "text", "view"))
 
 
 @pytest.mark.slow  # two rounds and two training blocks: over 4 minutes on a busy 2-core box
