@@ -239,7 +239,8 @@ class TrainConfig(Section):
         "asynchronous re-mine finds CPUs for its Encoder actor and tokenizer tasks on a small machine."
     )
     max_steps_per_epoch: Optional[int] = Field(None, ge=1)
-    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Held-out share of the queries for evaluation.")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Held-out share of the queries (or of a cross-view "
+                                 "places corpus's places) for evaluation; the loop's rounds never mine or train on them.")
     eval_k: int = Field(10, ge=1)
     seed: int = 12
 

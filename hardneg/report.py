@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from hardneg import storage
 from hardneg.errors import InputError
+from hardneg.summary import eval_cutoffs
 
 logger = logging.getLogger(__name__)
 
@@ -158,9 +159,8 @@ def _overview(manifest: dict) -> str:
         rows.append(["scored by", _e(f["scored_by"])])
     if f.get("eval"):
         ev = f["eval"]
-        recall = ev[f"recall@{ev['k']}"]
-        rows.append(["held-out eval", f"recall@{ev['k']} {recall:.4f}, nDCG@10 {ev['ndcg@10']:.4f} "
-                                      f"({ev['queries']} queries)"])
+        recalls = ", ".join(f"recall@{k} {ev[f'recall@{k}']:.4f}" for k in eval_cutoffs(ev))
+        rows.append(["held-out eval", f"{recalls}, nDCG@10 {ev['ndcg@10']:.4f} ({ev['queries']} {ev.get('of', 'queries')})"])
     if "together_share" in f:
         rows.append(["batches", f"{f['batches']:,}; {f['together_share']:.1%} of (anchor, negative) pairs share a batch"])
     for name, url in manifest["outputs"].items():

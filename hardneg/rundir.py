@@ -15,6 +15,7 @@
     RUN_DIR/rounds/NNNNN/<view>/          the mine.format view (``-scores`` with scores), when asked; a later
                                           run may add another view to a committed round
     RUN_DIR/rounds/NNNNN/batches/         mine.batches: rows with batch_id (geographic and mixed miners)
+    RUN_DIR/rounds/NNNNN/heldout/         a cross-view places round's held-out places and both their views' embeddings
     RUN_DIR/rounds/NNNNN/eval/            held-out recall@k / nDCG@10 of the round's encoder (training loop only)
     RUN_DIR/rounds/NNNNN/MANIFEST.json    written last: the round exists once it does
 

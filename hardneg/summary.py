@@ -115,8 +115,13 @@ def _eval_text(figures: dict) -> str:
     ev = figures.get("eval")
     if not ev:
         return "-"
-    recall = ev[f"recall@{ev['k']}"]
-    return f"recall@{ev['k']} {recall:.4f}  ndcg@10 {ev['ndcg@10']:.4f}  ({ev['queries']} held-out)"
+    recalls = "  ".join(f"recall@{k} {ev[f'recall@{k}']:.4f}" for k in eval_cutoffs(ev))
+    return f"{recalls}  ndcg@10 {ev['ndcg@10']:.4f}  ({ev['queries']} held-out {ev.get('of', 'queries')})"
+
+
+def eval_cutoffs(ev: dict) -> list[int]:
+    """The k of every ``recall@k`` of an eval manifest, ascending (a places eval has 1, 5, 10 and ``train.eval_k``)."""
+    return sorted(int(name.split("@")[1]) for name in ev if name.startswith("recall@"))
 
 
 def run_summary(state) -> str:

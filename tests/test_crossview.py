@@ -1,14 +1,64 @@
 """Sample4Geo's schedule on a text cross-view set: GPS rounds first, then similarity rounds (DSS) mined
-with the newest checkpoint, trained on whole batches."""
+with the newest checkpoint, trained on whole batches; held-out places evaluated every round."""
+
+import os
 
 import pytest
 
 from hardneg import storage
-from hardneg.config import parse_config
+from hardneg.config import load_config, parse_config
 from hardneg.errors import ConfigError
+from hardneg.pipelines.heldout import heldout_ids
 from hardneg.pipelines.remine import run_state
 from hardneg.rundir import round_dir
 from conftest import crossview_cities, write_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def assert_heldout_places_left_out(run_dir: str, round_index: int, held: set) -> None:
+    """No mined row, and no row of ``batches/``, names a held-out place as its anchor or a negative."""
+    here = round_dir(run_dir, round_index)
+    for folder in ("mined", "batches"):
+        rows = storage.read_table(here.join(folder).url, ["query_id", "negative_ids"]).to_pylist()
+        assert rows and not any(row["query_id"] in held or held & set(row["negative_ids"]) for row in rows), folder
+
+
+def assert_place_eval(manifest: dict, held: set, model: str) -> None:
+    ev = manifest["figures"]["eval"]
+    assert manifest["heldout"]["places"] == ev["queries"] == ev["candidates"] == len(held) > 0
+    assert 0 <= ev["recall@1"] <= ev["recall@5"] <= ev["recall@10"] <= 1 and 0 <= ev["ndcg@10"] <= 1
+    assert ev["model"] == model and ev["of"] == "places"
+
+
+def test_a_gps_round_holds_places_out_and_evaluates_the_encoder_it_trains_from(ray_session, tiny_model_path, tmp_path):
+    from hardneg.pipelines.run import run_round
+    from hardneg.summary import run_summary
+
+    rows = crossview_cities(40)
+    cfg = parse_config({
+        "run_dir": str(tmp_path / "run"), "model": {"path": tiny_model_path},
+        "corpus": {"path": write_jsonl(tmp_path / "cities.jsonl", rows)},
+        "mine": {"miner": "geographic", "num_negatives": 4, "min_km": 5, "batches": True, "composed_batch_size": 8},
+        "train": {"eval_fraction": 0.2, "seed": 3},
+    })
+    manifest = run_round(cfg, 0, holdout=True)
+    held = heldout_ids([str(row["id"]) for row in rows], cfg.train)
+    assert len(held) == 8 and manifest["figures"]["queries"] == 32 and manifest["counts"]["corpus"] == 40
+    assert_heldout_places_left_out(cfg.run_dir, 0, held)
+    assert_place_eval(manifest, held, tiny_model_path)
+    assert "recall@1 " in run_summary(run_state(cfg.run_dir)) and "held-out places" in run_summary(run_state(cfg.run_dir))
+
+
+def test_the_crossview_example_config_parses_and_its_corpus_exists():
+    cfg = load_config(os.path.join(ROOT, "examples", "crossview.yaml"))
+    assert cfg.mine.miner == "geographic" and cfg.mine.batches and cfg.train.gps_epochs == 1 and cfg.train.remine_every == 1
+    assert cfg.train.symmetric and cfg.train.learnable_scale and cfg.train.eval_fraction > 0
+    assert cfg.run_dir == "runs/crossview" and not os.path.isabs(cfg.corpus.path)
+    path = os.path.join(ROOT, cfg.corpus.path)
+    with open(path, encoding="utf-8") as handle:
+        first = handle.readline()
+    assert all(f'"{column}"' in first for column in ("id", "lat", "lon", "text", "view"))
 
 
 @pytest.mark.slow  # two rounds and two training blocks: over 4 minutes on a busy 2-core box
@@ -30,6 +80,10 @@ def test_gps_epochs_then_a_similarity_round_mined_with_the_previous_checkpoint(r
     gps, dss = (r.manifest for r in state.rounds)
     assert gps["miner"] == "geographic" and gps["encoder"] == "base"
     assert dss["miner"] == "mixed" and dss["encoder"] == blocks[0].id and dss["model"] == blocks[0].path
+    held = heldout_ids([str(row["id"]) for row in rows], cfg.train)  # one split, both rounds
+    for index, model in ((0, tiny_model_path), (1, blocks[0].path)):  # the GPS round: the encoder block 0 trains from
+        assert_heldout_places_left_out(cfg.run_dir, index, held)
+        assert_place_eval(state.rounds[index].manifest, held, model)
     mined = storage.read_table(round_dir(cfg.run_dir, 1).join("mined").url).to_pylist()
     views = {str(row["id"]): row["view"] for row in rows}
     for row in mined:

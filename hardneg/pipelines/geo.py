@@ -10,6 +10,8 @@ Output, one row per place (``rounds/NNNNN/mined/``): ``query_id``, ``query`` (te
 ``negative_ids``, ``negatives`` (texts or nulls), ``negative_km``, ``round``, ``encoder``.
 With ``mine.batches``, ``rounds/NNNNN/batches/`` holds the same rows plus ``batch_id``, sorted
 by it, each Parquet row group made of whole batches (``compose_batches``, epoch = round).
+With ``holdout`` (the training loop) a cross-view corpus's held-out places are left out before the
+search and evaluated with the encoder the round's block trains from (``hardneg.pipelines.heldout``).
 
 Example::
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +33,7 @@ from hardneg import storage
 from hardneg.config import RunConfig
 from hardneg.miners import GeoResult, mine_geographic, unit_vectors
 from hardneg.pipelines.figures import geo_figures
+from hardneg.pipelines.heldout import evaluate_places_stage, heldout_record, holdout_places
 from hardneg.pipelines.index import index_or_reuse
 from hardneg.pipelines.inputs import group_codes
 from hardneg.pipelines.write import kept_rows, places_table, write_parts, write_place_rows
@@ -40,13 +44,21 @@ from hardneg.search import build_index, open_index
 logger = logging.getLogger(__name__)
 
 
-def geo_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, encoder: str = "base") -> RoundManifest:
-    """Mine (and batch) the places corpus into the round folder ``here``; returns the round's manifest (to commit)."""
+def geo_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, encoder: str = "base",
+              model_path: Optional[str] = None, holdout: bool = False) -> RoundManifest:
+    """Mine (and batch) the places corpus into the round folder ``here``; returns the round's manifest (to commit).
+
+    Args:
+        model_path: the encoder the round's block trains from (``cfg.model.path`` when None); it mines
+            nothing here, it is what the held-out places evaluate.
+        holdout: leave ``train.eval_fraction`` of a cross-view corpus's places out and evaluate on them.
+    """
     stages: dict[str, dict] = {}
     started = time.perf_counter()
-    places = load_places(cfg.corpus)
+    every_place = load_places(cfg.corpus)
+    places, heldout = holdout_places(every_place, cfg.train) if holdout else (every_place, None)
     lat, lon, groups = place_arrays(places.table)
-    stages["read_places"] = stage_timing(started, places.table.num_rows)
+    stages["read_places"] = stage_timing(started, every_place.table.num_rows)
     result, mine_stages = mine_places(cfg, here, places.table, lat, lon, groups)
     stages.update(mine_stages)
 
@@ -55,11 +67,12 @@ def geo_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, enco
     figures = geo_figures(result, int(keep.sum()), places)
     outputs = write_place_rows(cfg, here, mined, result.negative_rows, keep, (groups, lat, lon),
                                {"miner": "geographic", "round": round_index, "encoder": encoder, "figures": figures}, stages)
+    evaluate_places_stage(cfg, here, heldout, figures, stages, model_path)
     return RoundManifest(
         miner="geographic", round=round_index, encoder=encoder, model=None,
         inputs={"corpus": cfg.corpus.path}, config=cfg.model_dump(mode="json"),
-        counts={"corpus": places.table.num_rows, "queries": places.table.num_rows, "rows": int(keep.sum())},
-        stages=stages, figures=figures, outputs=outputs,
+        counts={"corpus": every_place.table.num_rows, "queries": places.table.num_rows, "rows": int(keep.sum())},
+        stages=stages, figures=figures, outputs=outputs, heldout=heldout_record(cfg.train, heldout),
     )
 
 

@@ -1,25 +1,38 @@
-"""Held-out evaluation: a fixed share of the queries is never mined or trained on, and every round
-measures how well its encoder retrieves their positives.
+"""Held-out evaluation: a fixed share of the queries (or of a cross-view set's places) is never mined or
+trained on, and every round measures how well its encoder retrieves their positives.
 
 The split is deterministic: queries are ranked by a hash of ``(train.seed, query_id)`` and the first
 ``round(train.eval_fraction * N)`` (at least one when the fraction is above 0 and there are two or
 more queries) are held out. It depends only on the ids, so every round and every restart agree.
+Places follow the same rule with their ``id``.
 
 A round's evaluation uses what the round already has: its query embeddings, made by the round's
 encoder, searched in the round's persisted index (``rounds/NNNNN/index/``). With the default exact
 backend the figure measures the encoder alone; with an approximate one it includes the index's recall.
 ``rounds/NNNNN/eval/MANIFEST.json`` holds ``recall@{eval_k}``, ``ndcg@10`` and the query count.
 
+A round over places (geographic or mixed miner) of a cross-view corpus (a ``view`` column) holds its
+places out (``holdout_places``): they are no anchor, no negative and in no batch. ``evaluate_places``
+embeds both views of the held-out places with the round's encoder (a GPS round has no model of its own:
+the encoder its block trains from) through the embed stage (``rounds/NNNNN/heldout/``), and a Ray task
+retrieves each place's ``view`` by its first view among the held-out places alone: recall@1, @5, @10
+(and ``train.eval_k``), nDCG at the same cut-offs, the place count. Without a ``view`` column there is
+nothing to retrieve: no place is held out and there is no evaluation.
+
 Example::
 
     train_queries, heldout_queries = split_queries(inputs.queries, cfg.train)
     evaluate_round(cfg, round_dir(cfg.run_dir, 1), heldout_queries)["ndcg@10"]
+    places, heldout_places = holdout_places(load_places(cfg.corpus), cfg.train)
+    evaluate_places(cfg, round_dir(cfg.run_dir, 0), heldout_places)["recall@1"]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -28,8 +41,14 @@ import pyarrow.compute as pc
 
 from hardneg import storage
 from hardneg.config import RunConfig, TrainConfig
+from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
+from hardneg.pipelines.write import write_parts
+from hardneg.places import Places
+from hardneg.rundir import stage_timing
 from hardneg.search import embedding_files, open_index, read_embeddings
-from hardneg.trainers.evaluate import ranking_metrics
+from hardneg.trainers.evaluate import ranking_metrics, top_k_ids
+
+PLACE_CUTOFFS = (1, 5, 10)  # recall@k of the held-out places (and train.eval_k)
 
 
 def heldout_ids(query_ids: list[str], train_cfg: TrainConfig) -> set[str]:
@@ -41,10 +60,11 @@ def heldout_ids(query_ids: list[str], train_cfg: TrainConfig) -> set[str]:
     return set(ranked[:count])
 
 
-def split_queries(queries: pa.Table, train_cfg: TrainConfig) -> tuple[pa.Table, pa.Table]:
-    """``(train, held_out)`` rows of a prepared queries table (``query_id``, ``query``, ``positive_ids``)."""
-    held = heldout_ids(queries.column("query_id").to_pylist(), train_cfg)
-    mask = pc.is_in(queries.column("query_id"), value_set=pa.array(sorted(held), pa.string()))
+def split_queries(queries: pa.Table, train_cfg: TrainConfig, id_column: str = "query_id") -> tuple[pa.Table, pa.Table]:
+    """``(train, held_out)`` rows of a prepared queries table (``query_id``, ``query``, ``positive_ids``), or of
+    any table with string ids in ``id_column`` (a places table: ``id``)."""
+    held = heldout_ids(queries.column(id_column).to_pylist(), train_cfg)
+    mask = pc.is_in(queries.column(id_column), value_set=pa.array(sorted(held), pa.string()))
     return queries.filter(pc.invert(mask)), queries.filter(mask)
 
 
@@ -85,6 +105,99 @@ def _evaluate(cfg: RunConfig, here_url: str, heldout: pa.Table, storage_options:
         **{name: round(value, 4) for name, value in metrics.items()},
         "seconds": round(time.perf_counter() - started, 3),
     }
+    storage.prepare_output(out)
+    storage.commit(out, manifest)
+    return manifest
+
+
+# ---- places ----------------------------------------------------------------------------------
+
+
+def holdout_places(places: Places, train_cfg: TrainConfig) -> tuple[Places, Optional[pa.Table]]:
+    """The places that mine and train, and the held-out rows of ``places.table`` (None: a corpus without a
+    ``view`` column, nothing to evaluate, so every place trains)."""
+    if "view" not in places.table.column_names:
+        return places, None
+    train, heldout = split_queries(places.table, train_cfg, "id")
+    return dataclasses.replace(places, table=train), heldout
+
+
+def heldout_record(train_cfg: TrainConfig, heldout: Optional[pa.Table]) -> Optional[dict]:
+    """The round manifest's ``heldout`` entry of a round over places."""
+    if heldout is None:
+        return None
+    return {"fraction": train_cfg.eval_fraction, "seed": train_cfg.seed, "places": heldout.num_rows}
+
+
+def evaluate_places_stage(cfg: RunConfig, here: storage.Location, heldout: Optional[pa.Table], figures: dict, stages: dict,
+                          model_path: Optional[str] = None) -> None:
+    """``evaluate_places`` as a round's stage: ``figures["eval"]`` and ``stages["eval"]`` (nothing without held-out places)."""
+    if heldout is None or heldout.num_rows == 0:
+        return
+    started = time.perf_counter()
+    figures["eval"] = evaluate_places(cfg, here, heldout, model_path)
+    stages["eval"] = stage_timing(started, heldout.num_rows)
+
+
+def place_view_targets(cfg: RunConfig, here: storage.Location, heldout: pa.Table) -> list[EmbedTarget]:
+    """The embed stage's targets for both views of the held-out places (``heldout/text_embeddings``, the first
+    view with the query prompt; ``heldout/view_embeddings``, with the corpus prompt); the places are written
+    (once) to ``heldout/places/`` for the embed stage to read. Their own embed run: the places' ids are strings
+    here, and one Ray Data run cannot mix them with a corpus file's integer ids."""
+    folder = here.join("heldout")
+    places_dir = folder.join("places")
+    images = "image" in heldout.column_names
+    if not storage.is_committed(places_dir):
+        storage.prepare_output(places_dir)
+        write_parts(heldout.select(["id", "image" if images else "text", "view"]), places_dir)
+        storage.commit(places_dir, {"kind": "heldout-places", "rows": heldout.num_rows})
+    # A place the miner took is evaluated if it can be embedded: one whose first view is missing is dropped, not fatal.
+    base = {"path": places_dir.url, "id_column": "id", "drop_invalid": True}
+    first = cfg.corpus.model_copy(update={**base, "text_column": "text", "image_column": "image"})
+    # The view column is the image column of a corpus of images, else its text column (the other names no column).
+    second = cfg.corpus.model_copy(update={**base, **({"text_column": "text", "image_column": "view"} if images else
+                                                      {"text_column": "view", "image_column": "image"})})
+    return [EmbedTarget(folder.join("text_embeddings").url, first, prefix=cfg.model.query_prompt),
+            EmbedTarget(folder.join("view_embeddings").url, second, prefix=cfg.model.corpus_prompt)]
+
+
+def evaluate_places(cfg: RunConfig, here: storage.Location, heldout: pa.Table, model_path: Optional[str] = None) -> dict:
+    """Recall@1/5/10 (and @``train.eval_k``) of first view -> ``view`` retrieval among the held-out places, with the
+    encoder at ``model_path`` (``cfg.model.path`` when None); committed once as ``here/eval/`` (a committed
+    evaluation is read back, not redone)."""
+    out = here.join("eval")
+    if storage.is_committed(out):
+        return storage.read_manifest(out)
+    import ray
+
+    started = time.perf_counter()
+    if model_path is not None:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path})})
+    text, _ = embed_or_reuse(cfg, place_view_targets(cfg, here, heldout))
+    about = {"model": text["model"], "views": f"{'image' if 'image' in heldout.column_names else 'text'} -> view",
+             "embed_seconds": time.perf_counter() - started}
+    return ray.get(ray.remote(_evaluate_places).options(max_retries=3).remote(cfg.train, here.url, about, storage.s3_options()))
+
+
+def _evaluate_places(train_cfg: TrainConfig, here_url: str, about: dict, storage_options: dict) -> dict:
+    """``evaluate_places``' work: exact search of the first views among the views, commit ``eval/``."""
+    storage.restore_options(storage_options)
+    here = storage.resolve(here_url)
+    started = time.perf_counter()
+    text_ids, text_vectors = read_embeddings(here.join("heldout", "text_embeddings").url)
+    view_ids, view_vectors = read_embeddings(here.join("heldout", "view_embeddings").url)
+    own_view = pd.Index(view_ids).get_indexer(text_ids)
+    text_vectors, own_view = text_vectors[own_view >= 0], own_view[own_view >= 0]
+    cutoffs = sorted({*PLACE_CUTOFFS, train_cfg.eval_k})
+    ranked = top_k_ids(text_vectors.astype(np.float32), view_vectors.astype(np.float32), max(cutoffs))
+    relevant = [{int(row)} for row in own_view]
+    metrics = {name: value for k in cutoffs for name, value in ranking_metrics(ranked, relevant, k).items()}
+    manifest = {
+        "kind": "eval", "of": "places", "views": about["views"], "queries": len(relevant), "candidates": len(view_ids),
+        "k": train_cfg.eval_k, "model": about["model"], **{name: round(value, 4) for name, value in metrics.items()},
+        "seconds": round(about["embed_seconds"] + time.perf_counter() - started, 3),
+    }
+    out = here.join("eval")
     storage.prepare_output(out)
     storage.commit(out, manifest)
     return manifest

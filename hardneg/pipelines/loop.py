@@ -94,18 +94,32 @@ def _train_block(cfg: RunConfig, block: int, epochs: int, manifest: dict) -> Che
 
 def round_dataset(cfg: RunConfig, manifest: dict):
     """The round's training rows as a Ray Dataset: ``batches/`` when the round has it, else ``mined/``;
-    held-out queries are filtered out of a similarity round that was mined without the split (rounds over
-    places have no held-out split yet: every place trains)."""
+    the held-out queries (or cross-view places) are filtered out of a round that was mined without the split
+    (``hardneg mine``; its rows may still name a held-out place as a negative)."""
     import ray
 
     here = round_dir(cfg.run_dir, manifest["round"])
     source = here.join("batches") if storage.is_committed(here.join("batches")) else here.join("mined")
     ds = ray.data.read_parquet(source.url, filesystem=source.arrow_fs(), file_extensions=["parquet"])
-    if manifest.get("heldout") is None and cfg.train.eval_fraction and manifest["miner"] == "similarity":
-        queries = storage.read_table(storage.resolve(cfg.run_dir).join("inputs", "queries").url, ["query_id"])
-        held = heldout_ids(queries.column("query_id").to_pylist(), cfg.train)
-        ds = ds.filter(lambda row: row["query_id"] not in held)
+    if manifest.get("heldout") is None and cfg.train.eval_fraction:
+        held = _heldout_of_unsplit_round(cfg, manifest["miner"])
+        if held:
+            ds = ds.filter(lambda row: row["query_id"] not in held)
     return ds
+
+
+def _heldout_of_unsplit_round(cfg: RunConfig, miner: str) -> set[str]:
+    """The held-out ids of the round's queries, or of its places (none when the corpus has no ``view`` column)."""
+    if miner == "similarity":
+        ids = storage.read_table(storage.resolve(cfg.run_dir).join("inputs", "queries").url, ["query_id"]).column("query_id")
+    else:
+        from hardneg.places import load_places
+
+        table = load_places(cfg.corpus).table
+        if "view" not in table.column_names:
+            return set()
+        ids = table.column("id")
+    return heldout_ids(ids.to_pylist(), cfg.train)
 
 
 def _newest_round(cfg: RunConfig, pending):

@@ -20,6 +20,9 @@ Output, one row per place (``rounds/NNNNN/mined/``): ``query_id``, ``query``, ``
 cosine for normalised models, whichever miner chose the negative), ``negative_source``
 (``"geographic"`` | ``"similarity"``), ``round``, ``encoder``. ``mine.batches`` composes batches
 around the merged negatives, as a geographic round does.
+With ``holdout`` (the training loop) a cross-view corpus's held-out places are no anchors and no
+candidates (their embeddings, made with the corpus, map to no place); both their views are then embedded
+and evaluated with the round's encoder (``hardneg.pipelines.heldout``).
 
 Example::
 
@@ -45,6 +48,7 @@ from hardneg.miners import (FILTERS, GEO_REMOVED, GeoResult, MiningResult, drop_
 from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
 from hardneg.pipelines.figures import SOURCES, mixed_figures
 from hardneg.pipelines.geo import mine_places, place_arrays
+from hardneg.pipelines.heldout import evaluate_places_stage, heldout_record, holdout_places
 from hardneg.pipelines.index import index_or_reuse
 from hardneg.pipelines.mine import search_recall
 from hardneg.pipelines.write import kept_rows, places_table, write_place_rows
@@ -53,13 +57,19 @@ from hardneg.rundir import RoundManifest, stage_timing, timing
 from hardneg.search import open_index, read_embeddings
 
 
-def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, encoder: str = "base") -> RoundManifest:
-    """Embed, mine (geographic + similarity), merge and write the round folder ``here``; returns its manifest (to commit)."""
+def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, encoder: str = "base",
+                holdout: bool = False) -> RoundManifest:
+    """Embed, mine (geographic + similarity), merge and write the round folder ``here``; returns its manifest (to commit).
+
+    Args:
+        holdout: leave ``train.eval_fraction`` of a cross-view corpus's places out and evaluate on them.
+    """
     stages: dict[str, dict] = {}
     started = time.perf_counter()
-    places = load_places(cfg.corpus)
+    every_place = load_places(cfg.corpus)
+    places, heldout = holdout_places(every_place, cfg.train) if holdout else (every_place, None)
     corpus = validate_corpus(cfg.corpus)
-    stages["read_places"] = stage_timing(started, places.table.num_rows)
+    stages["read_places"] = stage_timing(started, every_place.table.num_rows)
     embeddings_dir = here.join("embeddings")
     [embeddings] = embed_or_reuse(cfg, [EmbedTarget(embeddings_dir.url, cfg.corpus, corpus)])
     stages["embed_corpus"] = {key: embeddings[key] for key in ("seconds", "rows", "rows_per_second")}
@@ -85,11 +95,13 @@ def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, en
     stages["merge"] = stage_timing(started, table.num_rows)
     outputs = write_place_rows(cfg, here, mined, merged, keep, (groups, lat, lon),
                                {"miner": "mixed", "round": round_index, "encoder": encoder, "figures": figures}, stages)
+    evaluate_places_stage(cfg, here, heldout, figures, stages)
     return RoundManifest(
         miner="mixed", round=round_index, encoder=encoder, model=embeddings["model"], model_hash=embeddings["model_hash"],
         inputs={"corpus": cfg.corpus.path}, config=cfg.model_dump(mode="json"),
-        counts={"corpus": table.num_rows, "queries": table.num_rows, "rows": int(keep.sum())},
-        stages=stages, figures=figures, outputs=outputs,
+        counts={"corpus": table.num_rows + (heldout.num_rows if heldout is not None else 0), "queries": table.num_rows,
+                "rows": int(keep.sum())},
+        stages=stages, figures=figures, outputs=outputs, heldout=heldout_record(cfg.train, heldout),
     )
 
 

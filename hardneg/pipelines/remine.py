@@ -171,8 +171,10 @@ def scheduled(cfg: RunConfig, round_index: int) -> RunConfig:
 
 
 def _discard_other_encoder(here: storage.Location, model_path: str) -> None:
-    """A half-done round started by another checkpoint is cleared; one started by this one resumes."""
-    embeddings = here.join("embeddings")
-    if storage.is_committed(embeddings) and storage.read_manifest(embeddings)["model"] != model_path:
-        logger.info("clearing half-done %s: it was started with %s", here.url, storage.read_manifest(embeddings)["model"])
-        here.fs.rm(here.path, recursive=True)
+    """A half-done round started by another checkpoint is cleared; one started by this one resumes (a GPS round
+    embeds only its held-out places)."""
+    for embeddings in (here.join("embeddings"), here.join("heldout", "text_embeddings")):
+        if storage.is_committed(embeddings) and storage.read_manifest(embeddings)["model"] != model_path:
+            logger.info("clearing half-done %s: it was started with %s", here.url, storage.read_manifest(embeddings)["model"])
+            here.fs.rm(here.path, recursive=True)
+            return

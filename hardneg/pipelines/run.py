@@ -49,9 +49,9 @@ def run_round(
     Args:
         model_path: the encoder that embeds this round (a checkpoint dir); ``cfg.model.path`` when None.
         encoder: the checkpoint id written into the rows and the manifest.
-        holdout: leave ``train.eval_fraction`` of the queries out of the mined rows and evaluate the
-            round's encoder on them (``hardneg.pipelines.heldout``); what the training loop does
-            (similarity miner).
+        holdout: leave ``train.eval_fraction`` of the queries (or of a cross-view corpus's places) out of the
+            mined rows and evaluate the round's encoder on them (``hardneg.pipelines.heldout``); what the
+            training loop does. A geographic round evaluates ``model_path``, the encoder its block trains from.
     """
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set (the folder, local or s3://, that holds the rounds)")
@@ -67,9 +67,9 @@ def run_round(
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path}),
                                      "embed": cfg.embed.model_copy(update={"corpus_embeddings": None, "query_embeddings": None})})
     if cfg.mine.miner == "geographic":
-        manifest = geo_round(cfg, here, round_index, encoder)
+        manifest = geo_round(cfg, here, round_index, encoder, model_path, holdout)
     elif cfg.mine.miner == "mixed":
-        manifest = mixed_round(cfg, here, round_index, encoder)
+        manifest = mixed_round(cfg, here, round_index, encoder, holdout)
     else:
         manifest = similarity_round(cfg, here, round_index, encoder, holdout)
     return commit_round(here, manifest)
