@@ -135,7 +135,12 @@ def check_round(cfg: RunConfig, checkpoint: Optional[str] = None, training: bool
             check_model_reads(cfg.model.path or default_model_path(), validate_corpus(cfg.corpus).modality)
     else:
         ids = check_inputs(cfg, storage.resolve(cfg.run_dir), want_ids=bool(own))
-        if ids is not None:
+        if ids is not None and not embeds_nothing:  # the model embeds the queries' texts, and the corpus unless its vectors are given
+            model = checkpoint or cfg.model.path or default_model_path()
+            check_model_reads(model, "text", holder="the queries (queries.path)")
+            if not cfg.embed.corpus_embeddings:
+                check_model_reads(model, ids.modality)
+        if ids is not None and own:
             check_own_embeddings(cfg, ids)
 
 

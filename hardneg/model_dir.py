@@ -58,8 +58,9 @@ def check_model_dir(path: str, field: str = "model.path") -> None:
         raise ConfigError(f"{field}: {path}: no weights (model.safetensors or pytorch_model.bin)")
 
 
-def check_model_reads(path: str, modality: str, field: str = "model.path") -> None:
-    """A corpus of images needs a model with an image processor, a corpus of texts one with a tokenizer.
+def check_model_reads(path: str, modality: str, field: str = "model.path", holder: str = "the corpus (corpus.text_column)") -> None:
+    """A corpus of images needs a model with an image processor, a corpus of texts (or queries, ``holder``) one
+    with a tokenizer.
 
     Raises:
         ConfigError: naming ``field``, the path and what the model lacks.
@@ -70,8 +71,8 @@ def check_model_reads(path: str, modality: str, field: str = "model.path") -> No
         raise ConfigError(f"{field}: {path}: the corpus holds images (corpus.image_column), but the model has no image "
                           f"processor ({IMAGE_PROCESSOR_FILE}); give a vision or a CLIP-style model")
     if modality == "text" and not names & set(TOKENIZER_FILES):
-        raise ConfigError(f"{field}: {path}: the corpus holds texts (corpus.text_column), but the model has no tokenizer: "
-                          "a vision model embeds images")
+        raise ConfigError(f"{field}: {path}: {holder} holds texts, but the model has no tokenizer: "
+                          "a vision model embeds images (a CLIP-style model embeds both)")
 
 
 def _check_config_json(config_file: str, field: str) -> None:

@@ -96,20 +96,28 @@ def test_a_vision_encoder_pools_normalises_and_reloads_as_transformers_saves_it(
     np.testing.assert_array_equal(again.encode_images(paths), vectors)
 
 
-def test_a_dual_model_puts_texts_and_images_in_one_space(packaged_model_path, places, tmp_path):
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory, packaged_model_path):
+    """A tiny random CLIP (text and vision towers of hidden 32, projections of 16) with MiniLM's tokenizer."""
     from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    _, rows = places
     tokenizer = AutoTokenizer.from_pretrained(packaged_model_path, local_files_only=True)
     torch.manual_seed(0)
     tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
     config = CLIPConfig(text_config={**tower, "vocab_size": tokenizer.vocab_size, "max_position_embeddings": 64},
                         vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=16)
-    path = str(tmp_path / "clip")
+    path = str(tmp_path_factory.mktemp("clip"))
     CLIPModel(config).eval().save_pretrained(path)
     tokenizer.save_pretrained(path)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
 
+
+def test_a_dual_model_puts_texts_and_images_in_one_space(clip_path, places):
+    from transformers import CLIPModel
+
+    _, rows = places
+    path = clip_path
     encoder = Encoder.load(path)
     texts, images = encoder.encode(["a red flower", "a temple roof"]), encoder.encode_images([row["image"] for row in rows[:3]])
     assert encoder.is_dual and texts.shape == (2, 16) and images.shape == (3, 16)
@@ -198,7 +206,7 @@ def test_a_model_that_cannot_read_the_corpus_is_refused_at_the_door(vit_path, ti
     assert "the corpus holds images (corpus.image_column), but the model has no image processor" in capsys.readouterr().err
     texts = write_jsonl(tmp_path / "texts.jsonl", [{"id": 1, "text": "a temple roof"}])
     assert main(["embed", texts, str(tmp_path / "out"), "--model-path", vit_path]) == 2
-    assert "the corpus holds texts (corpus.text_column), but the model has no tokenizer" in capsys.readouterr().err
+    assert "the corpus (corpus.text_column) holds texts, but the model has no tokenizer" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -259,3 +267,49 @@ def test_gps_batches_one_training_step_a_dss_remine_and_a_checkpoint_that_embeds
         assert row["negative_scores"] == sorted(row["negative_scores"], reverse=True)
     assert json.loads(open(os.path.join(round_dir(cfg.run_dir, 1).join("embeddings").path, "MANIFEST.json")).read())["modality"] == "image"
 
+
+
+def test_text_queries_mine_hard_negative_images_with_a_dual_model(ray_session, clip_path, places, tmp_path):
+    """Text-to-image data (CLIP-style): text queries whose positives are images of a corpus of images. The
+    round embeds the queries with the text tower and the images with the vision tower, in one space, and
+    its negatives are the other images (their paths) that score highest against the query."""
+    from hardneg.door import check_round
+    from hardneg.pipelines.run import run_round
+
+    _, rows = places
+    image_of = {row["id"]: row["image"] for row in rows}
+    row_of = {row["id"]: i for i, row in enumerate(rows)}
+    corpus = write_jsonl(tmp_path / "images.jsonl", [{"id": row["id"], "image": row["image"]} for row in rows])
+    asked = [{"query_id": f"q{i}", "query": f"photograph {row['id'][0]}, tile {row['id'][2:]}", "positive_ids": [row["id"]]}
+             for i, row in enumerate(rows[::4])]
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"path": clip_path}, "corpus": {"path": corpus},
+                        "queries": {"path": write_jsonl(tmp_path / "queries.jsonl", asked), "format": "queries"},
+                        "mine": {"num_negatives": 3, "range_max": 20}})
+    check_round(cfg)
+    mined = storage.read_table(run_round(cfg)["outputs"]["mined"]).to_pylist()
+
+    encoder = Encoder.load(clip_path)
+    images = encoder.encode_images([row["image"] for row in rows])
+    texts = encoder.encode([query["query"] for query in asked])
+    assert [row["query_id"] for row in mined] == [query["query_id"] for query in asked]
+    for row, query, text in zip(mined, asked, texts):
+        assert row["positive_id"] == query["positive_ids"][0] and row["positive"] == image_of[row["positive_id"]]
+        scores = images @ text
+        ranked = [rows[i]["id"] for i in np.argsort(-scores, kind="stable") if rows[i]["id"] != row["positive_id"]]
+        assert row["negative_ids"] == ranked[:3]  # the hardest images, by the text tower against the vision tower
+        assert row["negatives"] == [image_of[i] for i in row["negative_ids"]]
+        np.testing.assert_allclose(row["negative_scores"], scores[[row_of[i] for i in row["negative_ids"]]], atol=1e-4)
+
+
+def test_text_queries_over_images_need_a_model_that_reads_both(vit_path, places, tmp_path):
+    from hardneg.door import check_round
+    from hardneg.errors import ConfigError
+
+    _, rows = places
+    corpus = write_jsonl(tmp_path / "images.jsonl", [{"id": row["id"], "image": row["image"]} for row in rows])
+    queries = write_jsonl(tmp_path / "queries.jsonl", [{"query_id": "q", "query": "a temple roof", "positive_ids": [rows[0]["id"]]}])
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"path": vit_path}, "corpus": {"path": corpus},
+                        "queries": {"path": queries, "format": "queries"}})
+    with pytest.raises(ConfigError, match=r"the queries \(queries.path\) holds texts, but the model has no tokenizer"):
+        check_round(cfg)
+    assert not (tmp_path / "run").exists()

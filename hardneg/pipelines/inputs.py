@@ -99,20 +99,22 @@ class InputIds:
         corpus_hashes: sorted unique ``hash_ids`` of the corpus ids (8 bytes a row).
         corpus_ids: the corpus ids as strings, read when called (only to name a mismatch).
         query_ids: the query ids as strings.
+        modality: what the corpus holds, ``"text"`` or ``"image"`` (the queries are texts).
     """
 
     corpus_hashes: np.ndarray
     corpus_ids: Callable[[], pa.Array]
     query_ids: pa.Array
+    modality: str = "text"
 
 
 def check_inputs(cfg: RunConfig, run_dir: storage.Location, want_ids: bool = False) -> Optional[InputIds]:
-    """Run every check ``prepare_inputs`` runs, writing nothing (the CLI's door, before Ray starts).
-
-    Inputs a run directory already committed are only compared with the sources (a resumed run).
+    """Run every check ``prepare_inputs`` runs, writing nothing (the CLI's door, before Ray starts); returns the
+    inputs' ids, or None for inputs a run directory already committed (only compared with their sources, a
+    resumed run) unless ``want_ids``.
 
     Args:
-        want_ids: also return the inputs' ids (to check a user's own embeddings).
+        want_ids: the ids even of committed inputs (to check a user's own embeddings).
 
     Raises:
         InputError: what ``prepare_inputs`` would raise.
@@ -124,18 +126,18 @@ def check_inputs(cfg: RunConfig, run_dir: storage.Location, want_ids: bool = Fal
             return None
         corpus_cfg = cfg.corpus if cfg.queries.format == "queries" else CorpusConfig(path=run_dir.join("inputs", "corpus").url)
         corpus = validate_corpus(corpus_cfg)
-        hashes, ids = corpus.id_hashes, lambda: corpus_ids(corpus, corpus_cfg)
+        hashes, ids, modality = corpus.id_hashes, lambda: corpus_ids(corpus, corpus_cfg), corpus.modality
         queries = storage.read_table(queries_dir.url, ["query_id"])
     elif cfg.queries.format == "pairs":
         table, queries = _from_pairs(cfg)
-        hashes, ids = np.unique(hash_ids(table.column("id"))), lambda: table.column("id").combine_chunks()
+        hashes, ids, modality = np.unique(hash_ids(table.column("id"))), lambda: table.column("id").combine_chunks(), "text"
     elif not cfg.corpus.path:
         raise InputError("queries.format=queries needs corpus.path (the corpus the positive_ids refer to)")
     else:
         corpus = validate_corpus(cfg.corpus)
-        hashes, ids = corpus.id_hashes, lambda: corpus_ids(corpus, cfg.corpus)
+        hashes, ids, modality = corpus.id_hashes, lambda: corpus_ids(corpus, cfg.corpus), corpus.modality
         queries = _from_queries(cfg, hashes)
-    return InputIds(hashes, ids, queries.column("query_id").combine_chunks()) if want_ids else None
+    return InputIds(hashes, ids, queries.column("query_id").combine_chunks(), modality)
 
 
 def input_fingerprint(cfg: RunConfig) -> list[list]:
@@ -162,12 +164,14 @@ def _check_same_sources(queries_dir: storage.Location, sources: list[list]) -> N
 
 
 def load_corpus(corpus: ValidatedCorpus, cfg: CorpusConfig, ids: Optional[pa.Array] = None) -> pa.Table:
-    """``id`` (string), ``text`` and, when the corpus has it, ``group`` of every valid row, in file order;
-    only the rows whose id is in ``ids`` when given (one file in memory at a time)."""
-    tables = []
+    """``id`` (string), ``text`` (in a corpus of images: its images, paths or URLs or bytes, as given) and,
+    when the corpus has it, ``group`` of every valid row, in file order; only the rows whose id is in
+    ``ids`` when given (one file in memory at a time)."""
+    tables, value = [], corpus.value_column(cfg)
     for loc, drop in zip(corpus.files, corpus.drop_rows):
-        table = _valid_rows(loc, drop, [cfg.id_column, cfg.text_column, cfg.group_column])
-        columns = {"id": table.column(cfg.id_column).cast(pa.string()), "text": table.column(cfg.text_column).cast(pa.string())}
+        table = _valid_rows(loc, drop, [cfg.id_column, value, cfg.group_column])
+        values = table.column(value) if corpus.modality == "image" else table.column(value).cast(pa.string())
+        columns = {"id": table.column(cfg.id_column).cast(pa.string()), "text": values}
         if cfg.group_column in table.column_names:
             columns["group"] = table.column(cfg.group_column).cast(pa.string())
         table = pa.table(columns)

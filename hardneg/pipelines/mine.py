@@ -47,11 +47,15 @@ from hardneg.search import Index, embedding_files, exact_search_files, index_man
 
 logger = logging.getLogger(__name__)
 
-MINED_SCHEMA = pa.schema([
-    ("query_id", pa.string()), ("query", pa.string()), ("positive_id", pa.string()), ("positive", pa.string()),
-    ("positive_score", pa.float32()), ("negative_ids", pa.list_(pa.string())), ("negatives", pa.list_(pa.string())),
-    ("negative_scores", pa.list_(pa.float32())), ("round", pa.int32()), ("encoder", pa.string()),
-])
+def mined_schema(values: pa.DataType = pa.string()) -> pa.Schema:
+    """The mined table's schema; ``positive`` and ``negatives`` hold the corpus' ``values``: texts, or the images
+    of a corpus of images as given (paths or URLs, or bytes)."""
+    return pa.schema([
+        ("query_id", pa.string()), ("query", pa.string()), ("positive_id", pa.string()), ("positive", values),
+        ("positive_score", pa.float32()), ("negative_ids", pa.list_(pa.string())), ("negatives", pa.list_(values)),
+        ("negative_scores", pa.list_(pa.float32())), ("round", pa.int32()), ("encoder", pa.string()),
+    ])
+
 SAMPLE = 20_000  # scores of each kind kept for the figures' quantiles (exact below that many)
 
 
@@ -211,7 +215,7 @@ def pair_rows(plan: MinePlan, shards: ShardSet, queries: pa.Table, negatives: np
         "negative_scores": pa.ListArray.from_arrays(list_offsets, pa.array(negative_scores[owner][present], pa.float32())),
         "round": pa.array(np.full(len(pairs), plan.round_index, np.int32)),
         "encoder": pa.array([plan.encoder] * len(pairs), pa.string()),
-    }, schema=MINED_SCHEMA)
+    }, schema=mined_schema(texts.type))
 
 
 class Tally:
@@ -320,7 +324,7 @@ def mine_stage(cfg: RunConfig, corpus: ValidatedCorpus, corpus_cfg, here: storag
     figures = {**tally.figures(), "candidates_per_query": depth, "recall": recall,
                "scored_by": "cross-encoder " + cfg.mine.cross_encoder if cfg.mine.cross_encoder else "bi-encoder"}
     if not tally.rows:  # every query dropped (on_short=drop): an empty table, so readers find the schema
-        storage.write_parquet(MINED_SCHEMA.empty_table(), mined_dir.join(f"part-{0:012d}.parquet"))
+        storage.write_parquet(mined_schema().empty_table(), mined_dir.join(f"part-{0:012d}.parquet"))
     parts = len(storage.list_table_files(mined_dir.url))
     manifest = {
         "kind": "mined", "round": round_index, "encoder": encoder, "rows": tally.rows, "parts": parts, "figures": figures,
