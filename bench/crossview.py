@@ -11,7 +11,8 @@ negatives (the other pairs of the batch are the negatives, as in Sample4Geo):
 - ``random``: rows in random order, cut into batches;
 - ``gps``: whole batches composed around each place's GPS neighbours, re-composed every epoch;
 - ``gps+dss``: GPS batches for ``--gps-epochs``, then batches around each place's nearest places by
-  the newest checkpoint's embeddings (dynamic similarity sampling), re-mined every epoch.
+  the newest checkpoint's embeddings (dynamic similarity sampling: the place's view A against the
+  other places' view B, as Sample4Geo ranks queries against references), re-mined every epoch.
 
 Reported per arm: held-out recall@1 and @10 of view A -> view B among the held-out places with the
 arm's last checkpoint, and how hard its batches are: the mean base-model cosine of a view A with the

@@ -154,3 +154,36 @@ def test_no_geographic_negatives_gives_the_similarity_miners_alone(mixed_run, tm
         shared = min(len(similar), len(not_geographic))  # one similarity ranking: ours minus the geographic ones leads it
         assert not_geographic[:shared] == similar[:shared]
     assert "0 geographic of 4 negatives" in round_summary(result)
+
+
+def test_a_cross_view_round_ranks_each_places_first_view_against_the_others_second_views(ray_session, tiny_model_path, tmp_path):
+    """Sample4Geo's dynamic similarity sampling: the hard places for a place are those whose second view (its
+    aerial image; here a city's name in another script) scores highest against the place's first view."""
+    from conftest import crossview_cities
+
+    from hardneg.encoder import Encoder
+
+    rows = [{**row, "id": str(row["id"])} for row in crossview_cities(120)]
+    rows.append({**rows[1], "id": "twin", "lat": -rows[1]["lat"], "lon": rows[1]["lon"]})  # the same second view, far away
+    cfg = load_config(overrides={"run_dir": str(tmp_path / "run"), "corpus.path": write_jsonl(tmp_path / "cities.jsonl", rows),
+                                 "model.path": tiny_model_path, "mine.miner": "mixed", "mine.geo_negatives": 0,
+                                 "mine.num_negatives": 3, "mine.min_km": 5})
+    manifest = run_round(cfg)
+    assert manifest["figures"]["similarity_of"] == "first view -> other places' view"
+    mined = storage.read_table(round_dir(cfg.run_dir, 0).join("mined").url).to_pylist()
+
+    encoder = Encoder.load(tiny_model_path)
+    first, second = encoder.encode([row["text"] for row in rows]), encoder.encode([row["view"] for row in rows])
+    lat, lon = np.array([row["lat"] for row in rows]), np.array([row["lon"] for row in rows])
+    at = {row["id"]: i for i, row in enumerate(rows)}
+    assert len(mined) == len(rows)
+    for row in mined:
+        i = at[row["query_id"]]
+        scores = second @ first[i]
+        allowed = [j for j in np.argsort(-scores, kind="stable") if j != i and haversine_km(lat[i], lon[i], lat[j], lon[j]) >= 5
+                   and rows[j]["view"] != rows[i]["view"]]
+        assert row["negative_ids"] == [rows[j]["id"] for j in allowed[:3]]
+        assert row["negatives"] == [rows[j]["view"] for j in allowed[:3]] and row["positive"] == rows[i]["view"]
+        np.testing.assert_allclose(row["negative_scores"], scores[allowed[:3]], atol=1e-5)
+    twin = next(row for row in mined if row["query_id"] == "twin")
+    assert rows[1]["id"] not in twin["negative_ids"]  # the same second view: the same place, never a negative

@@ -15,6 +15,13 @@ a mixed round gives both for the same anchors, the places themselves:
    ``min_km`` (the same place) dropped before the miner (``removed["same_place"]``);
 4. ``merge_negatives``: the geographic ones first, then similarity ones not already taken.
 
+A cross-view corpus (a ``view`` column, Sample4Geo's ground and aerial views) ranks as Sample4Geo's
+dynamic similarity sampling does: each place's first view (with ``model.query_prompt``) against the
+other places' second views (``view``, with ``model.corpus_prompt``, embedded into
+``rounds/NNNNN/view_embeddings/`` and indexed in ``rounds/NNNNN/index/``), so the hard places are those
+whose other view looks like this place's first view; candidates whose ``view`` equals the place's own
+are the same place and left out. ``figures["similarity_of"]`` says which ranking the round used.
+
 Output, one row per place (``rounds/NNNNN/mined/``): ``query_id``, ``query``, ``negative_ids``,
 ``negatives``, ``negative_km`` (haversine), ``negative_scores`` (embedding inner product, the
 cosine for normalised models, whichever miner chose the negative), ``negative_source``
@@ -41,7 +48,7 @@ import pandas as pd
 import pyarrow as pa
 
 from hardneg import storage
-from hardneg.config import RunConfig
+from hardneg.config import CorpusConfig, RunConfig
 from hardneg.corpus import validate_corpus
 from hardneg.miners import (FILTERS, GEO_REMOVED, GeoResult, MiningResult, drop_same_place, hash_texts, haversine_km,
                             merge_negatives, mine_similarity)
@@ -70,28 +77,38 @@ def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, en
     places, heldout = holdout_places(every_place, cfg.train) if holdout else (every_place, None)
     corpus = validate_corpus(cfg.corpus)
     stages["read_places"] = stage_timing(started, every_place.table.num_rows)
-    embeddings_dir = here.join("embeddings")
-    [embeddings] = embed_or_reuse(cfg, [EmbedTarget(embeddings_dir.url, cfg.corpus, corpus)])
-    stages["embed_corpus"] = {key: embeddings[key] for key in ("seconds", "rows", "rows_per_second")}
+    embeddings_dir, view_dir = here.join("embeddings"), here.join("view_embeddings")
+    cross_view = "view" in places.table.column_names
+    targets = [EmbedTarget(embeddings_dir.url, cfg.corpus, corpus, prefix=cfg.model.query_prompt if cross_view else "")]
+    if cross_view:
+        targets.append(EmbedTarget(view_dir.url, _view_corpus(cfg.corpus, corpus.modality), prefix=cfg.model.corpus_prompt))
+    embedded = embed_or_reuse(cfg, targets)
+    stages["embed_corpus"] = timing(max(e["seconds"] for e in embedded), sum(e["rows"] for e in embedded))
+    embeddings = embedded[0]
     table, vectors, place_of_embedding = _align(places, *read_embeddings(embeddings_dir.url))
+    candidates_dir, candidate_vectors = embeddings_dir, vectors
+    if cross_view:  # candidates are the places' second views: a place needs both embedded
+        table, vectors, candidate_vectors, place_of_embedding = _align_views(table, vectors, *read_embeddings(view_dir.url))
+        candidates_dir = view_dir
     lat, lon, groups = place_arrays(table)
 
     geo = _geographic(cfg, here, table, lat, lon, groups, stages)
-    index = index_or_reuse(cfg.index, embeddings_dir.url, here.join("index"))
+    index = index_or_reuse(cfg.index, candidates_dir.url, here.join("index"))
     stages["sim_index"] = timing(index["seconds"], index["rows"])
-    similar, depth, recall = _similarity(cfg, here, vectors, place_of_embedding, table, lat, lon, groups, stages)
+    similar, depth, recall = _similarity(cfg, here, candidates_dir.url, vectors, place_of_embedding, table, lat, lon, groups, stages)
     started = time.perf_counter()
     merged = merge_negatives(geo.negative_rows, similar.negative_rows, cfg.mine.geo_negatives, cfg.mine.num_negatives)
     present = merged >= 0
     safe = np.where(present, merged, 0)
     anchors = np.arange(len(merged))[:, None]
     km = np.where(present, haversine_km(lat[anchors], lon[anchors], lat[safe], lon[safe]), np.nan)
-    scores = np.where(present, np.einsum("qd,qnd->qn", vectors, vectors[safe]), np.nan)
+    scores = np.where(present, np.einsum("qd,qnd->qn", vectors, candidate_vectors[safe]), np.nan)
     from_geo = present & (merged[:, :, None] == geo.negative_rows[:, None, :]).any(axis=2)
     source = np.where(from_geo, SOURCES[0], SOURCES[1])
     mined = places_table(table, merged, round_index, encoder, negative_km=km, negative_scores=scores, negative_source=source)
     keep = kept_rows(cfg, present.sum(axis=1))
     figures = mixed_figures(merged, km, scores, from_geo, geo, similar, int(keep.sum()), places, depth, recall)
+    figures["similarity_of"] = "first view -> other places' view" if cross_view else "place -> place"
     stages["merge"] = stage_timing(started, table.num_rows)
     outputs = write_place_rows(cfg, here, mined, merged, keep, (groups, lat, lon),
                                {"miner": "mixed", "round": round_index, "encoder": encoder, "figures": figures}, stages)
@@ -122,6 +139,25 @@ def _align(places: Places, ids: np.ndarray, vectors: np.ndarray) -> tuple[pa.Tab
     return table, vectors[rows], place_of_embedding
 
 
+def _view_corpus(corpus_cfg: CorpusConfig, modality: str) -> CorpusConfig:
+    """The corpus read for its second views: ``corpus.view_column`` as the text (or, in a corpus of images, the
+    image) column, so the embed stage embeds it as it embeds the first."""
+    column = {"image_column": corpus_cfg.view_column} if modality == "image" else {"text_column": corpus_cfg.view_column}
+    return corpus_cfg.model_copy(update=column)
+
+
+def _align_views(table: pa.Table, vectors: np.ndarray, view_ids: np.ndarray,
+                 view_vectors: np.ndarray) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+    """The places of ``table`` whose second view has an embedding too: their rows, first-view vectors, second-view
+    vectors, and the place row of every second-view embedding row (``-1``: none)."""
+    rows = pd.Index(view_ids).get_indexer(table.column("id").to_numpy(zero_copy_only=False))
+    have = rows >= 0
+    table, vectors, rows = table.filter(pa.array(have)), vectors[have], rows[have]
+    place_of_embedding = np.full(len(view_ids), -1, np.int64)
+    place_of_embedding[rows] = np.arange(len(rows))
+    return table, vectors, view_vectors[rows], place_of_embedding
+
+
 def _geographic(cfg: RunConfig, here: storage.Location, table: pa.Table, lat, lon, groups, stages: dict) -> GeoResult:
     """``geo_round``'s miner with ``num_negatives = geo_negatives`` (nothing to mine for 0)."""
     count = cfg.mine.geo_negatives
@@ -134,18 +170,21 @@ def _geographic(cfg: RunConfig, here: storage.Location, table: pa.Table, lat, lo
     return result
 
 
-def _similarity(cfg: RunConfig, here: storage.Location, vectors: np.ndarray, place_of_embedding: np.ndarray, table: pa.Table,
-                lat: np.ndarray, lon: np.ndarray, groups: np.ndarray, stages: dict) -> tuple[MiningResult, int, object]:
-    """``num_negatives`` similarity negatives per place (rows are place rows), the search depth and its recall."""
+def _similarity(cfg: RunConfig, here: storage.Location, candidates_dir: str, vectors: np.ndarray, place_of_embedding: np.ndarray,
+                table: pa.Table, lat: np.ndarray, lon: np.ndarray, groups: np.ndarray, stages: dict) -> tuple[MiningResult, int, object]:
+    """``num_negatives`` similarity negatives per place (rows are place rows), the search depth and its recall;
+    ``vectors`` (one per place) are searched among the index's vectors (``candidates_dir``)."""
     with open_index(here.join("index").url, cfg.index) as index:
-        return _search_and_mine(cfg, index, here.join("embeddings").url, vectors, place_of_embedding, table, lat, lon, groups, stages)
+        return _search_and_mine(cfg, index, candidates_dir, vectors, place_of_embedding, table, lat, lon, groups, stages)
 
 
 def _search_and_mine(cfg: RunConfig, index, embeddings_dir: str, vectors: np.ndarray, place_of_embedding: np.ndarray,
                      table: pa.Table, lat: np.ndarray, lon: np.ndarray, groups: np.ndarray,
                      stages: dict) -> tuple[MiningResult, int, object]:
     """``_similarity``'s batches over an open ``index``."""
-    text_hash = hash_texts(place_values(table).to_pylist())  # a corpus of images: equal paths or bytes
+    # Equal values are one place seen twice: a candidate is what it shows (its second view, cross-view), an
+    # anchor forbids its own (a corpus of images: equal paths or bytes).
+    text_hash = hash_texts((table.column("view") if "view" in table.column_names else place_values(table)).to_pylist())
     depth = min(cfg.mine.candidate_depth() + 1, index.ntotal)  # + 1: the place itself comes back first
     num_places, step = len(vectors), cfg.index.query_batch_size
     rows_out = np.full((num_places, cfg.mine.num_negatives), -1, np.int64)
