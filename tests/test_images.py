@@ -216,6 +216,7 @@ def test_gps_batches_one_training_step_a_dss_remine_and_a_checkpoint_that_embeds
     from transformers import AutoModel
 
     from hardneg.miners import haversine_km
+    from hardneg.pipelines.heldout import heldout_ids
     from hardneg.pipelines.loop import train_loop
     from hardneg.pipelines.remine import remine, run_state
 
@@ -233,7 +234,9 @@ def test_gps_batches_one_training_step_a_dss_remine_and_a_checkpoint_that_embeds
     assert gps["miner"] == "geographic" and block.round == 0 and block.metrics["steps"] == 1
     batches = storage.read_table(round_dir(cfg.run_dir, 0).join("batches").url).to_pandas()
     by_id = {row["id"]: row for row in rows}
-    assert sorted(batches["query_id"]) == sorted(by_id)  # every place once
+    held = heldout_ids(list(by_id), cfg.train)  # train.eval_fraction of a cross-view corpus: evaluated, never batched
+    assert len(held) == gps["heldout"]["places"] and "recall@1" in gps["figures"]["eval"]
+    assert sorted(batches["query_id"]) == sorted(set(by_id) - held)  # every other place once
     for _, batch in batches.groupby("batch_id"):
         assert len(batch) <= 8
         lat, lon = np.array([by_id[i]["lat"] for i in batch["query_id"]]), np.array([by_id[i]["lon"] for i in batch["query_id"]])
@@ -255,14 +258,18 @@ def test_gps_batches_one_training_step_a_dss_remine_and_a_checkpoint_that_embeds
         pooled = torch.nn.functional.normalize(hf(pixel_values=pixels).pooler_output, dim=-1).numpy()[0]
     assert float(pooled @ fresh[0]) >= 1 - 1e-6  # transformers loads the checkpoint too
 
-    vector_of = dict(zip(ids, fresh))
+    # DSS as Sample4Geo ranks: a place's view A (the tile) against the other places' view B (their mirror images)
+    view_ids, views = read_embeddings(round_dir(cfg.run_dir, 1).join("view_embeddings").url)
+    np.testing.assert_allclose(views, checkpoint.encode_images([by_id[i]["view"] for i in view_ids]), atol=1e-5)
+    vector_of, view_of = dict(zip(ids, fresh)), dict(zip(view_ids, views))
     mined = storage.read_table(round_dir(cfg.run_dir, 1).join("mined").url).to_pylist()
-    assert len(mined) == len(rows)
+    assert len(mined) == len(rows) - len(held)
     for row in mined:
         assert row["query"] == by_id[row["query_id"]]["image"] and row["positive"] == by_id[row["query_id"]]["view"]
         assert row["negatives"] == [by_id[i]["view"] for i in row["negative_ids"]] and row["query_id"] not in row["negative_ids"]
         assert set(row["negative_source"]) == {"similarity"} and min(row["negative_km"]) >= 0.5
-        scores = [float(vector_of[row["query_id"]] @ vector_of[i]) for i in row["negative_ids"]]
+        assert not held & set(row["negative_ids"])
+        scores = [float(vector_of[row["query_id"]] @ view_of[i]) for i in row["negative_ids"]]
         np.testing.assert_allclose(row["negative_scores"], scores, atol=1e-5)
         assert row["negative_scores"] == sorted(row["negative_scores"], reverse=True)
     assert json.loads(open(os.path.join(round_dir(cfg.run_dir, 1).join("embeddings").path, "MANIFEST.json")).read())["modality"] == "image"
