@@ -117,3 +117,13 @@ def test_sample4geo_batches_hold_anchor_near_and_random_neighbours_each_place_on
     assert not np.array_equal(plans[0].batch_ids, plans[1].batch_ids)  # another epoch, another draw
     with pytest.raises(ValueError, match="near_neighbours"):
         compose_batches(pool, 32, seed=1, near_neighbours=-1)
+
+
+def test_together_share_by_blocks_of_anchors_is_the_share_over_the_whole_pool():
+    rng = np.random.default_rng(0)
+    neighbours = rng.integers(-1, 1000, size=(1000, 16))  # -1: padding, never a pair
+    batch_ids = rng.integers(0, 40, size=1000)
+    valid = neighbours >= 0
+    whole = float(np.mean((batch_ids[:, None] == batch_ids[np.maximum(neighbours, 0)])[valid]))
+    assert together_share(neighbours, batch_ids, block=77) == whole == together_share(neighbours, batch_ids)
+    assert together_share(np.full((3, 2), -1), np.zeros(3, np.int64)) == 1.0
