@@ -116,6 +116,9 @@ def test_pairs_match_sentence_transformers_mine_hard_negatives(ray_session, pack
     from sentence_transformers.util import mine_hard_negatives
 
     pairs = [{"anchor": p["anchor"], "positive": p["positive"]} for p in real_pairs[:400]]
+    # A pair repeated 15 times: ST counts every row of an anchor in max_positives, which widens every
+    # query's candidate window (range_max + max_positives), repeated rows included.
+    pairs += [pairs[0]] * 15
     settings = dict(range_min=0, range_max=25, relative_margin=0.05, num_negatives=3, sampling_strategy="top")
     theirs = mine_hard_negatives(
         Dataset.from_list(pairs), SentenceTransformer(packaged_model_path, device="cpu"), output_format="n-tuple",
@@ -133,6 +136,7 @@ def test_pairs_match_sentence_transformers_mine_hard_negatives(ray_session, pack
     union = set(theirs) | set(ours)
     agree = sum(theirs.get(key) == ours.get(key) for key in union)
     assert len(ours) > 300 and agree / len(union) >= 0.99, f"{agree}/{len(union)} pairs agree"
+    assert json.loads((tmp_path / "run" / "inputs" / "queries" / "MANIFEST.json").read_text())["pairs_per_anchor"] == 16
 
 
 @pytest.mark.slow  # the default run stays under 8 minutes (issue 11)

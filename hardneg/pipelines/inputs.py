@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -49,11 +50,14 @@ class Inputs:
         corpus_cfg: the corpus as the embed stage reads it (id/text/group columns named).
         corpus: the validated corpus files.
         queries: ``query_id``, ``query``, ``positive_ids`` (one row per unique query).
+        pairs_per_anchor: for pairs input, the most input rows one anchor has, repeated pairs counted
+            (sentence-transformers' ``max_positives``, which widens its candidate window); else 0.
     """
 
     corpus_cfg: CorpusConfig
     corpus: ValidatedCorpus
     queries: pa.Table
+    pairs_per_anchor: int = 0
 
 
 def text_id(text: str) -> str:
@@ -74,9 +78,10 @@ def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
     if cfg.queries.format == "pairs":
         corpus_dir = run_dir.join("inputs", "corpus")
         if not storage.is_committed(corpus_dir) or not storage.is_committed(queries_dir):
-            corpus, queries = _from_pairs(cfg)
+            corpus, queries, repeats = _from_pairs(cfg)
             _commit_table(corpus_dir, corpus, {"kind": "corpus", "source": cfg.queries.path, "extra_corpus": cfg.corpus.path})
-            _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path, "sources": sources})
+            _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path, "sources": sources,
+                                                 "pairs_per_anchor": repeats})
         corpus_cfg = CorpusConfig(path=corpus_dir.url, id_column="id", text_column="text", group_column="group")
         validated = validate_corpus(corpus_cfg)
     else:
@@ -88,7 +93,7 @@ def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
             queries = _from_queries(cfg, validated.id_hashes)
             _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path, "sources": sources})
     queries = storage.read_table(queries_dir.url)
-    return Inputs(corpus_cfg, validated, queries)
+    return Inputs(corpus_cfg, validated, queries, int(storage.read_manifest(queries_dir).get("pairs_per_anchor") or 0))
 
 
 @dataclass
@@ -129,7 +134,7 @@ def check_inputs(cfg: RunConfig, run_dir: storage.Location, want_ids: bool = Fal
         hashes, ids, modality = corpus.id_hashes, lambda: corpus_ids(corpus, corpus_cfg), corpus.modality
         queries = storage.read_table(queries_dir.url, ["query_id"])
     elif cfg.queries.format == "pairs":
-        table, queries = _from_pairs(cfg)
+        table, queries, _ = _from_pairs(cfg)
         hashes, ids, modality = np.unique(hash_ids(table.column("id"))), lambda: table.column("id").combine_chunks(), "text"
     elif not cfg.corpus.path:
         raise InputError("queries.format=queries needs corpus.path (the corpus the positive_ids refer to)")
@@ -213,8 +218,8 @@ def _raise_if(errors: list[str], what: str) -> None:
         raise InputError(f"invalid {what} ({len(errors)} problem(s)); nothing was written:\n  " + "\n  ".join(errors[:MAX_REPORTED]) + more)
 
 
-def _from_pairs(cfg: RunConfig) -> tuple[pa.Table, pa.Table]:
-    """(corpus, queries) from anchor/positive pairs plus the optional extra corpus."""
+def _from_pairs(cfg: RunConfig) -> tuple[pa.Table, pa.Table, int]:
+    """(corpus, queries, the most rows one anchor has) from anchor/positive pairs plus the optional extra corpus."""
     q = cfg.queries
     if not q.path:
         raise InputError("queries.path is not set (the pairs file: columns anchor, positive)")
@@ -244,7 +249,7 @@ def _from_pairs(cfg: RunConfig) -> tuple[pa.Table, pa.Table]:
         "positive_ids": list(positives_of.values()),
     }, schema=QUERIES_SCHEMA)
     logger.info("pairs: %d rows, %d unique queries, corpus %d texts", len(anchors), queries.num_rows, corpus.num_rows)
-    return corpus, queries
+    return corpus, queries, max(Counter(anchors).values(), default=0)
 
 
 def _from_queries(cfg: RunConfig, known: np.ndarray) -> pa.Table:

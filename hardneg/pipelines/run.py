@@ -106,7 +106,9 @@ def similarity_round(cfg: RunConfig, here: storage.Location, round_index: int, e
         mined_manifest = storage.read_manifest(mined_dir)
     else:
         heldout = frozenset(heldout_queries.column("query_id").to_pylist()) if heldout_queries is not None else frozenset()
-        max_positives = int(pc.max(pc.list_value_length(train_queries.column("positive_ids"))).as_py() or 1)
+        # ST widens every query's candidate window by its largest count of rows per anchor (repeated pairs too)
+        max_positives = max(int(pc.max(pc.list_value_length(train_queries.column("positive_ids"))).as_py() or 1),
+                            inputs.pairs_per_anchor)
         mined_manifest = mine_stage(cfg, inputs.corpus, inputs.corpus_cfg, here, round_index, encoder, heldout,
                                     train_queries.num_rows, max_positives)
     stages.update(mined_manifest["stages"])
