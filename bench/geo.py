@@ -63,21 +63,28 @@ def make_points(n: int, jitter_km: float, seed: int) -> tuple[np.ndarray, np.nda
     return lat, lon
 
 
-def arm_hardneg(points: str, sample: str, k: int, batch_size: int, out: str) -> dict:
+def kdtree_pool(points: str, k: int):
+    """hardneg's pool: each point's ``k`` nearest others (geographic miner, exact k-d tree); ``(result, seconds)``."""
     from hardneg.config import MineConfig
-    from hardneg.miners import compose_batches, mine_geographic, unit_vectors
+    from hardneg.miners import mine_geographic, unit_vectors
     from hardneg.search import KDTreeIndex
 
     data = np.load(points)
-    lat, lon = data["lat"], data["lon"]
     started = time.perf_counter()
-    index = KDTreeIndex(unit_vectors(lat, lon))
-    result = mine_geographic(lat, lon, MineConfig(miner="geographic", num_negatives=k), index=index)
+    index = KDTreeIndex(unit_vectors(data["lat"], data["lon"]))
+    result = mine_geographic(data["lat"], data["lon"], MineConfig(miner="geographic", num_negatives=k), index=index)
+    return result, time.perf_counter() - started
+
+
+def arm_hardneg(points: str, sample: str, k: int, batch_size: int, out: str) -> dict:
+    from hardneg.miners import compose_batches
+
+    result, mine_s = kdtree_pool(points, k)
     mined = time.perf_counter()
     plan = compose_batches(result.negative_rows, batch_size, seed=0, epoch=0)
-    done = time.perf_counter()
+    batches_s = time.perf_counter() - mined
     np.save(out, result.negative_rows[np.load(sample)])
-    return {"mine_s": mined - started, "batches_s": done - mined, "work_s": done - started,
+    return {"mine_s": mine_s, "batches_s": batches_s, "work_s": mine_s + batches_s,
             "together_share": plan.together_share, "uncertified": result.uncertified, "depth": result.depth}
 
 
@@ -231,22 +238,16 @@ def together_share_exact(nearest: np.ndarray, batch_ids: np.ndarray) -> float:
 
 
 def arm_hardneg_sampler(points: str, batch_size: int, epochs: int, out: str) -> dict:
-    from hardneg.config import MineConfig
-    from hardneg.miners import compose_batches, mine_geographic, unit_vectors
-    from hardneg.search import KDTreeIndex
+    from hardneg.miners import compose_batches
 
-    data = np.load(points)
-    lat, lon = data["lat"], data["lon"]
-    started = time.perf_counter()
-    index = KDTreeIndex(unit_vectors(lat, lon))
-    result = mine_geographic(lat, lon, MineConfig(miner="geographic", num_negatives=NEIGHBOUR_POOL), index=index)
+    result, pool_s = kdtree_pool(points, NEIGHBOUR_POOL)
     mined = time.perf_counter()
     plans = [compose_batches(result.negative_rows, batch_size, seed=0, epoch=epoch, hops=1,
                              near_neighbours=NEIGHBOUR_SELECT // 2, random_neighbours=NEIGHBOUR_SELECT // 2)
              for epoch in range(epochs)]
-    done = time.perf_counter()
+    batches_s = time.perf_counter() - mined
     np.save(out, np.stack([plan.batch_ids for plan in plans]))
-    return {"pool_s": mined - started, "batches_s": (done - mined) / epochs, "work_s": done - started,
+    return {"pool_s": pool_s, "batches_s": batches_s / epochs, "work_s": pool_s + batches_s,
             "num_batches": plans[0].num_batches, "uncertified": result.uncertified}
 
 
