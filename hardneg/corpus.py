@@ -281,4 +281,4 @@ def _duplicate_rows(scans: list[FileScan], bad: list[np.ndarray]) -> tuple[list[
         rows = np.flatnonzero(keep)
         out.append(np.sort(rows[later[start:start + len(rows)]]))
         start += len(rows)
-    return out, np.unique(ordered)
+    return out, ordered[np.concatenate([[True], ~repeated])]  # sorted already: one of each
