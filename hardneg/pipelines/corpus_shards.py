@@ -139,7 +139,12 @@ class ShardSet:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)`` of the ``k`` best corpus rows per query, over every shard."""
-        parts = self._everywhere("search", np.ascontiguousarray(queries, np.float32), k)
+        queries = np.ascontiguousarray(queries, np.float32)
+        if self.remote and len(self.shards) > 1:  # one copy in the object store, not one per shard call (as ShardedIndex)
+            import ray
+
+            queries = ray.put(queries)
+        parts = self._everywhere("search", queries, k)
         return parts[0] if len(parts) == 1 else merge_shards(parts, k)
 
     def find(self, ids: np.ndarray) -> np.ndarray:
