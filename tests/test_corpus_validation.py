@@ -140,3 +140,9 @@ def test_invalid_utf8_past_the_first_scan_batch_names_its_file_row(tmp_path):
     pq.write_table(pa.table({"id": [f"d{i}" for i in range(rows)], "text": texts}), tmp_path / "bad.parquet")
     with pytest.raises(InputError, match=rf"bad\.parquet: row {rows - 1}, column text: not valid UTF-8"):
         validate_corpus(corpus_cfg(tmp_path))
+
+
+def test_a_file_that_is_not_parquet_is_named_by_the_streaming_scan(tmp_path):
+    (tmp_path / "broken.parquet").write_bytes(b"not a parquet file at all")
+    with pytest.raises(InputError, match=r"broken\.parquet: cannot be read as Parquet"):
+        validate_corpus(corpus_cfg(tmp_path))
