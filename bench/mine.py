@@ -59,22 +59,22 @@ def arm_st(pairs_path: str, out: str, batch_size: int, use_faiss: bool) -> dict:
     return {"arm": "ST mine_hard_negatives" + (" (faiss)" if use_faiss else ""), "queries": len(pairs), "stage_s": seconds}
 
 
-def arm_hardneg(pairs_path: str, out: str, batch_size: int) -> dict:
+def arm_hardneg(pairs_path: str, out: str, batch_size: int, in_process: str) -> dict:
+    """What `hardneg run` runs (``cli.mine_round``: the door, the lock, Ray or in process, the round)."""
     from hardneg import storage
+    from hardneg.cli import mine_round
     from hardneg.config import parse_config
-    from hardneg.pipelines.run import run_round
-    from hardneg.ray_runtime import init_ray
 
     started = time.perf_counter()
-    init_ray()
-    ray_start = time.perf_counter() - started
     cfg = parse_config({"run_dir": tempfile.mkdtemp(prefix="hardneg-bench-"), "queries": {"path": pairs_path},
-                        "embed": {"batch_size": batch_size}, "mine": {**SETTINGS, "format": "n-tuple"}})
-    manifest = run_round(cfg)
+                        "embed": {"batch_size": batch_size}, "mine": {**SETTINGS, "format": "n-tuple"},
+                        "ray": {"in_process": in_process}})
+    manifest = mine_round(cfg, "run")
     seconds = time.perf_counter() - started
     storage.read_table(manifest["outputs"]["n-tuple"]).to_pandas().to_json(out, orient="records", lines=True)
-    stages = {"ray_start": ray_start, **{name: stage["seconds"] for name, stage in manifest["stages"].items()}}
-    return {"arm": "hardneg run", "queries": manifest["counts"]["rows"], "stage_s": seconds, "stages": stages}
+    stages = {name: stage["seconds"] for name, stage in manifest["stages"].items()}
+    name = "hardneg run" + {"never": " (Ray)", "always": " (in process)"}.get(in_process, "")
+    return {"arm": name, "queries": manifest["counts"]["rows"], "stage_s": seconds, "stages": stages}
 
 
 def arm_api(pairs_path: str, out: str, batch_size: int) -> dict:
@@ -121,7 +121,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20000, help="pairs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--st-faiss", action="store_true", help="ST arm with use_faiss=True")
-    parser.add_argument("--arm", choices=["st", "hardneg", "api"], help=argparse.SUPPRESS)
+    parser.add_argument("--arms", default="st,hardneg,hardneg-ray,api", help="arms to run, in order (the first is the peer)")
+    parser.add_argument("--arm", choices=["st", "hardneg", "hardneg-ray", "api"], help=argparse.SUPPRESS)
     parser.add_argument("--pairs", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -130,7 +131,7 @@ def main() -> None:
             print(json.dumps(arm_api(args.pairs, args.out, args.batch_size)))
             return
         result = (arm_st(args.pairs, args.out, args.batch_size, args.st_faiss) if args.arm == "st"
-                  else arm_hardneg(args.pairs, args.out, args.batch_size))
+                  else arm_hardneg(args.pairs, args.out, args.batch_size, "never" if args.arm == "hardneg-ray" else "auto"))
         print(json.dumps(result))
         return
 
@@ -141,7 +142,10 @@ def main() -> None:
     n = build_pairs(args.n, pairs_path)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", HARDNEG_PROGRESS="0")
     rows, outputs = [], {}
-    for arm in ("st", "hardneg", "api"):  # api: hardneg.mine_hard_negatives, the Python drop-in
+    # hardneg: `hardneg run` as a user runs it (in process when the inputs are laptop-sized, ray.in_process=auto);
+    # hardneg-ray: the same on a local Ray instance (ray.in_process=never); api: hardneg.mine_hard_negatives
+    arms = args.arms.split(",")
+    for arm in arms:
         out = os.path.join(work, f"{arm}.jsonl")
         argv = [sys.executable, __file__, "--arm", arm, "--pairs", pairs_path, "--out", out, "--batch-size", str(args.batch_size)]
         result = run_arm(argv + (["--st-faiss"] if args.st_faiss else []), env=env)
@@ -151,21 +155,22 @@ def main() -> None:
         result.update(queries_per_s=n / result["wall_s"], false_negatives=bad, negatives=total,
                       fn_rate=bad / max(total, 1), per_query=total / max(len(outputs[arm]), 1))
         rows.append(result)
-    theirs, ours = outputs["st"], outputs["hardneg"]
-    union = set(theirs) | set(ours)
-    agree = sum(theirs.get(key) == ours.get(key) for key in union) / max(len(union), 1)
     print(f"\n{n:,} (anchor, positive) pairs of installed packages' docstrings; {SETTINGS}; CPU, batch size {args.batch_size}\n")
     print(markdown_table(rows, [
         ("arm", "arm", ""), ("rows_out", "n-tuple rows out", ",d"), ("wall_s", "wall s", ".1f"), ("queries_per_s", "pairs/s", ",.1f"),
         ("peak_rss_mb", "peak RSS MB", ",.0f"), ("per_query", "negatives/row", ".2f"),
         ("false_negatives", "false negatives", ",d"), ("fn_rate", "FN rate", ".4f"),
     ]))
-    both = set(theirs) & set(ours)
-    same = sum(theirs[key] == ours[key] for key in both) / max(len(both), 1)
-    print(f"\nsame negative set: {agree:.4f} of the {len(union):,} (anchor, positive) rows either arm wrote; "
-          f"{same:.4f} of the {len(both):,} both wrote (exact search on both sides: recall 1.0)")
-    if "stages" in rows[1]:
-        print("hardneg stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in rows[1]["stages"].items()))
+    peer, theirs = arms[0], outputs[arms[0]]
+    for arm, row in zip(arms[1:], rows[1:]):
+        ours = outputs[arm]
+        union, both = set(theirs) | set(ours), set(theirs) & set(ours)
+        agree = sum(theirs.get(key) == ours.get(key) for key in union) / max(len(union), 1)
+        same = sum(theirs[key] == ours[key] for key in both) / max(len(both), 1)
+        print(f"\n{arm} against {peer}: same negative set in {agree:.4f} of the {len(union):,} (anchor, positive) rows either "
+              f"wrote; {same:.4f} of the {len(both):,} both wrote (exact search on both sides: recall 1.0)")
+        if "stages" in row:
+            print(f"{arm} stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in row["stages"].items()))
 
 
 if __name__ == "__main__":

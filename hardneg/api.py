@@ -77,8 +77,9 @@ def mine_hard_negatives(
     """Add hard negatives to (anchor, positive) pairs: sentence-transformers' ``mine_hard_negatives``, run as a hardneg round.
 
     The signature, the defaults and the output formats are ST 6.2's (``sentence_transformers.util.mine_hard_negatives``);
-    see its documentation for each argument. The round runs on Ray (a local instance, or the cluster this process is
-    connected to or ``ray_address`` names), writes Parquet into ``run_dir``, and the result is a ``datasets.Dataset``
+    see its documentation for each argument. The round runs in this process for inputs of at most
+    ``ray.in_process_max_bytes`` (no Ray at all, ``hardneg.ray_runtime.round_executor``), else on Ray (a local instance,
+    or the cluster this process is connected to or ``ray_address`` names); it writes Parquet into ``run_dir``, and the result is a ``datasets.Dataset``
     memory-mapped from that Parquet.
 
     Args:

@@ -204,9 +204,10 @@ def embed_into(cfg: RunConfig, output: str) -> dict:
 
     corpus = door.check_embed(cfg, output)
     from hardneg.pipelines.embed import embed_corpus  # torch and Ray Data load only past the door
+    from hardneg.ray_runtime import round_executor
 
-    _start(cfg)
-    return embed_corpus(cfg, output, corpus, cfg.model.corpus_prompt)
+    with round_executor(cfg, [cfg.corpus.path]):
+        return embed_corpus(cfg, output, corpus, cfg.model.corpus_prompt)
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
@@ -239,10 +240,10 @@ def mine_round(cfg: RunConfig, command: str = "mine", new_round: bool = False) -
 
     door.check_round(cfg, new_round=new_round)
     from hardneg.pipelines.run import run_round  # torch and Ray Data load only past the door
+    from hardneg.ray_runtime import round_executor
     from hardneg.rundir import new_round as next_round
 
-    with _locked(cfg, command):
-        _start(cfg)
+    with _locked(cfg, command), round_executor(cfg, [cfg.queries.path, cfg.corpus.path]):
         return run_round(cfg, next_round(cfg.run_dir) if new_round else 0)
 
 

@@ -246,11 +246,18 @@ class TrainConfig(Section):
 
 
 class RayConfig(Section):
-    """How to reach Ray. Unset address: RAY_ADDRESS when set, else a local instance."""
+    """How to reach Ray. Unset address: RAY_ADDRESS when set, else a local instance, or none at all for a
+    laptop-sized round (``in_process``)."""
 
     address: Optional[str] = None
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of a local instance.")
     object_store_memory: Optional[int] = Field(None, ge=78643200)
+    in_process: Literal["auto", "always", "never"] = Field(
+        "auto", description="Run a round's stages in this process, without Ray: 'auto' does it when no cluster is named "
+        "(address, RAY_ADDRESS), Ray is not already running here and the inputs hold at most in_process_max_bytes; "
+        "Ray's start and its workers cost more than they save there.")
+    in_process_max_bytes: int = Field(32 * 2**20, ge=0, description="Input files (queries and corpus) up to this many "
+                                      "bytes in all run in process under in_process: auto.")
 
 
 class RunConfig(Section):

@@ -44,6 +44,8 @@ def point(name: str, **info: Any) -> None:
         return
     import ray
 
+    if not ray.is_initialized():  # a round run in process: no gate to report to
+        return
     try:
         gate = ray.get_actor(GATE_NAME)
     except ValueError:  # no test has put a gate up

@@ -47,6 +47,7 @@ from hardneg.corpus import ValidatedCorpus, validate_corpus
 from hardneg.encoder import Encoder, default_model_path, max_text_tokens, model_fingerprint, read_pooling_spec
 from hardneg.images import image_processor, is_image_column, preprocess_images
 from hardneg.model_dir import model_dim
+from hardneg.ray_runtime import in_process
 from hardneg.resources import ResourcePlan, plan_resources
 
 logger = logging.getLogger(__name__)
@@ -163,15 +164,8 @@ def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, pr
     import ray
 
     plan = plan_actors(embed)
-    max_length = max_text_tokens(model_path, model.max_length)
     logger.info("embedding with %d Encoder actor(s), %.0f GPU and %d torch thread(s) each", plan.num_actors, plan.gpus_per_actor, plan.torch_threads)
-    if modality == "image":
-        prepare, fn_kwargs = preprocess_block, {"model_path": model_path, "trust_remote_code": model.trust_remote_code,
-                                                "storage_options": storage.s3_options()}
-    else:
-        prepare, fn_kwargs = tokenize_block, {"model_path": model_path, "max_length": max_length, "prefixes": list(prefixes),
-                                              "trust_remote_code": model.trust_remote_code}
-    block_size = embed.image_block_size if modality == "image" else embed.block_size
+    prepare, fn_kwargs, block_size = block_step(model, embed, model_path, prefixes, modality)
     tokens = ds.map_batches(prepare, batch_size=block_size, batch_format="pyarrow", fn_kwargs=fn_kwargs, num_cpus=1)
     with warnings.catch_warnings():
         # Ray 2.60 names no max_restarts / max_task_retries in map_batches: they go as ray_remote_args,
@@ -193,14 +187,29 @@ def embed_tables(ds, model: ModelConfig, embed: EmbedConfig, model_path: str, pr
         )
 
 
+def block_step(model: ModelConfig, embed: EmbedConfig, model_path: str, prefixes: Sequence[str], modality: str) -> tuple:
+    """What turns a block of read rows into the Encoder's input: ``(tokenize_block or preprocess_block, its
+    keyword arguments, rows per block)``."""
+    if modality == "image":
+        return preprocess_block, {"model_path": model_path, "trust_remote_code": model.trust_remote_code,
+                                  "storage_options": storage.s3_options()}, embed.image_block_size
+    return tokenize_block, {"model_path": model_path, "max_length": max_text_tokens(model_path, model.max_length),
+                            "prefixes": list(prefixes), "trust_remote_code": model.trust_remote_code}, embed.block_size
+
+
+def file_specs(corpora: Sequence[ValidatedCorpus], id_column: Sequence[str], value_column: Sequence[str]) -> list[dict]:
+    """One ``read_corpus_file`` spec per validated file; ``dest`` is the index in ``corpora``, ``value_column[dest]`` the column read."""
+    return [{"fs": loc.fs, "path": loc.path, "drop_rows": rows, "dest": dest, "id": id_column[dest], "value": value_column[dest],
+             "modality": corpus.modality}
+            for dest, corpus in enumerate(corpora) for loc, rows in zip(corpus.files, corpus.drop_rows)]
+
+
 def corpus_dataset(corpora: Sequence[ValidatedCorpus], id_column: Sequence[str], value_column: Sequence[str]):
     """A Ray Dataset of (id, text, dest), or (id, image_path, image_bytes, dest) for corpora of images, one read task per validated
     file; ``dest`` is the index in ``corpora``, ``value_column[dest]`` the column read."""
     import ray
 
-    specs = [{"fs": loc.fs, "path": loc.path, "drop_rows": rows, "dest": dest, "id": id_column[dest], "value": value_column[dest],
-              "modality": corpus.modality}
-             for dest, corpus in enumerate(corpora) for loc, rows in zip(corpus.files, corpus.drop_rows)]
+    specs = file_specs(corpora, id_column, value_column)
 
     def read(batch: dict) -> pa.Table:
         spec = specs[int(batch["file"][0])]
@@ -238,6 +247,16 @@ def write_embeddings(ds, outs: storage.Location | Sequence[storage.Location], at
     ds.map_batches(write_block, batch_size=None, batch_format="pyarrow", num_cpus=0.5,
                    fn_kwargs={"part_urls": [out.url for out in outs], "attempt": attempt, "storage_options": storage.s3_options()}
                    ).materialize()
+    results = attempt_shards(outs, attempt)
+    return results[0] if single else results
+
+
+def attempt_shards(outs: Sequence[storage.Location], attempt: str) -> list[tuple[int, list[str]]]:
+    """Per output: (rows written, shard names) of attempt ``attempt``'s own shards.
+
+    Raises:
+        StorageError: an output also holds shards this attempt did not write (another writer).
+    """
     results = []
     for out in outs:
         shards = shard_rows(out)
@@ -246,7 +265,7 @@ def write_embeddings(ds, outs: storage.Location | Sequence[storage.Location], at
             raise storage.StorageError(f"{out.url} holds shards this writer did not write ({', '.join(foreign[:3])}): "
                                        "another writer is writing into it; not committed")
         results.append((sum(shards.values()), sorted(shards)))
-    return results[0] if single else results
+    return results
 
 
 def shard_rows(out: storage.Location) -> dict[str, int]:
@@ -364,16 +383,39 @@ def _pending_parts(cfg: RunConfig, outs: list, corpora: list) -> tuple[list[_Par
 
 
 def _embed_run(cfg: RunConfig, targets: Sequence[EmbedTarget], model_path: str, run: list[_Part], name: str) -> None:
-    """One Ray Data run over ``run``'s parts (one actor pool), each part written to its folder and committed."""
-    ds = corpus_dataset([p.corpus for p in run], [targets[p.target].corpus_cfg.id_column for p in run],
-                        [p.corpus.value_column(targets[p.target].corpus_cfg) for p in run])
-    ds = embed_tables(ds, cfg.model, cfg.embed, model_path, [targets[p.target].prefix for p in run], run[0].corpus.modality)
+    """One Ray Data run over ``run``'s parts (one actor pool), or its steps in this process (``in_process``);
+    each part written to its folder and committed."""
+    corpora = [p.corpus for p in run]
+    id_columns = [targets[p.target].corpus_cfg.id_column for p in run]
+    value_columns = [p.corpus.value_column(targets[p.target].corpus_cfg) for p in run]
+    prefixes = [targets[p.target].prefix for p in run]
+    attempt, outs = f"a{uuid.uuid4().hex[:12]}", [p.part_dir for p in run]
     with console.stage(name, rows=sum(p.expected for p in run)):
-        written = write_embeddings(ds, [p.part_dir for p in run], f"a{uuid.uuid4().hex[:12]}")
+        if in_process():
+            embed_in_process(cfg, model_path, file_specs(corpora, id_columns, value_columns), prefixes, outs, attempt)
+            written = attempt_shards(outs, attempt)
+        else:
+            ds = embed_tables(corpus_dataset(corpora, id_columns, value_columns), cfg.model, cfg.embed, model_path, prefixes,
+                              run[0].corpus.modality)
+            written = write_embeddings(ds, outs, attempt)
     for part, (rows, shards) in zip(run, written):
         if rows != part.expected:
             raise storage.StorageError(f"{part.part_dir.url}: wrote {rows} rows, expected {part.expected}; not committed")
         storage.commit(part.part_dir, {"kind": "embeddings-part", "files": part.urls, "rows": rows, "shards": shards})
+
+
+def embed_in_process(cfg: RunConfig, model_path: str, specs: list[dict], prefixes: Sequence[str], outs: Sequence[storage.Location],
+                     attempt: str) -> None:
+    """The Ray run's steps one block after the other in this process: read a file, tokenize (or decode) a block,
+    encode it with one ``EncoderActor``, write it (``write_block``)."""
+    modality = specs[0]["modality"] if specs else "text"
+    prepare, fn_kwargs, block_size = block_step(cfg.model, cfg.embed, model_path, prefixes, modality)
+    encoder = EncoderActor(cfg.model, cfg.embed, model_path, torch_threads=os.cpu_count() or 1)
+    urls = [out.url for out in outs]
+    for spec in specs:
+        table = read_corpus_file(spec, spec["id"], spec["value"], spec["modality"])
+        for start in range(0, table.num_rows, block_size):
+            write_block(encoder(prepare(table.slice(start, block_size), **fn_kwargs)), urls, attempt, storage.s3_options())
 
 
 def split_parts(corpus: ValidatedCorpus, part_rows: int) -> list[list[int]]:

@@ -18,6 +18,7 @@ import time
 
 from hardneg import storage
 from hardneg.config import IndexConfig
+from hardneg.ray_runtime import in_process
 from hardneg.search import embedding_files, index_manifest, shard_name, split_files, write_shard
 
 logger = logging.getLogger(__name__)
@@ -32,19 +33,23 @@ def index_or_reuse(cfg: IndexConfig, embeddings_dir: str, out: storage.Location)
 
 
 def build_index_dir(cfg: IndexConfig, embeddings_dir: str, out: storage.Location) -> dict:
-    """Build ``cfg.num_shards`` shards over the committed embeddings (one Ray task each), write them, commit ``out``."""
-    import ray
-
-    from hardneg.resources import cluster_resources, shard_resources
-
+    """Build ``cfg.num_shards`` shards over the committed embeddings (one Ray task each, or one after the other
+    in this process: ``in_process``), write them, commit ``out``."""
     started = time.perf_counter()
     shards = split_files(embedding_files(embeddings_dir), cfg.num_shards) or [([], 0)]
     storage.prepare_output(out)
-    cpus, gpus = shard_resources(len(shards), cluster_resources(), cfg.device)
-    task = ray.remote(write_shard).options(num_cpus=cpus, num_gpus=gpus, max_retries=3)
     names = [shard_name(shard, cfg.backend) for shard in range(len(shards))]
-    rows = ray.get([task.remote(files, cfg, out.join(name).url, storage.s3_options())
-                    for (files, _), name in zip(shards, names)])
+    jobs = [(files, cfg, out.join(name).url, storage.s3_options()) for (files, _), name in zip(shards, names)]
+    if in_process():
+        rows = [write_shard(*job) for job in jobs]
+    else:
+        import ray
+
+        from hardneg.resources import cluster_resources, shard_resources
+
+        cpus, gpus = shard_resources(len(shards), cluster_resources(), cfg.device)
+        task = ray.remote(write_shard).options(num_cpus=cpus, num_gpus=gpus, max_retries=3)
+        rows = ray.get([task.remote(*job) for job in jobs])
     manifest = {
         "kind": "index", "backend": cfg.backend, "embeddings": storage.resolve(embeddings_dir).url, "rows": sum(rows),
         "shards": [{"file": name, "offset": offset, "rows": count} for name, (_, offset), count in zip(names, shards, rows)],

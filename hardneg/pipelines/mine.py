@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -42,6 +42,7 @@ from hardneg.miners import FILTERS, Ragged, hash_texts, mine_similarity
 from hardneg.pipelines.corpus_shards import CorpusShard, ShardSet, open_shards
 from hardneg.pipelines.figures import count_figures, distribution
 from hardneg.pipelines.write import kept_rows
+from hardneg.ray_runtime import in_process
 from hardneg.rundir import timing
 from hardneg.search import Index, embedding_files, exact_search_files, index_manifest, read_embeddings, recall_at_k
 
@@ -74,8 +75,8 @@ class MinePlan:
     encoder: str
     starts: list
     shard_kwargs: Optional[dict]  # set when the MineActor holds the only shard itself
-    threads: int
     storage_options: dict
+    threads: int = 1  # torch threads of a MineActor that builds its shard (one per CPU, at most 8)
 
 
 class MineActor:
@@ -280,33 +281,28 @@ def query_files(query_embeddings_dir: str) -> list[list[tuple[str, int]]]:
 
 def mine_stage(cfg: RunConfig, corpus: ValidatedCorpus, corpus_cfg, here: storage.Location, round_index: int, encoder: str,
                heldout: frozenset, expected_queries: int, max_positives: int) -> dict:
-    """Mine every query of the round and commit ``here/mined``; returns its manifest (rows, figures, stages)."""
-    import ray
+    """Mine every query of the round and commit ``here/mined``; returns its manifest (rows, figures, stages).
 
-    from hardneg.resources import cluster_resources
-
+    On Ray, or with ``in_process`` by one ``MineActor`` in this process that holds every shard itself."""
     started = time.perf_counter()
     params = cfg.mine.model_copy(update={"range_max": cfg.mine.window_end(max_positives)})
     tasks = query_files(here.join("query_embeddings").url)
     mined_dir = storage.prepare_output(here.join("mined"))
-    resources = cluster_resources()
-    cpus = int(max(1, resources.get("CPU", 1)))
     index_dir, embeddings_dir = here.join("index").url, here.join("embeddings").url
     index = index_manifest(index_dir)
-    one_shard = len(index["shards"]) == 1
+    here_only, one_shard = in_process(), len(index["shards"]) == 1
     depth = min(params.range_max + max_positives, index["rows"])
-    with open_shards(cfg.index, corpus, corpus_cfg, embeddings_dir, index_dir, index, in_process=one_shard) as (actors, starts, kwargs):
+    tally = Tally(params.num_negatives)
+    with open_shards(cfg.index, corpus, corpus_cfg, embeddings_dir, index_dir, index, in_process=one_shard or here_only) as (actors, starts, kwargs):
         plan = MinePlan(cfg=cfg, params=params, depth=depth, queries_dir=storage.resolve(cfg.run_dir).join("inputs", "queries").url,
                         out_dir=mined_dir.url, files=tasks, heldout=heldout, round_index=round_index, encoder=encoder,
-                        starts=starts, shard_kwargs=kwargs[0] if one_shard else None, threads=min(cpus, 8),
+                        starts=starts, shard_kwargs=kwargs[0] if one_shard and not here_only else None,
                         storage_options=storage.s3_options())
-        size = 1 if one_shard else max(1, min(len(tasks), cpus))
-        on_gpu = bool(resources.get("GPU")) and cfg.index.device != "cpu" and (one_shard or bool(cfg.mine.cross_encoder))
-        tally = Tally(params.num_negatives)
-        rows = ray.data.from_items([{"task": i} for i in range(len(tasks))], override_num_blocks=max(1, len(tasks))).map_batches(
-            MineActor, batch_size=1, batch_format="pyarrow", fn_constructor_kwargs={"plan": plan, "shards": actors},
-            compute=ray.data.ActorPoolStrategy(size=size), num_cpus=1 if one_shard else 0.25, num_gpus=1 if on_gpu else 0,
-        ).iter_rows() if tasks else []
+        if here_only:
+            actor = MineActor(plan, [CorpusShard(**kw) for kw in kwargs])
+            rows = (actor(pa.table({"task": [task]})).to_pylist()[0] for task in range(len(tasks)))
+        else:
+            rows = _mine_on_ray(cfg, plan, actors, one_shard)
         for row in rows:
             tally.add(**json.loads(row["stats"]))
     mined_seconds = time.perf_counter() - started
@@ -318,8 +314,13 @@ def mine_stage(cfg: RunConfig, corpus: ValidatedCorpus, corpus_cfg, here: storag
     stages = {"mine": timing(mined_seconds, queries)}
     recall = None
     if index["backend"] not in ("exact", "kdtree") and cfg.index.recall_sample:
-        recall = ray.get(ray.remote(search_recall_task).remote(cfg, index_dir, embeddings_dir, here.join("query_embeddings").url,
-                                                                depth, storage.s3_options()))
+        job = (cfg, index_dir, embeddings_dir, here.join("query_embeddings").url, depth, storage.s3_options())
+        if here_only:
+            recall = search_recall_task(*job)
+        else:
+            import ray
+
+            recall = ray.get(ray.remote(search_recall_task).remote(*job))
         stages["recall_check"] = timing(time.perf_counter() - started, recall["queries"])
     figures = {**tally.figures(), "candidates_per_query": depth, "recall": recall,
                "scored_by": "cross-encoder " + cfg.mine.cross_encoder if cfg.mine.cross_encoder else "bi-encoder"}
@@ -333,6 +334,26 @@ def mine_stage(cfg: RunConfig, corpus: ValidatedCorpus, corpus_cfg, here: storag
     }
     storage.commit(mined_dir, manifest)
     return manifest
+
+
+def _mine_on_ray(cfg: RunConfig, plan: MinePlan, actors: list, one_shard: bool):
+    """The figures rows of a Ray Data run of ``MineActor``s over the plan's tasks (one actor holding the only
+    shard, or one per CPU calling the shard actors)."""
+    import ray
+
+    from hardneg.resources import cluster_resources
+
+    if not plan.files:
+        return []
+    resources = cluster_resources()
+    cpus = int(max(1, resources.get("CPU", 1)))
+    plan = replace(plan, threads=min(cpus, 8))
+    size = 1 if one_shard else max(1, min(len(plan.files), cpus))
+    on_gpu = bool(resources.get("GPU")) and cfg.index.device != "cpu" and (one_shard or bool(cfg.mine.cross_encoder))
+    return ray.data.from_items([{"task": i} for i in range(len(plan.files))], override_num_blocks=len(plan.files)).map_batches(
+        MineActor, batch_size=1, batch_format="pyarrow", fn_constructor_kwargs={"plan": plan, "shards": actors},
+        compute=ray.data.ActorPoolStrategy(size=size), num_cpus=1 if one_shard else 0.25, num_gpus=1 if on_gpu else 0,
+    ).iter_rows()
 
 
 def search_recall_task(cfg: RunConfig, index_dir: str, embeddings_dir: str, query_embeddings_dir: str, depth: int,
