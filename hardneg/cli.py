@@ -173,14 +173,6 @@ def _load(args: argparse.Namespace, path: Optional[str], overrides: dict) -> Run
     return cfg
 
 
-def _start(cfg: RunConfig) -> None:
-    from hardneg.ray_runtime import init_ray
-    from hardneg.resources import describe, plan_resources
-
-    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_memory)
-    logger.info("resources:\n  %s", describe(plan_resources(cfg)).replace("\n", "\n  "))
-
-
 def _locked(cfg: RunConfig, command: str):
     """Hold the run directory's lock (``RUN_DIR/LOCK.json``) for a writing command's whole run."""
     from hardneg.lease import hold_run_dir
@@ -263,8 +255,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hardneg.report import report_line
     from hardneg.summary import run_summary
 
+    from hardneg.ray_runtime import start_ray
+
     with _locked(cfg, "train"):
-        _start(cfg)
+        start_ray(cfg)  # Ray Train: never in process
         train_loop(cfg, args.max_blocks)
         print(run_summary(run_state(cfg.run_dir)))
         print(report_line(cfg.run_dir))
@@ -307,9 +301,9 @@ def remine_run(cfg: RunConfig, checkpoint: str = "latest") -> tuple[str, dict]:
 
     door.check_round(cfg, checkpoint=None if checkpoint == "latest" else checkpoint)
     from hardneg.pipelines.remine import remine  # torch and Ray Data load only past the door
+    from hardneg.ray_runtime import round_executor
 
-    with _locked(cfg, "remine"):
-        _start(cfg)
+    with _locked(cfg, "remine"), round_executor(cfg, [cfg.queries.path, cfg.corpus.path]):
         return remine(cfg, checkpoint)
 
 

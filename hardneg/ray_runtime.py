@@ -46,15 +46,20 @@ def round_executor(cfg, input_paths: Sequence[Optional[str]]) -> Iterator[bool]:
         logger.info("running in process, without Ray (ray.in_process=%s: inputs of at most %d bytes)",
                     cfg.ray.in_process, cfg.ray.in_process_max_bytes)
     else:
-        from hardneg.resources import describe, plan_resources
-
-        init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_memory)
-        logger.info("resources:\n  %s", describe(plan_resources(cfg)).replace("\n", "\n  "))
+        start_ray(cfg)
     _in_process = local
     try:
         yield local
     finally:
         _in_process = False
+
+
+def start_ray(cfg) -> None:
+    """``init_ray`` with ``cfg.ray``'s settings, then log the resources the run will use."""
+    from hardneg.resources import describe, plan_resources
+
+    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_memory)
+    logger.info("resources:\n  %s", describe(plan_resources(cfg)).replace("\n", "\n  "))
 
 
 def _choose_in_process(cfg, input_paths: Sequence[Optional[str]]) -> bool:

@@ -135,5 +135,7 @@ def run_summary(state) -> str:
     for c in state.checkpoints:
         loss = f"  loss {c.metrics['loss']:.4f}" if "loss" in c.metrics else ""
         lines.append(f"    block {c.block}  {c.id}  epoch {c.epoch}  step {c.step}  trained on round {c.round}{loss}")
+        if c.metrics.get("eval"):  # the last checkpoint of a cross-view run: no round evaluates it
+            lines.append(f"      eval {_eval_text(c.metrics)}")
         lines.append(f"      {c.path}")
     return "\n".join(lines)

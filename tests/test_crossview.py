@@ -91,6 +91,9 @@ def test_gps_epochs_then_a_similarity_round_mined_with_the_previous_checkpoint(r
         assert row["negatives"] == [views[i] for i in row["negative_ids"]] and row["query_id"] not in row["negative_ids"]
         assert set(row["negative_source"]) <= {"similarity"}
     assert blocks[1].round == 1  # the second block trained on the similarity round
+    final = blocks[1].metrics["eval"]  # no round mines with the last checkpoint: the loop evaluated it
+    assert final["model"] == blocks[1].path and final["queries"] == len(held) and 0.0 <= final["recall@1"] <= 1.0
+    assert run_state(cfg.run_dir).checkpoints[1].metrics["eval"] == final
 
 
 def test_gps_epochs_need_the_geographic_miner():

@@ -2,7 +2,7 @@
 
 Door refusals run ``hardneg.cli.main`` in this process. Each asserts the message, the exit code and
 an untouched run directory; ``refused_at_the_door`` also asserts the command never reached the
-lock or ``_start`` (neither was logged) and that Ray's state did not change.
+lock or Ray (``start_ray`` logs "resources:"; neither was logged) and that Ray's state did not change.
 """
 
 import json
@@ -41,7 +41,7 @@ def refused_at_the_door(caplog, capsys):
         ray_was_running = ray.is_initialized()
         assert main(argv) == code
         assert ray.is_initialized() == ray_was_running
-        assert "locked " not in caplog.text and "resources:" not in caplog.text  # neither the lock nor _start
+        assert "locked " not in caplog.text and "resources:" not in caplog.text  # neither the lock nor start_ray
         assert "Ray instance" not in caplog.text and "joining Ray" not in caplog.text
         return capsys.readouterr().err
 

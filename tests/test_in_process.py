@@ -79,3 +79,17 @@ def test_the_round_executor_runs_in_process_only_where_it_chose_to(ray_session, 
     with round_executor(cfg, [cfg.queries.path]) as local:  # auto: Ray already runs in this process, so Ray
         assert local is expected and in_process() is expected
     assert in_process() is False  # a later round in this process decides again
+
+
+def test_the_orchestrators_remine_step_runs_in_a_fresh_process_and_evaluates_the_held_out_queries(
+        tiny_model_path, real_pairs, tmp_path):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"anchor": p["anchor"], "positive": p["positive"]} for p in real_pairs[:120]])
+    run_dir = str(tmp_path / "run")
+    fresh_process("mine", pairs, run_dir, "--model", tiny_model_path, "--num-negatives", "2", "--range-max", "20")
+    done = fresh_process("remine", run_dir, "--checkpoint", tiny_model_path, "--json")  # a cron step: no Ray either
+    assert "running in process, without Ray" in done.stderr and "Started a local Ray instance" not in done.stderr
+    manifest = json.loads(done.stdout)
+    unique_queries = len({p["anchor"] for p in real_pairs[:120]})
+    assert manifest["round"] == 1 and manifest["heldout"]["queries"] == round(0.1 * unique_queries)  # train.eval_fraction
+    evaluation = manifest["figures"]["eval"]
+    assert evaluation["queries"] == manifest["heldout"]["queries"] and 0.0 <= evaluation["recall@10"] <= 1.0

@@ -14,8 +14,12 @@ its shards ``a<id>_*.parquet``; it commits only if the part folder holds its own
 their rows are the rows expected, and the manifest lists them (``shards``), so a commit never
 mixes two writers' files. A re-run after a driver
 crash keeps the committed parts and embeds only the rest; the output's manifest counts
-the rows it reused (``resumed_rows``). Rows are in file order: part by part, and readers take
-the shards in sorted path order.
+the rows it reused (``resumed_rows``). Rows go part by part, and readers take the shards in sorted
+path order; inside a part they are not in file order (each tokenize block is sorted by length), so
+readers match vectors to rows by ``id``.
+
+With ``hardneg.ray_runtime.in_process`` (a laptop-sized round) the same steps run one block after
+the other in this process (``embed_in_process``): no Ray, one Encoder, the same shards.
 
 A round embeds its corpus and its queries in one run (``embed_corpora``): the parts of both are read
 as one dataset whose rows carry ``dest`` (the part they belong to), one Encoder actor pool embeds

@@ -32,9 +32,11 @@ from hardneg import faults, storage
 from hardneg.config import RunConfig
 from hardneg.encoder import default_model_path
 from hardneg.errors import ConfigError
-from hardneg.pipelines.heldout import heldout_ids
-from hardneg.pipelines.remine import RUN_NAME, CheckpointInfo, block_epochs, checkpoints_dir, record_block, remine, run_state
+from hardneg.pipelines.heldout import evaluate_places, heldout_ids, holdout_places
+from hardneg.pipelines.remine import (RUN_NAME, CheckpointInfo, block_epochs, checkpoint_info, checkpoints_dir, record_block, remine,
+                                      run_state)
 from hardneg.pipelines.run import run_round
+from hardneg.places import load_places
 from hardneg.rundir import round_dir
 
 logger = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ def train_loop(cfg: RunConfig, max_blocks: Optional[int] = None) -> list[Checkpo
             manifest = run_state(cfg.run_dir).rounds[0].manifest
         else:
             manifest = remine(cfg, done[block - 1].path)[1]
-        done[block] = _train_block(cfg, block, plan[block], manifest)
+        done[block] = _train_block(cfg, block, plan[block], manifest, last=block == len(plan) - 1)
         if cfg.train.asynchronous and block + 1 < len(plan) and pending is None:
             pending = _remine_task(cfg, done[block].path)
     if pending is not None:
@@ -76,7 +78,7 @@ def train_loop(cfg: RunConfig, max_blocks: Optional[int] = None) -> list[Checkpo
     return [done[block] for block in sorted(done)]
 
 
-def _train_block(cfg: RunConfig, block: int, epochs: int, manifest: dict) -> CheckpointInfo:
+def _train_block(cfg: RunConfig, block: int, epochs: int, manifest: dict, last: bool = False) -> CheckpointInfo:
     from hardneg.trainers.fit import fit_round
 
     started = time.perf_counter()
@@ -89,7 +91,24 @@ def _train_block(cfg: RunConfig, block: int, epochs: int, manifest: dict) -> Che
         {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
     )
     metrics = {**result.metrics, "seconds": round(time.perf_counter() - started, 3)}
+    final = _evaluate_last_checkpoint(cfg, block, checkpoint_info(result.checkpoint_path).path) if last else None
+    if final is not None:
+        metrics["eval"] = final
     return record_block(cfg.run_dir, block, manifest["round"], epochs, result.checkpoint_path, metrics)
+
+
+def _evaluate_last_checkpoint(cfg: RunConfig, block: int, checkpoint_path: str) -> Optional[dict]:
+    """The held-out places' recall with the run's last checkpoint (``checkpoints/eval/block-NNNNN/``), which no
+    round evaluates: a round evaluates the checkpoint it mines with, and none mines with the last. Cross-view
+    places only: their held-out views are all it embeds; a similarity run would embed its whole corpus again
+    (``hardneg remine`` does that, and evaluates)."""
+    if cfg.mine.miner == "similarity" or not cfg.train.eval_fraction:
+        return None
+    _, heldout = holdout_places(load_places(cfg.corpus), cfg.train)
+    if heldout is None or not heldout.num_rows:
+        return None
+    here = checkpoints_dir(cfg.run_dir).join("eval", f"block-{block:05d}")
+    return evaluate_places(cfg, here, heldout, model_path=checkpoint_path)
 
 
 def round_dataset(cfg: RunConfig, manifest: dict):
