@@ -363,13 +363,6 @@ def read_table(path: str, columns: Optional[Sequence[str]] = None) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default")
 
 
-def iter_parquet_batches(path: str, columns: Optional[Sequence[str]] = None, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
-    """Stream record batches from every Parquet file under ``path``."""
-    for loc in list_table_files(path):
-        with loc.fs.open(loc.path, "rb") as handle:
-            yield from pq.ParquetFile(handle, buffer_size=STREAM_BUFFER).iter_batches(batch_size=batch_size, columns=columns)
-
-
 def write_parquet(table: pa.Table, loc: Location, **kwargs: Any) -> None:
     """Write one Parquet file (to a temporary name, then moved into place)."""
     loc.fs.makedirs(posixpath.dirname(loc.path), exist_ok=True)

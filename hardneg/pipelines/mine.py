@@ -110,8 +110,9 @@ def own_queries(queries_dir: str, ids: np.ndarray, heldout: frozenset) -> pa.Tab
     wanted = pa.array(ids, pa.string())
     left_out = pa.array(sorted(heldout), pa.string())
     pieces, offset = [], 0
-    for batch in storage.iter_parquet_batches(queries_dir, ["query_id", "query", "positive_ids"]):
-        table = pa.Table.from_batches([batch])
+    tables = (table for loc in storage.list_table_files(queries_dir)
+              for _, table in storage.iter_table_file(loc, ["query_id", "query", "positive_ids"]))
+    for table in tables:
         keep = pc.and_(pc.is_in(table.column("query_id"), value_set=wanted),
                        pc.invert(pc.is_in(table.column("query_id"), value_set=left_out)))
         rows = np.flatnonzero(keep.to_numpy(zero_copy_only=False))

@@ -109,29 +109,23 @@ def scan_embeddings(path: str, field: str, keep_ids: bool = False) -> ScannedEmb
     for loc in locations:
         if not loc.path.endswith(".parquet"):
             raise InputError(f"{field}: {loc.url}: embeddings are read from Parquet files (id, embedding), not JSON lines")
-        with loc.fs.open(loc.path, "rb") as handle:
-            names = pq.ParquetFile(handle).schema_arrow.names
-        missing = [c for c in ("id", "embedding") if c not in names]
-        if missing:
-            raise InputError(f"{field}: {loc.url}: no column {' or '.join(missing)}; an embeddings file holds id and "
-                             f"embedding (columns found: {', '.join(names)})")
         rows = 0
-        for batch in storage.iter_parquet_batches(loc.url, ["id", "embedding"], batch_size=SCAN_ROWS):  # bounded memory
-            width = embedding_width(loc, batch.column("embedding"), first_row=rows)
+        for first_row, batch in _pieces(loc, field):  # SCAN_ROWS at a time: bounded memory
+            width = embedding_width(loc, batch.column("embedding"), first_row=first_row)
             if width is not None:
                 dims.setdefault(width, loc.url)
             if len(dims) > 1:
                 (first, first_file), (second, second_file) = list(dims.items())[:2]
                 raise InputError(f"{field}: {second_file} holds {second}-dim vectors but {first_file} {first}-dim ones; "
                                  "one folder holds one model's vectors")
-            batch_ids = batch.column("id")
+            batch_ids = batch.column("id").combine_chunks()
             if batch_ids.null_count:
-                row = rows + int(np.flatnonzero(batch_ids.is_null().to_numpy(zero_copy_only=False))[0])
+                row = first_row + int(np.flatnonzero(batch_ids.is_null().to_numpy(zero_copy_only=False))[0])
                 raise InputError(f"{field}: {loc.url}: row {row}, column id: null id")
             sketch = _add(sketch, id_sketch(hash_ids(batch_ids)))
             if keep_ids:
                 ids.append(batch_ids.cast(pa.string()))
-            rows += batch.num_rows
+            rows = first_row + batch.num_rows
         files.append((loc.url, rows))
     if not dims:
         raise InputError(f"{field}: {storage.resolve(path).url}: no vectors (every file is empty)")
@@ -144,6 +138,21 @@ def scan_embeddings(path: str, field: str, keep_ids: bool = False) -> ScannedEmb
             raise InputError(f"{field}: {storage.resolve(path).url}: id {repeated[0].as_py()!r} has more than one vector "
                              f"({len(repeated)} duplicate id(s))")
     return ScannedEmbeddings(storage.resolve(path).url, files, all_ids, next(iter(dims)), sketch)
+
+
+def _pieces(loc: storage.Location, field: str):
+    """``(first row, table)`` pieces of ``id`` and ``embedding`` of one embeddings file (``storage.iter_table_file``)."""
+    try:
+        for first_row, table in storage.iter_table_file(loc, ["id", "embedding"], SCAN_ROWS):
+            missing = [c for c in ("id", "embedding") if c not in table.column_names]
+            if missing:
+                with loc.fs.open(loc.path, "rb") as handle:
+                    names = pq.ParquetFile(handle).schema_arrow.names
+                raise InputError(f"{loc.url}: no column {' or '.join(missing)}; an embeddings file holds id and "
+                                 f"embedding (columns found: {', '.join(names)})")
+            yield first_row, table
+    except InputError as err:
+        raise InputError(f"{field}: {err}") from None
 
 
 def _shown(ids: pa.Array) -> str:
