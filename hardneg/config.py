@@ -150,6 +150,10 @@ class MineConfig(Section):
     on_short: Literal["keep", "drop"] = Field("keep", description="Queries with fewer negatives than asked.")
     cross_encoder: Optional[str] = Field(None, description="Cross-encoder model dir to rescore candidates.")
     cross_encoder_batch_size: int = Field(32, ge=1)
+    cross_encoder_actors: Optional[int] = Field(
+        None, ge=0, description="Cross-encoder actors the MineActors send their candidates to (one model each, one GPU "
+        "each on a GPU cluster). Unset: one per GPU, or none on a cluster without GPUs; 0: each MineActor loads the "
+        "cross-encoder itself.")
     # geographic
     min_km: float = Field(0.0, ge=0, description="Items closer than this are the same place, never negatives.")
     max_km: float = Field(20037.6, gt=0, description="Negatives lie no farther than this.")

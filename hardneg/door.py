@@ -60,7 +60,7 @@ def check_models(cfg: RunConfig, checkpoint: Optional[str] = None, needs_encoder
 NOT_RESULT_OPTIONS = {
     "embed": {"batch_size", "block_size", "image_block_size", "part_rows", "num_actors", "gpus_per_actor", "cpus_per_actor", "autocast"},
     "index": {"device", "chunk_size", "query_batch_size", "num_shards", "recall_sample"},
-    "mine": {"cross_encoder_batch_size", "format", "output_scores"},  # views derive from the mined table (run.with_view)
+    "mine": {"cross_encoder_batch_size", "cross_encoder_actors", "format", "output_scores"},  # views derive from the mined table (run.with_view)
     "corpus": {"path"}, "queries": {"path"},  # the inputs' files are compared by content (inputs.input_fingerprint)
 }
 RESULT_SECTIONS = ("corpus", "queries", "model", "embed", "index", "mine")

@@ -21,7 +21,8 @@ def test_scores_equal_sentence_transformers_cross_encoder(tiny_cross_encoder):
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
-def test_mining_filters_and_writes_cross_encoder_scores(ray_session, tiny_model_path, tiny_cross_encoder, tmp_path):
+@pytest.mark.parametrize("actors", [None, 1], ids=["in the MineActor", "in its own actor"])
+def test_mining_filters_and_writes_cross_encoder_scores(ray_session, tiny_model_path, tiny_cross_encoder, tmp_path, actors):
     corpus, queries = small_corpus(tmp_path)
     scorer = CrossEncoderScorer(tiny_cross_encoder, device="cpu")
     texts = pajson.read_json(corpus).column("text").to_pylist()
@@ -30,10 +31,12 @@ def test_mining_filters_and_writes_cross_encoder_scores(ray_session, tiny_model_
     cfg = parse_config({
         "run_dir": str(tmp_path / "run"), "model": {"path": tiny_model_path}, "corpus": {"path": corpus},
         "queries": {"path": queries, "format": "queries"},
-        "mine": {"num_negatives": 3, "range_max": 30, "cross_encoder": tiny_cross_encoder, "max_score": cap},
+        "mine": {"num_negatives": 3, "range_max": 30, "cross_encoder": tiny_cross_encoder, "max_score": cap,
+                 "cross_encoder_actors": actors},
     })
     manifest = run_round(cfg)
     assert manifest["figures"]["scored_by"].startswith("cross-encoder")
+    assert manifest["figures"]["cross_encoder_actors"] == (actors or 0)  # unset on a cluster without GPUs: none
     assert manifest["figures"]["removed"]["max_score"] > 0
     rows = mined_rows(tmp_path / "run")
     for row in rows:

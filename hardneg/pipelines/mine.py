@@ -12,6 +12,10 @@ One Ray Data task per query-embedding file, run by a pool of ``MineActor``s:
    files in name order hold the rows in input order; one row of figures (counts, removals, a
    bounded sample of scores) goes back to the driver.
 
+The cross-encoder (``mine.cross_encoder``) runs in its own actor pool when there is one
+(``mine.cross_encoder_actors``; by default one actor per GPU): the MineActors send it their candidates.
+On a cluster without GPUs each MineActor loads the cross-encoder itself.
+
 With one index shard the single MineActor holds the shard itself (no Ray hop per batch: the laptop
 case); with several, each shard is a Ray actor that every MineActor calls. Nothing here grows with
 the corpus or the queries in the driver: it holds the plan and one figures row per file.
@@ -26,8 +30,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -82,7 +87,7 @@ class MinePlan:
 class MineActor:
     """A Ray Data callable class: ``{"task": [i]}`` in, that task's figures row out (its rows are written)."""
 
-    def __init__(self, plan: MinePlan, shards: list):
+    def __init__(self, plan: MinePlan, shards: list, scorers: Sequence = ()):
         storage.restore_options(plan.storage_options)
         if plan.shard_kwargs is not None:
             import torch
@@ -93,7 +98,11 @@ class MineActor:
         self.shards = ShardSet(shards, plan.starts)
         self.scorer = None
         cfg = plan.cfg
-        if cfg.mine.cross_encoder:
+        if scorers:  # the cross-encoder's own actor pool
+            from hardneg.pipelines.rescore import ScorerPool
+
+            self.scorer = ScorerPool(scorers)
+        elif cfg.mine.cross_encoder:
             from hardneg.pipelines.rescore import CrossEncoderScorer
 
             self.scorer = CrossEncoderScorer(cfg.mine.cross_encoder, cfg.mine.cross_encoder_batch_size, device=cfg.index.device,
@@ -299,11 +308,16 @@ def mine_stage(cfg: RunConfig, corpus: ValidatedCorpus, corpus_cfg, here: storag
                         out_dir=mined_dir.url, files=tasks, heldout=heldout, round_index=round_index, encoder=encoder,
                         starts=starts, shard_kwargs=kwargs[0] if one_shard and not here_only else None,
                         storage_options=storage.s3_options())
+        scorer_actors = 0
         if here_only:
             actor = MineActor(plan, [CorpusShard(**kw) for kw in kwargs])
             rows = (actor(pa.table({"task": [task]})).to_pylist()[0] for task in range(len(tasks)))
         else:
-            rows = _mine_on_ray(cfg, plan, actors, one_shard)
+            from hardneg.resources import cluster_resources
+
+            resources = cluster_resources()
+            scorer_actors = cross_encoder_pool_size(cfg, resources)
+            rows = _mine_on_ray(cfg, plan, actors, one_shard, resources, scorer_actors)
         for row in rows:
             tally.add(**json.loads(row["stats"]))
     mined_seconds = time.perf_counter() - started
@@ -325,6 +339,8 @@ def mine_stage(cfg: RunConfig, corpus: ValidatedCorpus, corpus_cfg, here: storag
         stages["recall_check"] = timing(time.perf_counter() - started, recall["queries"])
     figures = {**tally.figures(), "candidates_per_query": depth, "recall": recall,
                "scored_by": "cross-encoder " + cfg.mine.cross_encoder if cfg.mine.cross_encoder else "bi-encoder"}
+    if cfg.mine.cross_encoder:
+        figures["cross_encoder_actors"] = scorer_actors  # 0: loaded by each MineActor (or in process)
     if not tally.rows:  # every query dropped (on_short=drop): an empty table, so readers find the schema
         storage.write_parquet(mined_schema().empty_table(), mined_dir.join(f"part-{0:012d}.parquet"))
     parts = len(storage.list_table_files(mined_dir.url))
@@ -337,24 +353,53 @@ def mine_stage(cfg: RunConfig, corpus: ValidatedCorpus, corpus_cfg, here: storag
     return manifest
 
 
-def _mine_on_ray(cfg: RunConfig, plan: MinePlan, actors: list, one_shard: bool):
+def _mine_on_ray(cfg: RunConfig, plan: MinePlan, actors: list, one_shard: bool, resources: dict, scorer_actors: int):
     """The figures rows of a Ray Data run of ``MineActor``s over the plan's tasks (one actor holding the only
-    shard, or one per CPU calling the shard actors)."""
+    shard, or one per CPU calling the shard actors), with ``scorer_actors`` cross-encoder actors beside them."""
     import ray
 
-    from hardneg.resources import cluster_resources
-
     if not plan.files:
-        return []
-    resources = cluster_resources()
+        return
     cpus = int(max(1, resources.get("CPU", 1)))
     plan = replace(plan, threads=min(cpus, 8))
     size = 1 if one_shard else max(1, min(len(plan.files), cpus))
-    on_gpu = bool(resources.get("GPU")) and cfg.index.device != "cpu" and (one_shard or bool(cfg.mine.cross_encoder))
-    return ray.data.from_items([{"task": i} for i in range(len(plan.files))], override_num_blocks=len(plan.files)).map_batches(
-        MineActor, batch_size=1, batch_format="pyarrow", fn_constructor_kwargs={"plan": plan, "shards": actors},
-        compute=ray.data.ActorPoolStrategy(size=size), num_cpus=1 if one_shard else 0.25, num_gpus=1 if on_gpu else 0,
-    ).iter_rows()
+    gpus = bool(resources.get("GPU")) and cfg.index.device != "cpu"
+    with _cross_encoder_actors(cfg, scorer_actors, gpus) as scorers:
+        on_gpu = gpus and (one_shard or (bool(cfg.mine.cross_encoder) and not scorers))
+        yield from ray.data.from_items([{"task": i} for i in range(len(plan.files))], override_num_blocks=len(plan.files)).map_batches(
+            MineActor, batch_size=1, batch_format="pyarrow", fn_constructor_kwargs={"plan": plan, "shards": actors, "scorers": scorers},
+            compute=ray.data.ActorPoolStrategy(size=size), num_cpus=1 if one_shard else 0.25, num_gpus=1 if on_gpu else 0,
+        ).iter_rows()
+
+
+def cross_encoder_pool_size(cfg: RunConfig, resources: dict) -> int:
+    """How many cross-encoder actors the Ray mine stage starts: ``mine.cross_encoder_actors``, else one per GPU
+    (none without GPUs: each MineActor then scores on its own CPU)."""
+    if not cfg.mine.cross_encoder:
+        return 0
+    if cfg.mine.cross_encoder_actors is not None:
+        return cfg.mine.cross_encoder_actors
+    return int(resources.get("GPU", 0)) if cfg.index.device != "cpu" else 0
+
+
+@contextmanager
+def _cross_encoder_actors(cfg: RunConfig, count: int, gpus: bool) -> Iterator[list]:
+    """``count`` ``CrossEncoderScorer`` actors (one GPU each on a GPU cluster), killed on exit."""
+    if not count:
+        yield []
+        return
+    import ray
+
+    from hardneg.pipelines.rescore import CrossEncoderScorer
+
+    actor = ray.remote(CrossEncoderScorer).options(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=-1, max_task_retries=-1)
+    actors = [actor.remote(cfg.mine.cross_encoder, cfg.mine.cross_encoder_batch_size, device=cfg.index.device,
+                           trust_remote_code=cfg.model.trust_remote_code) for _ in range(count)]
+    try:
+        yield actors
+    finally:
+        for a in actors:
+            ray.kill(a)
 
 
 def search_recall_task(cfg: RunConfig, index_dir: str, embeddings_dir: str, query_embeddings_dir: str, depth: int,

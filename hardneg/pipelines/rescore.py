@@ -10,6 +10,10 @@ Any transformers sequence-classification directory loads, sentence-transformers 
 directories included; one logit is squashed by a sigmoid (``CrossEncoder``'s default), several
 take the softmax probability of the last label.
 
+On Ray the mine stage can give the cross-encoder its own actor pool (``mine.cross_encoder_actors``; by
+default one actor per GPU): the MineActors then hold a ``ScorerPool`` of those actors' handles, with the
+same two methods, instead of a model each.
+
 Example::
 
     scorer = CrossEncoderScorer("/models/ms-marco-MiniLM-L6-v2")
@@ -18,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import random
 from typing import Sequence
 
 import numpy as np
@@ -73,3 +78,26 @@ class CrossEncoderScorer:
         scores = np.full(rows.shape, -np.inf, dtype=np.float32)
         scores[query_of, col] = self.score([queries[i] for i in query_of], texts)
         return sort_candidates(rows, scores)
+
+
+class ScorerPool:
+    """``CrossEncoderScorer``'s methods, answered by a pool of ``CrossEncoderScorer`` Ray actors (each call goes
+    to the next actor, starting from a random one so many callers spread out)."""
+
+    def __init__(self, actors: Sequence):
+        self.actors = list(actors)
+        self.turn = random.randrange(len(self.actors))
+
+    def _next(self):
+        self.turn = (self.turn + 1) % len(self.actors)
+        return self.actors[self.turn]
+
+    def score(self, queries: Sequence[str], passages: Sequence[str]) -> np.ndarray:
+        from hardneg.ray_runtime import get
+
+        return get(self._next().score.remote(list(queries), list(passages)))
+
+    def rescore_candidates(self, queries: Sequence[str], rows: np.ndarray, corpus_texts) -> tuple[np.ndarray, np.ndarray]:
+        from hardneg.ray_runtime import get
+
+        return get(self._next().rescore_candidates.remote(list(queries), rows, corpus_texts))
