@@ -130,12 +130,14 @@ def test_a_dual_model_puts_texts_and_images_in_one_space(clip_path, places):
     assert (texts @ images.T).shape == (2, 3)  # text-to-image retrieval: one space
 
 
+@pytest.mark.parametrize("in_process", ["never", "always"], ids=["on Ray", "in process"])
 def test_embed_reads_paths_s3_urls_and_parquet_bytes_in_one_run_and_matches_the_encoder(ray_session, s3_storage, vit_path, places,
-                                                                                        places_parquet, tmp_path):
+                                                                                        places_parquet, tmp_path, in_process):
     import boto3
 
     from hardneg.corpus import validate_corpus
     from hardneg.pipelines.embed import EmbedTarget, embed_corpora
+    from hardneg.ray_runtime import round_executor
 
     path, rows = places
     s3 = boto3.client("s3", endpoint_url=s3_storage, region_name="us-east-1")
@@ -145,10 +147,11 @@ def test_embed_reads_paths_s3_urls_and_parquet_bytes_in_one_run_and_matches_the_
     missing = write_jsonl(tmp_path / "missing.jsonl", urls[:2] + [{"id": "x", "image": "s3://hardneg-test/tiles/x.png"}])
     with pytest.raises(InputError, match=r"missing.jsonl: row 2, column image: no such file s3://hardneg-test/tiles/x.png"):
         validate_corpus(CorpusConfig(path=missing))
-    cfg = parse_config({"model": {"path": vit_path}, "corpus": {"path": path}})
+    cfg = parse_config({"model": {"path": vit_path}, "corpus": {"path": path}, "ray": {"in_process": in_process}})
     targets = [EmbedTarget(str(tmp_path / "paths"), cfg.corpus), EmbedTarget(str(tmp_path / "bytes"), CorpusConfig(path=places_parquet[0])),
                EmbedTarget(str(tmp_path / "s3"), CorpusConfig(path=write_jsonl(tmp_path / "urls.jsonl", urls)))]
-    manifests = embed_corpora(cfg, targets)  # one Ray Data run, one Encoder actor pool
+    with round_executor(cfg, [path]):
+        manifests = embed_corpora(cfg, targets)  # one Ray Data run and one Encoder actor pool, or one Encoder here
     assert [(m["rows"], m["modality"], m["dim"]) for m in manifests] == [(len(rows), "image", 32)] * 3
     expected = Encoder.load(vit_path).encode_images([row["image"] for row in rows])
     for target in targets:

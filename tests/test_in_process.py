@@ -81,6 +81,7 @@ def test_the_round_executor_runs_in_process_only_where_it_chose_to(ray_session, 
     assert in_process() is False  # a later round in this process decides again
 
 
+@pytest.mark.slow  # two fresh processes, about 17 s
 def test_the_orchestrators_remine_step_runs_in_a_fresh_process_and_evaluates_the_held_out_queries(
         tiny_model_path, real_pairs, tmp_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"anchor": p["anchor"], "positive": p["positive"]} for p in real_pairs[:120]])
@@ -93,3 +94,23 @@ def test_the_orchestrators_remine_step_runs_in_a_fresh_process_and_evaluates_the
     assert manifest["round"] == 1 and manifest["heldout"]["queries"] == round(0.1 * unique_queries)  # train.eval_fraction
     evaluation = manifest["figures"]["eval"]
     assert evaluation["queries"] == manifest["heldout"]["queries"] and 0.0 <= evaluation["recall@10"] <= 1.0
+
+
+def test_a_sharded_index_is_built_and_searched_in_process_as_ray_shards_search_it(tmp_path):
+    from test_search import persisted, unit, write_embeddings_dir
+
+    from hardneg.config import IndexConfig
+    from hardneg.search import exact_search, open_index
+
+    rng = np.random.default_rng(3)
+    corpus = np.concatenate([unit(rng, 200), unit(rng, 20)[np.repeat(np.arange(20), 3)]])  # duplicates: ties
+    path = write_embeddings_dir(tmp_path / "emb", corpus, files=5)
+    _, vectors = read_embeddings(path)
+    queries = np.concatenate([unit(rng, 30), vectors[-10:]])
+    with round_executor(parse_config({"ray": {"in_process": "always"}}), []):
+        with open_index(persisted(path, IndexConfig(num_shards=3), tmp_path / "index"), IndexConfig()) as index:
+            assert index.actors == [] and len(index.local) == 3 and index.ntotal == len(corpus)  # no Ray actor
+            scores, rows = index.search(queries, 15)
+    want_scores, want_rows = exact_search(queries, vectors, 15)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(scores, want_scores)

@@ -67,16 +67,23 @@ class ShardedIndex(Index):
     """One Ray actor per shard of a committed index folder (``shards``: its manifest's entries).
 
     Each actor takes one CPU (one GPU with a GPU index on a GPU cluster), or a share of them when
-    there are more shards than CPUs (``hardneg.resources.shard_resources``).
+    there are more shards than CPUs (``hardneg.resources.shard_resources``). In a round run in process
+    (``hardneg.ray_runtime.in_process``) the shards are ``ShardActor`` objects in this process instead.
     """
 
     def __init__(self, index_dir: str, shards: list[dict], cfg: IndexConfig, resources_per_shard: Optional[dict] = None):
-        import ray
-
         from hardneg import storage
-        from hardneg.resources import cluster_resources, shard_resources
+        from hardneg.ray_runtime import in_process
 
         self.backend = cfg.backend  # the shards' backend
+        self.local = [ShardActor(index_dir, shard, cfg, storage.s3_options()) for shard in shards] if in_process() else None
+        if self.local is not None:
+            self.actors, self.ntotal = [], sum(shard.ntotal() for shard in self.local)
+            return
+        import ray
+
+        from hardneg.resources import cluster_resources, shard_resources
+
         if resources_per_shard is None:
             cpus, gpus = shard_resources(len(shards), cluster_resources(), cfg.device)
             resources_per_shard = {"num_cpus": cpus, "num_gpus": gpus}
@@ -86,6 +93,8 @@ class ShardedIndex(Index):
         self.ntotal = sum(ray.get([a.ntotal.remote() for a in self.actors]))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.local is not None:
+            return merge_shards([shard.search(queries, k) for shard in self.local], k)
         import ray
 
         ref = ray.put(np.ascontiguousarray(queries, dtype=np.float32))
