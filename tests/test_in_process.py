@@ -114,3 +114,36 @@ def test_a_sharded_index_is_built_and_searched_in_process_as_ray_shards_search_i
     want_scores, want_rows = exact_search(queries, vectors, 15)
     np.testing.assert_array_equal(rows, want_rows)
     np.testing.assert_array_equal(scores, want_scores)
+
+
+def test_each_corpus_shard_reads_only_the_corpus_files_its_rows_were_embedded_from(tiny_model_path, real_pairs, tmp_path):
+    from hardneg.pipelines.corpus_shards import embedded_from, shard_files
+    from hardneg.pipelines.run import run_round
+    from hardneg.search import embedding_files, index_manifest
+
+    texts = list(dict.fromkeys(p["positive"] for p in real_pairs))[:60]
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for number in range(3):  # three files of 20 passages; embed.part_rows 20: one embed part per file
+        write_jsonl(folder / f"{number}.jsonl", [{"id": f"d{i}", "text": texts[i]} for i in range(20 * number, 20 * number + 20)])
+    queries = write_jsonl(tmp_path / "queries.jsonl", [{"query_id": f"q{i}", "query": next(p["anchor"] for p in real_pairs
+                                                        if p["positive"] == texts[i]), "positive_ids": [f"d{i}"]} for i in range(0, 60, 3)])
+    answers = {}
+    for shards in (1, 3):
+        cfg = parse_config({"run_dir": str(tmp_path / f"run{shards}"), "model": {"path": tiny_model_path},
+                            "corpus": {"path": str(folder)}, "queries": {"path": queries, "format": "queries"},
+                            "embed": {"part_rows": 20}, "index": {"num_shards": shards}, "ray": {"in_process": "always"},
+                            "mine": {"num_negatives": 3, "range_max": 15, "sampling_strategy": "top"}})
+        with round_executor(cfg, []):
+            run_round(cfg)
+        answers[shards] = {key: ids for key, (ids, _) in mined_rows(cfg.run_dir).items()}
+    assert len(answers[3]) == 20 and answers[3] == answers[1]  # the shards' texts and groups are the right ones
+
+    from hardneg.corpus import validate_corpus
+
+    here = os.path.join(cfg.run_dir, "rounds", "00000")
+    files = embedding_files(os.path.join(here, "embeddings"))
+    corpus = validate_corpus(cfg.corpus)
+    read = [[loc.path for loc in embedded_from(corpus, shard_files(files, shard)).files]
+            for shard in index_manifest(os.path.join(here, "index"))["shards"]]
+    assert read == [[str(folder / f"{number}.jsonl")] for number in range(3)]  # one file each, not the whole corpus

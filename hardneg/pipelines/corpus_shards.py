@@ -3,8 +3,9 @@
 A shard holds its part of the round's index and what the stage looks up by its rows: ids, texts,
 text hashes, group hashes and (unless its exact index already holds them) the vectors. Its rows are
 the embedding files its index was built from, in global-row order (global row = shard offset + local
-row). Its texts and groups are read from the corpus files, keeping only its own ids, so with several
-shards no process holds the whole corpus.
+row). Its texts and groups are read from the corpus files its rows were embedded from (``embedded_from``: the
+embed parts' manifests list them), keeping only its own ids, so with several shards no process holds, or
+reads, the whole corpus.
 
 ``ShardSet`` fans a batch out to the shards (in-process ``CorpusShard`` objects, or Ray actors of
 them) and merges: the merged search equals the unsharded one, scores and rows (ties by lower row).
@@ -19,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import posixpath
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -69,6 +71,22 @@ def stored_vectors(index) -> Optional[Callable[[np.ndarray], np.ndarray]]:
             faiss.extract_index_ivf(index.index).make_direct_map()
         return lambda rows: index.index.reconstruct_batch(np.ascontiguousarray(rows, np.int64))
     return None
+
+
+def embedded_from(corpus: ValidatedCorpus, files: list[tuple[str, int]]) -> ValidatedCorpus:
+    """The corpus files that embedding ``files`` were embedded from: each embed part's manifest lists its
+    corpus files, so a shard reads its own parts' files, not the whole corpus. The whole corpus when an
+    embedding file has no part manifest (a user's own embeddings) or names a file the corpus lacks."""
+    wanted: set[str] = set()
+    for url, _ in files:
+        loc = storage.resolve(url)
+        part = storage.Location(loc.fs, posixpath.dirname(loc.path))
+        listed = storage.read_manifest(part).get("files") if storage.is_committed(part) else None
+        if listed is None:
+            return corpus
+        wanted.update(listed)
+    indices = [i for i, loc in enumerate(corpus.files) if loc.url in wanted]
+    return corpus.subset(indices) if len(indices) == len(wanted) else corpus
 
 
 class CorpusShard(ShardActor):
@@ -190,7 +208,8 @@ def open_shards(index_cfg: IndexConfig, corpus: ValidatedCorpus, corpus_cfg: Cor
     cfg = index_cfg.model_copy(update={"backend": manifest["backend"]})
     files = embedding_files(embeddings_dir)
     kwargs = [{"index_dir": index_dir, "shard": shard, "cfg": cfg, "storage_options": storage.s3_options(),
-               "files": shard_files(files, shard), "corpus": corpus, "corpus_cfg": corpus_cfg} for shard in manifest["shards"]]
+               "files": shard_files(files, shard), "corpus": embedded_from(corpus, shard_files(files, shard)), "corpus_cfg": corpus_cfg}
+              for shard in manifest["shards"]]
     starts = [shard["offset"] for shard in manifest["shards"]]
     if in_process:
         yield [], starts, kwargs
