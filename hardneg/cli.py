@@ -252,10 +252,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     door.check_round(cfg, training=True)
     from hardneg.pipelines.loop import train_loop  # torch and Ray Train load only past the door
     from hardneg.pipelines.remine import run_state
+    from hardneg.ray_runtime import start_ray
     from hardneg.report import report_line
     from hardneg.summary import run_summary
-
-    from hardneg.ray_runtime import start_ray
 
     with _locked(cfg, "train"):
         start_ray(cfg)  # Ray Train: never in process

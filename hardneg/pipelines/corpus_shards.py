@@ -78,9 +78,9 @@ def embedded_from(corpus: ValidatedCorpus, files: list[tuple[str, int]]) -> Vali
     corpus files, so a shard reads its own parts' files, not the whole corpus. The whole corpus when an
     embedding file has no part manifest (a user's own embeddings) or names a file the corpus lacks."""
     wanted: set[str] = set()
-    for url, _ in files:
-        loc = storage.resolve(url)
-        part = storage.Location(loc.fs, posixpath.dirname(loc.path))
+    parts = {posixpath.dirname(storage.resolve(url).url) for url, _ in files}  # a part holds many embedding files
+    for part_url in parts:
+        part = storage.resolve(part_url)
         listed = storage.read_manifest(part).get("files") if storage.is_committed(part) else None
         if listed is None:
             return corpus
@@ -207,9 +207,11 @@ def open_shards(index_cfg: IndexConfig, corpus: ValidatedCorpus, corpus_cfg: Cor
     """
     cfg = index_cfg.model_copy(update={"backend": manifest["backend"]})
     files = embedding_files(embeddings_dir)
-    kwargs = [{"index_dir": index_dir, "shard": shard, "cfg": cfg, "storage_options": storage.s3_options(),
-               "files": shard_files(files, shard), "corpus": embedded_from(corpus, shard_files(files, shard)), "corpus_cfg": corpus_cfg}
-              for shard in manifest["shards"]]
+    kwargs = []
+    for shard in manifest["shards"]:
+        own = shard_files(files, shard)
+        kwargs.append({"index_dir": index_dir, "shard": shard, "cfg": cfg, "storage_options": storage.s3_options(),
+                       "files": own, "corpus": embedded_from(corpus, own), "corpus_cfg": corpus_cfg})
     starts = [shard["offset"] for shard in manifest["shards"]]
     if in_process:
         yield [], starts, kwargs
