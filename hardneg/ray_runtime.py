@@ -2,9 +2,9 @@
 
 A laptop-sized round runs in process (``round_executor``, ``ray.in_process``): the stages call the
 very functions their Ray tasks and actors run (read, tokenize, encode and write a block; build a
-shard; mine a query file), one after the other in this process. On 724 pairs Ray's start and shutdown
-(3.4 s, 2.7 s), the embed stage's fixed cost (its worker processes and model load, 8.8 s) and the
-MineActor's process (3.4 s) were 18 s of a 53 s round; sentence-transformers pays none of it. Every stage asks ``in_process()`` which way to go.
+shard; mine a query file), one after the other in this process. Ray's start and shutdown, its worker
+processes and their model loads are a fixed cost sentence-transformers never pays: on 724 pairs the
+round took 60.2 s on Ray and 40.0 s in process (``bench/mine.py --n 724``, bench/README.md). Every stage asks ``in_process()`` which way to go.
 
 Example::
 
