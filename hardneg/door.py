@@ -25,12 +25,15 @@ Example::
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from typing import Optional
 
-from hardneg import storage
-from hardneg.config import RunConfig
+from hardneg import errors, storage
+from hardneg.config import RunConfig, parse_config
 from hardneg.corpus import ValidatedCorpus, validate_corpus
-from hardneg.errors import ConfigError, StorageError
+from hardneg.errors import ConfigError, HardnegError, StorageError
 from hardneg.model_dir import check_model_dir, check_model_reads, default_model_path
 
 
@@ -104,6 +107,11 @@ def check_same_options(cfg: RunConfig) -> None:
 def check_round(cfg: RunConfig, checkpoint: Optional[str] = None, training: bool = False, new_round: bool = False) -> None:
     """Everything a round of ``cfg.run_dir`` needs, checked without Ray and without writing.
 
+    A round whose inputs (queries, corpus, own embeddings) hold more than ``ray.in_process_max_bytes``, one
+    that runs on Ray, is checked in a child process (``check_in_child``): scanning a large corpus leaves
+    memory in the allocators (Arrow's pool, glibc's arenas) that a process does not give back, and the
+    driver lives as long as the round; the child's exit returns it. Its error is raised here as it was there.
+
     Args:
         checkpoint: a model directory the round is mined with (``hardneg remine --checkpoint``).
         training: the command trains the encoder (``hardneg train``), so it needs one even for a
@@ -114,6 +122,61 @@ def check_round(cfg: RunConfig, checkpoint: Optional[str] = None, training: bool
     Raises:
         ConfigError, InputError, StorageError: the first problem found, named.
     """
+    if _large(cfg):
+        check_in_child(cfg, checkpoint=checkpoint, training=training, new_round=new_round)
+    else:
+        _check_round(cfg, checkpoint, training, new_round)
+
+
+def _large(cfg: RunConfig) -> bool:
+    """Whether the door's inputs pass ``ray.in_process_max_bytes`` (never under ``ray.in_process: always``); an
+    input that cannot be listed is left to the door itself, which names it."""
+    from hardneg.ray_runtime import larger_than
+
+    if cfg.ray.in_process == "always":
+        return False
+    paths = (cfg.queries.path, cfg.corpus.path, cfg.embed.corpus_embeddings, cfg.embed.query_embeddings)
+    try:
+        check_reachable(*paths)
+        return larger_than(paths, cfg.ray.in_process_max_bytes)
+    except HardnegError:
+        return False
+
+
+def check_in_child(cfg: RunConfig, **options) -> None:
+    """``check_round``'s checks run by a fresh Python (``child_main``); its refusal raised here, same class and text.
+
+    The config goes over stdin as the fields that were set (so defaults resolve alike), with the S3
+    endpoint this process configured; credentials stay in the environment the child inherits.
+    """
+    request = {"config": cfg.model_dump(mode="json", exclude_unset=True), "storage": storage.s3_options(), "options": options}
+    done = subprocess.run([sys.executable, "-c", "import sys; from hardneg.door import child_main; sys.exit(child_main())"],
+                          input=json.dumps(request), stdout=subprocess.PIPE, text=True)
+    if done.returncode == 0:
+        return
+    lines = done.stdout.strip().splitlines()
+    answer = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    if "error" not in answer:
+        raise HardnegError(f"the door's checks failed in their child process (exit {done.returncode}); its traceback is above")
+    cls = getattr(errors, answer["error"], None)
+    raise (cls if isinstance(cls, type) and issubclass(cls, HardnegError) else HardnegError)(answer["message"])
+
+
+def child_main() -> int:
+    """The child of ``check_in_child``: the request on stdin; exit 0 when the round passes, else 3 with
+    ``{"error": class, "message": text}`` as the last line of stdout."""
+    request = json.loads(sys.stdin.read())
+    storage.restore_options(request["storage"])
+    try:
+        _check_round(parse_config(request["config"]), **request["options"])
+    except HardnegError as err:
+        print(json.dumps({"error": type(err).__name__, "message": str(err)}))
+        return 3
+    return 0
+
+
+def _check_round(cfg: RunConfig, checkpoint: Optional[str] = None, training: bool = False, new_round: bool = False) -> None:
+    """``check_round``'s checks, in this process."""
     from hardneg.pipelines.inputs import check_inputs
     from hardneg.pipelines.own_embeddings import check_own_embeddings
     from hardneg.places import load_places

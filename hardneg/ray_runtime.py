@@ -69,15 +69,21 @@ def _choose_in_process(cfg, input_paths: Sequence[Optional[str]]) -> bool:
     ray = sys.modules.get("ray")  # not imported: not running either
     if cfg.ray.address or os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):
         return False
+    return not larger_than(input_paths, cfg.ray.in_process_max_bytes)
+
+
+def larger_than(input_paths: Sequence[Optional[str]], limit: int) -> bool:
+    """Whether the table files under ``input_paths`` (None: none) hold more than ``limit`` bytes in all
+    (listed until the sum passes it)."""
     from hardneg import storage
 
     total = 0
     for path in input_paths:
         for loc in storage.list_table_files(path) if path else []:
             total += int(loc.fs.info(loc.path).get("size") or 0)
-            if total > cfg.ray.in_process_max_bytes:
-                return False
-    return True
+            if total > limit:
+                return True
+    return False
 
 
 def init_ray(

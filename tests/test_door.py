@@ -71,6 +71,34 @@ def test_a_bad_input_is_refused_by_a_fresh_process_without_starting_ray(tmp_path
     assert_untouched(run_dir)
 
 
+# --- a round that runs on Ray checks its inputs in a child process --------------------------------
+
+
+def test_inputs_over_the_in_process_limit_are_checked_by_a_child_with_the_same_refusal(refused_at_the_door, tmp_path):
+    from hardneg.door import _check_round, _large, check_in_child
+    from hardneg.errors import InputError
+
+    pairs = pairs_file(tmp_path, [{"anchor": "a", "positive": "b"}, {"anchor": "c", "positive": ""}])
+    run_dir = tmp_path / "run"
+    job = tmp_path / "job.yaml"
+    small = {"run_dir": str(run_dir), "queries": {"path": pairs}}
+    large = {**small, "ray": {"in_process_max_bytes": os.path.getsize(pairs) - 1}}
+    assert not _large(parse_config(small)) and _large(parse_config(large))
+    assert not _large(parse_config({**large, "ray": {**large["ray"], "in_process": "always"}}))
+    with pytest.raises(InputError) as here:
+        _check_round(parse_config(small))  # in this process
+    with pytest.raises(InputError) as there:
+        check_in_child(parse_config(large))
+    assert str(here.value) == str(there.value) and f"{pairs}: row 1, column positive: empty text" in str(there.value)
+    job.write_text(dump_config(parse_config(large)))
+    err = refused_at_the_door(["run", str(job)])  # the command the user runs: the child's refusal, exit 2
+    assert f"{pairs}: row 1, column positive: empty text" in err and "Traceback" not in err
+    assert_untouched(run_dir)
+    pairs_file(tmp_path)  # fixed: the child passes it
+    check_in_child(parse_config(large))
+    assert_untouched(run_dir)
+
+
 # --- 4: a rejected input leaves nothing; the fixed input then runs in the same directory -----------
 
 
