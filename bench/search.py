@@ -91,7 +91,7 @@ def main() -> None:
     print(f"\ncorpus {len(corpus):,} passages x {corpus.shape[1]} dims (MiniLM), {len(queries):,} queries, k={args.k}, CPU\n")
     print(markdown_table(rows, [
         ("backend", "backend", ""), ("build_s", "build s", ".2f"), ("search_s", "search s", ".2f"), ("qps", "queries/s", ",.0f"),
-        (f"recall", f"recall@{args.k}", ".4f"), ("index_mb", "index MB", ",.1f"),
+        ("recall", f"recall@{args.k}", ".4f"), ("index_mb", "index MB", ",.1f"),
     ]))
     print(json.dumps({"n": len(corpus), "queries": len(queries), "k": args.k}))
 

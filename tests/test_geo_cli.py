@@ -101,15 +101,22 @@ def test_bad_coordinates_exit_2_naming_the_row(ray_session, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "run" / "rounds" / "00000" / "MANIFEST.json")
 
 
-def test_sharded_search_gives_the_same_round(ray_session, corpus, tmp_path):
+@pytest.mark.parametrize("executor", ["never", "always"], ids=["on Ray", "in process"])
+def test_sharded_search_gives_the_same_round(ray_session, corpus, tmp_path, executor):
     path, _ = corpus
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     assert main(["mine", path, one, *ARGS, "--index", "kdtree"]) == 0
-    assert main(["mine", path, two, *ARGS, "--index-num-shards", "2"]) == 0  # exact float32 on 2 Ray actors
+    # Two PlaceShards (k-d trees; Ray actors, or objects in this process) and seven tasks of 300 places
+    # (run by the mine stage's actor pool, or one after the other here).
+    assert main(["mine", path, two, *ARGS, "--index-num-shards", "2", "--index-query-batch-size", "300",
+                 "--ray-in-process", executor]) == 0
     first = storage.read_table(os.path.join(one, "rounds", "00000", "mined"))
     second = storage.read_table(os.path.join(two, "rounds", "00000", "mined"))
+    assert first.column("query_id").to_pylist() == second.column("query_id").to_pylist()
     assert first.column("negative_ids").to_pylist() == second.column("negative_ids").to_pylist()
-    assert os.path.exists(os.path.join(two, "rounds", "00000", "geo_vectors", "MANIFEST.json"))
+    assert first.column("negatives").to_pylist() == second.column("negatives").to_pylist()
+    assert len(os.listdir(os.path.join(two, "rounds", "00000", "places"))) == 7 + 1  # its files and MANIFEST.json
+    assert len([f for f in os.listdir(os.path.join(two, "rounds", "00000", "mined")) if f.endswith(".parquet")]) == 7
 
 
 def test_a_cross_view_corpus_gives_rows_with_the_own_view_as_positive_and_other_views_as_negatives(ray_session, tmp_path):

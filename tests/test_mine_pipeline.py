@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import write_jsonl
@@ -115,7 +114,7 @@ def test_pairs_match_sentence_transformers_mine_hard_negatives(ray_session, pack
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives
 
-    pairs = [{"anchor": p["anchor"], "positive": p["positive"]} for p in real_pairs[:400]]
+    pairs = [{"anchor": p["anchor"], "positive": p["positive"]} for p in real_pairs[:200]]
     # A pair repeated 15 times: ST counts every row of an anchor in max_positives, which widens every
     # query's candidate window (range_max + max_positives), repeated rows included.
     pairs += [pairs[0]] * 15
@@ -135,7 +134,7 @@ def test_pairs_match_sentence_transformers_mine_hard_negatives(ray_session, pack
     theirs, ours = as_sets(theirs), as_sets(ours)
     union = set(theirs) | set(ours)
     agree = sum(theirs.get(key) == ours.get(key) for key in union)
-    assert len(ours) > 300 and agree / len(union) >= 0.99, f"{agree}/{len(union)} pairs agree"
+    assert len(ours) > 150 and agree / len(union) >= 0.99, f"{agree}/{len(union)} pairs agree"
     assert json.loads((tmp_path / "run" / "inputs" / "queries" / "MANIFEST.json").read_text())["pairs_per_anchor"] == 16
 
 

@@ -52,7 +52,9 @@ def test_own_vectors_mine_the_same_negatives_as_the_embedded_run(ray_session, ti
 
     assert main(mine_args(corpus, queries, tmp_path / "both", tiny_model_path,
                           "--corpus-embeddings", own_corpus, "--query-embeddings", own_queries)) == 0
-    assert main(mine_args(corpus, queries, tmp_path / "corpus_only", tiny_model_path, "--corpus-embeddings", own_corpus)) == 0
+    # In process (the laptop's executor), so its query embedding and mining must agree with the Ray rounds too.
+    assert main(mine_args(corpus, queries, tmp_path / "corpus_only", tiny_model_path, "--corpus-embeddings", own_corpus,
+                          "--ray-in-process", "always")) == 0
 
     expected = negatives_by_pair(tmp_path / "embedded")
     assert len(expected) == 29

@@ -35,7 +35,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -114,31 +114,46 @@ def mine_geographic(
     Args:
         lat, lon: ``(n,)`` degrees of every corpus item (validated by the caller).
         cfg: ``num_negatives``, ``min_km``, ``max_km``, ``sampling_strategy`` (top|random), ``range_max``.
-        index: anything with ``search(queries, k)`` and ``ntotal`` over the rows' unit vectors
-            (``ShardedIndex`` on a cluster); an in-process exact float32 index when None.
+        index: anything with ``search(queries, k)`` and ``ntotal`` over the rows' unit vectors; an
+            in-process exact float32 index when None.
         query_rows: the corpus rows to mine for (all rows when None).
         groups: ``(n,)`` int64 group codes, ``-1`` for none.
         seed: random sampling seed (``cfg.seed`` when None).
     """
-    if cfg.sampling_strategy not in ("top", "random"):
-        raise ValueError(f"mine.sampling_strategy={cfg.sampling_strategy!r}: the geographic miner takes top or random")
     lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
-    vectors = unit_vectors(lat, lon)
     if index is None:
         from hardneg.search import build_index
 
-        index = build_index(vectors, IndexConfig(backend="exact", device="cpu"))
+        index = build_index(unit_vectors(lat, lon), IndexConfig(backend="exact", device="cpu"))
     query_rows = np.arange(len(lat)) if query_rows is None else np.asarray(query_rows, np.int64)
     groups = np.full(len(lat), -1, np.int64) if groups is None else np.asarray(groups, np.int64)
+    return geographic_negatives(query_rows, lat[query_rows], lon[query_rows], groups[query_rows],
+                                lambda rows: (lat[rows], lon[rows], groups[rows]), index, cfg, seed, max_candidates, query_batch_size)
+
+
+def geographic_negatives(query_rows: np.ndarray, query_lat: np.ndarray, query_lon: np.ndarray, query_groups: np.ndarray,
+                         places: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]], index, cfg: MineConfig,
+                         seed: Optional[int] = None, max_candidates: int = 8192, query_batch_size: int = 4096) -> GeoResult:
+    """``mine_geographic`` for queries given by their own rows, degrees and group codes, with the candidates'
+    ``places(rows) -> (lat, lon, group codes)`` looked up as they are found: what a worker that holds only
+    its queries runs, the candidates' coordinates served by the shards that hold them.
+
+    ``index.score_error`` (``FLOAT32_SCORE_ERROR`` when absent) bounds the error of the scores the index
+    ranks by; the answers are certified against it.
+    """
+    if cfg.sampling_strategy not in ("top", "random"):
+        raise ValueError(f"mine.sampling_strategy={cfg.sampling_strategy!r}: the geographic miner takes top or random")
     n = cfg.num_negatives
     pool = n if cfg.sampling_strategy == "top" else max(cfg.candidate_depth(), n)
     rng = np.random.default_rng(cfg.seed if seed is None else seed)
-    search = _Search(lat, lon, vectors, groups, index, cfg, pool, max_candidates)
-
+    search = _Search(places, index, cfg, pool, max_candidates)
+    query_lat, query_lon = np.asarray(query_lat, np.float64), np.asarray(query_lon, np.float64)
     rows_out = np.full((len(query_rows), n), -1, np.int64)
     km_out = np.full((len(query_rows), n), np.nan, np.float32)  # rounded only here: certification uses float64
     for lo in range(0, len(query_rows), query_batch_size):
-        chosen, chosen_km = search.run(query_rows[lo:lo + query_batch_size])
+        part = slice(lo, lo + query_batch_size)
+        chosen, chosen_km = search.run(np.asarray(query_rows[part], np.int64), query_lat[part], query_lon[part],
+                                       np.asarray(query_groups[part], np.int64))
         if cfg.sampling_strategy == "random":
             chosen, chosen_km = _draw(chosen, chosen_km, n, rng)
         rows_out[lo:lo + len(chosen)], km_out[lo:lo + len(chosen)] = chosen[:, :n], chosen_km[:, :n]
@@ -149,8 +164,8 @@ def mine_geographic(
 class _Search:
     """Search with doubling depth until each query's answer is certified; keeps removal counts."""
 
-    def __init__(self, lat, lon, vectors, groups, index, cfg: MineConfig, pool: int, max_candidates: int):
-        self.lat, self.lon, self.vectors, self.groups, self.index = lat, lon, vectors, groups, index
+    def __init__(self, places, index, cfg: MineConfig, pool: int, max_candidates: int):
+        self.places, self.index = places, index
         self.min_km, self.max_km, self.pool = cfg.min_km, cfg.max_km, pool
         self.error = 2 * getattr(index, "score_error", FLOAT32_SCORE_ERROR)
         self.ntotal = index.ntotal
@@ -158,7 +173,7 @@ class _Search:
         self.removed = dict.fromkeys(GEO_REMOVED, 0)
         self.uncertified = self.depth = 0
 
-    def run(self, query_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, query_rows: np.ndarray, lat: np.ndarray, lon: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         chosen = np.full((len(query_rows), self.pool), -1, np.int64)
         chosen_km = np.full((len(query_rows), self.pool), np.nan, np.float64)
         pending = np.arange(len(query_rows))
@@ -168,7 +183,7 @@ class _Search:
             still = []
             for lo in range(0, len(pending), max(1, CELLS_PER_SEARCH // k)):
                 part = pending[lo:lo + max(1, CELLS_PER_SEARCH // k)]
-                rows, km, certified, counts = self._evaluate(query_rows[part], k)
+                rows, km, certified, counts = self._evaluate(query_rows[part], lat[part], lon[part], groups[part], k)
                 done = certified | last
                 self.uncertified += int((done & ~certified).sum())
                 chosen[part[done]], chosen_km[part[done]] = rows[done], km[done]
@@ -180,16 +195,18 @@ class _Search:
             k = min(2 * k, self.ntotal, self.max_candidates)
         return chosen, chosen_km
 
-    def _evaluate(self, queries: np.ndarray, k: int):
+    def _evaluate(self, queries: np.ndarray, lat: np.ndarray, lon: np.ndarray, groups: np.ndarray, k: int):
         """Chosen rows/km (q, pool), whether each query is certified, and its removal counts (q, 3)."""
-        _, rows = self.index.search(self.vectors[queries], k)
+        _, rows = self.index.search(unit_vectors(lat, lon), k)
         valid = rows >= 0
-        safe = np.where(valid, rows, 0)
-        km = haversine_km(self.lat[queries, None], self.lon[queries, None], self.lat[safe], self.lon[safe])
+        found = np.unique(rows[valid])
+        found_lat, found_lon, found_groups = self.places(found) if len(found) else (np.zeros(1), np.zeros(1), np.full(1, -1))
+        at = np.where(valid, np.searchsorted(found, rows), 0)
+        km = haversine_km(lat[:, None], lon[:, None], found_lat[at], found_lon[at])
         live = valid & (rows != queries[:, None])
         same_place = live & (km < self.min_km)
-        query_groups = self.groups[queries, None]
-        group = live & ~same_place & (query_groups >= 0) & (self.groups[safe] == query_groups)
+        query_groups = groups[:, None]
+        group = live & ~same_place & (query_groups >= 0) & (found_groups[at] == query_groups)
         beyond = live & ~same_place & ~group & (km > self.max_km)
         eligible = live & ~same_place & ~group & ~beyond
         order = np.lexsort((rows, np.where(eligible, km, np.inf)), axis=1)[:, :self.pool]
@@ -200,14 +217,14 @@ class _Search:
             pad = self.pool - out_rows.shape[1]
             out_rows = np.pad(out_rows, ((0, 0), (0, pad)), constant_values=-1)
             out_km = np.pad(out_km, ((0, 0), (0, pad)), constant_values=np.nan)
-        done = self._certified(queries, rows, km, eligible.sum(axis=1), out_km, k)
+        done = self._certified(rows, km, eligible.sum(axis=1), out_km, k)
         counts = np.stack([same_place.sum(1), group.sum(1), beyond.sum(1)], axis=1)
         return out_rows, out_km, done, counts
 
-    def _certified(self, queries, rows, km, found, out_km, k) -> np.ndarray:
+    def _certified(self, rows, km, found, out_km, k) -> np.ndarray:
         """True where no unsearched item can be nearer than what the answer still needs."""
         if k >= self.ntotal:
-            return np.ones(len(queries), bool)
+            return np.ones(len(rows), bool)
         kth = np.where(rows[:, -1] >= 0, km[:, -1], np.inf)
         reach = km_to_cosine(kth) + self.error  # an unsearched item's cosine is below this
         needed = np.where(found >= self.pool, out_km[:, self.pool - 1], self.max_km)

@@ -13,8 +13,9 @@ them) and merges: the merged search equals the unsharded one, scores and rows (t
 Example::
 
     index_dir = "runs/a/rounds/00000/index"
-    with open_shards(cfg.index, corpus, corpus_cfg, "runs/a/rounds/00000/embeddings", index_dir, index_manifest(index_dir),
-                     in_process=False) as (actors, starts, _):
+    kwargs, starts = corpus_shard_kwargs(cfg.index, corpus, corpus_cfg, "runs/a/rounds/00000/embeddings", index_dir,
+                                         index_manifest(index_dir))
+    with open_shards(CorpusShard, kwargs, cfg.index.device, in_process=False) as actors:
         scores, rows = ShardSet(actors, starts).search(query_vectors, k=50)
 """
 
@@ -142,7 +143,7 @@ class ShardSet:
     def __init__(self, shards: Sequence, starts: Sequence[int]):
         self.shards = list(shards)
         self.starts = np.asarray(starts, np.int64)
-        self.remote = not isinstance(self.shards[0], CorpusShard)
+        self.remote = not isinstance(self.shards[0], ShardActor)  # CorpusShard, PlaceShard objects; else their actors
 
     def _call(self, name: str, calls: Sequence[tuple[int, tuple]]) -> list:
         """``name(*args)`` of shard ``s`` for each ``(s, args)``: direct calls, or Ray calls gathered at once."""
@@ -157,13 +158,17 @@ class ShardSet:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)`` of the ``k`` best corpus rows per query, over every shard."""
-        queries = np.ascontiguousarray(queries, np.float32)
+        queries = np.ascontiguousarray(queries, np.float64 if queries.dtype == np.float64 else np.float32)  # a k-d tree keeps float64
         if self.remote and len(self.shards) > 1:  # one copy in the object store, not one per shard call (as ShardedIndex)
             import ray
 
             queries = ray.put(queries)
         parts = self._everywhere("search", queries, k)
         return parts[0] if len(parts) == 1 else merge_shards(parts, k)
+
+    def ntotal(self) -> int:
+        """Rows in every shard."""
+        return int(sum(self._everywhere("ntotal")))
 
     def find(self, ids: np.ndarray) -> np.ndarray:
         """The global row of each id (``-1``: in no shard)."""
@@ -185,6 +190,13 @@ class ShardSet:
             text_hash[at], groups[at], vectors[at] = h, g, v
         return text_hash, groups, vectors
 
+    def place_facts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(lat, lon, group codes)`` of global ``rows`` of ``PlaceShard``s, in their order."""
+        lat, lon, groups = np.zeros(len(rows)), np.zeros(len(rows)), np.full(len(rows), NO_GROUP, np.int64)
+        for at, (a, b, g) in self._routed("place_facts", rows):
+            lat[at], lon[at], groups[at] = a, b, g
+        return lat, lon, groups
+
     def texts_of(self, rows: np.ndarray) -> tuple[pa.Array, pa.Array]:
         """``(ids, texts)`` of global ``rows``, in their order."""
         if not len(rows):
@@ -197,14 +209,10 @@ class ShardSet:
         return ids, texts
 
 
-@contextmanager
-def open_shards(index_cfg: IndexConfig, corpus: ValidatedCorpus, corpus_cfg: CorpusConfig, embeddings_dir: str,
-                index_dir: str, manifest: dict, in_process: bool) -> Iterator[tuple[list, list[int], list[dict]]]:
-    """The shards of the committed index ``index_dir`` (``manifest``: its manifest): ``(shards, starts, constructor kwargs)``.
-
-    With ``in_process`` (one shard, mined by one actor) nothing starts here: the caller builds the
-    ``CorpusShard`` from the kwargs where it runs. Otherwise one Ray actor per shard, killed on exit.
-    """
+def corpus_shard_kwargs(index_cfg: IndexConfig, corpus: ValidatedCorpus, corpus_cfg: CorpusConfig, embeddings_dir: str,
+                        index_dir: str, manifest: dict) -> tuple[list[dict], list[int]]:
+    """The ``CorpusShard`` constructor kwargs of each shard of the committed index ``index_dir`` (``manifest``: its
+    manifest), and the shards' first global rows."""
     cfg = index_cfg.model_copy(update={"backend": manifest["backend"]})
     files = embedding_files(embeddings_dir)
     kwargs = []
@@ -212,9 +220,15 @@ def open_shards(index_cfg: IndexConfig, corpus: ValidatedCorpus, corpus_cfg: Cor
         own = shard_files(files, shard)
         kwargs.append({"index_dir": index_dir, "shard": shard, "cfg": cfg, "storage_options": storage.s3_options(),
                        "files": own, "corpus": embedded_from(corpus, own), "corpus_cfg": corpus_cfg})
-    starts = [shard["offset"] for shard in manifest["shards"]]
+    return kwargs, [shard["offset"] for shard in manifest["shards"]]
+
+
+@contextmanager
+def open_shards(shard_class: type, kwargs: list[dict], device: str, in_process: bool) -> Iterator[list]:
+    """One Ray actor of ``shard_class`` per entry of ``kwargs``, killed on exit; none (``[]``) with ``in_process``
+    (one shard, mined by one actor, or a round run in process): the caller builds the shards where it runs."""
     if in_process:
-        yield [], starts, kwargs
+        yield []
         return
     import ray
 
@@ -222,11 +236,11 @@ def open_shards(index_cfg: IndexConfig, corpus: ValidatedCorpus, corpus_cfg: Cor
 
     # One shard's share more than there are shards: the MineActors that call them need CPUs too.
     cluster = cluster_resources()
-    cpus, gpus = shard_resources(len(kwargs) + 1, cluster, cfg.device)[0], shard_resources(len(kwargs), cluster, cfg.device)[1]
-    actor = ray.remote(CorpusShard).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1)
+    cpus, gpus = shard_resources(len(kwargs) + 1, cluster, device)[0], shard_resources(len(kwargs), cluster, device)[1]
+    actor = ray.remote(shard_class).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1)
     actors = [actor.remote(**kw) for kw in kwargs]
     try:
-        yield actors, starts, kwargs
+        yield actors
     finally:
         for a in actors:
             ray.kill(a)

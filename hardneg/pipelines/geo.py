@@ -1,10 +1,13 @@
-"""A geographic round: places corpus -> geographic miner -> mined/ (and batches/) -> round manifest.
+"""A geographic round: places corpus -> places/ -> the mine stage's geographic miner -> mined/ (and batches/) -> manifest.
 
-No model and no embedding: the search runs over the 3-D unit vectors of the coordinates, in
-process, or on ``index.num_shards`` Ray actors (the vectors are then written as an embeddings
-folder, ``rounds/NNNNN/geo_vectors/``, and the index built from it persisted in ``geo_index/``). The exact backend runs in float32
-on the CPU here: fp16 cannot tell places a few km apart. Unless ``index.backend`` is set, one
-in-process shard uses the k-d tree (exact, and ~35x faster than the matmul on 34k places).
+No model and no embedding. The places are written once (``rounds/NNNNN/places/``, files of
+``index.query_batch_size`` rows) and mined by the mine stage (``hardneg.pipelines.mine.run_tasks``) with
+the geographic strategy (``hardneg.pipelines.place_shards``): ``index.num_shards`` ``PlaceShard``s hold the
+places' 3-D unit vectors in an index (in process, or as Ray actors), and each task mines one file's
+places and writes their rows. The exact backend runs in float32 on the CPU here: fp16 cannot tell
+places a few km apart. Unless ``index.backend`` is set, the shards use a k-d tree (exact, and ~35x
+faster than the matmul on 34k places). The driver keeps the negatives' rows and km of every place
+(8 + 4 bytes per negative), which the batch stage and the figures need whole.
 
 Output, one row per place (``rounds/NNNNN/mined/``): ``query_id``, ``query`` (text or null),
 ``negative_ids``, ``negatives`` (texts or nulls), ``negative_km``, ``round``, ``encoder``.
@@ -22,6 +25,8 @@ Example::
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import time
 from typing import Optional
@@ -31,15 +36,13 @@ import pyarrow as pa
 
 from hardneg import storage
 from hardneg.config import RunConfig
-from hardneg.miners import GeoResult, mine_geographic, unit_vectors
+from hardneg.miners import GEO_REMOVED, GeoResult
 from hardneg.pipelines.figures import geo_figures
 from hardneg.pipelines.heldout import evaluate_places_stage, heldout_record, holdout_places
-from hardneg.pipelines.index import index_or_reuse
 from hardneg.pipelines.inputs import group_codes
-from hardneg.pipelines.write import kept_rows, places_table, write_parts, write_place_rows
+from hardneg.pipelines.write import batch_stage, kept_rows
 from hardneg.places import load_places
 from hardneg.rundir import RoundManifest, stage_timing
-from hardneg.search import build_index, open_index
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +62,22 @@ def geo_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, enco
     places, heldout = holdout_places(every_place, cfg.train) if holdout else (every_place, None)
     lat, lon, groups = place_arrays(places.table)
     stages["read_places"] = stage_timing(started, every_place.table.num_rows)
-    result, mine_stages = mine_places(cfg, here, places.table, lat, lon, groups)
+    mined_dir = here.join("mined")
+    result, mine_stages = mine_places(cfg, here, places.table, mined_dir, round_index, encoder)
     stages.update(mine_stages)
 
-    mined = geo_table(places.table, result, round_index, encoder)
     keep = kept_rows(cfg, result.counts)
     figures = geo_figures(result, int(keep.sum()), places)
-    outputs = write_place_rows(cfg, here, mined, result.negative_rows, keep, (groups, lat, lon),
-                               {"miner": "geographic", "round": round_index, "encoder": encoder, "figures": figures}, stages)
+    manifest = {"miner": "geographic", "round": round_index, "encoder": encoder, "figures": figures}
+    if not storage.is_committed(mined_dir):
+        storage.commit(mined_dir, {"kind": "mined", **manifest, "rows": int(keep.sum()),
+                                   "parts": len(storage.list_table_files(mined_dir.url))})
+    outputs = {"mined": mined_dir.url}
+    if cfg.mine.batches:
+        started = time.perf_counter()
+        outputs["batches"] = batch_stage(cfg, here, storage.read_table(mined_dir.url), result.negative_rows, keep, (groups, lat, lon),
+                                         round_index, figures)
+        stages["batches"] = stage_timing(started, len(keep))
     evaluate_places_stage(cfg, here, heldout, figures, stages, model_path)
     return RoundManifest(
         miner="geographic", round=round_index, encoder=encoder, model=None,
@@ -81,40 +92,54 @@ def place_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return table.column("lat").to_numpy(), table.column("lon").to_numpy(), group_codes(table.column("group"), table.num_rows)
 
 
-def mine_places(cfg: RunConfig, here: storage.Location, table: pa.Table, lat: np.ndarray, lon: np.ndarray,
-                groups: np.ndarray) -> tuple[GeoResult, dict]:
-    """The geographic miner over every place (``cfg.mine``), and the ``index`` and ``mine`` stage timings."""
-    started = time.perf_counter()
+def geo_index_config(cfg: RunConfig):
+    """``cfg.index`` as the geographic miner searches: on the CPU, and a k-d tree (exact, ~35x faster than the
+    exact matmul on 34k places) unless ``index.backend`` is set."""
     update = {"device": "cpu"}
-    if "backend" not in cfg.index.model_fields_set and cfg.index.num_shards == 1:
-        update["backend"] = "kdtree"  # the exact default scans every place per query; a k-d tree is exact too
-    with _index(cfg.index.model_copy(update=update), here, table, lat, lon) as index:
-        stages = {"index": stage_timing(started, table.num_rows)}
-        started = time.perf_counter()
-        result = mine_geographic(lat, lon, cfg.mine, index=index, groups=groups, seed=cfg.mine.seed,
-                                 query_batch_size=cfg.index.query_batch_size)
+    if "backend" not in cfg.index.model_fields_set:
+        update["backend"] = "kdtree"
+    return cfg.index.model_copy(update=update)
+
+
+def mine_places(cfg: RunConfig, here: storage.Location, table: pa.Table, mined_dir: Optional[storage.Location] = None,
+                round_index: int = 0, encoder: str = "base") -> tuple[GeoResult, dict]:
+    """The geographic miner (``cfg.mine``) over every place of ``table`` as the mine stage runs it, and the
+    ``places`` and ``mine`` stage timings.
+
+    The places are committed to ``here/places/`` in files of ``index.query_batch_size`` rows, one task each;
+    ``index.num_shards`` ``PlaceShard``s hold them and their index (in process, or Ray actors). Each task
+    writes its rows into ``mined_dir`` (prepared here; nothing is written when None or already committed)
+    and returns its negatives, gathered here in place order.
+    """
+    from hardneg.pipelines.mine import MinePlan, run_tasks
+    from hardneg.pipelines.place_shards import shard_ranges, write_places
+
+    started = time.perf_counter()
+    index_cfg = geo_index_config(cfg)
+    files = write_places(table, here.join("places"), cfg.index.query_batch_size)
+    shards = shard_ranges(table.num_rows, cfg.index.num_shards)
+    stages = {"places": stage_timing(started, table.num_rows)}
+    started = time.perf_counter()
+    writing = mined_dir is not None and not storage.is_committed(mined_dir)
+    if writing:
+        storage.prepare_output(mined_dir)
+    plan = MinePlan(cfg=cfg.model_copy(update={"index": index_cfg}), params=cfg.mine, depth=0, queries_dir="",
+                    out_dir=mined_dir.url if writing else None, files=[[f] for f in files], heldout=frozenset(),
+                    round_index=round_index, encoder=encoder, starts=[shard["offset"] for shard in shards], shard_kwargs=None,
+                    storage_options=storage.s3_options(), miner="geographic")
+    kwargs = [{"files": files, "shard": shard, "cfg": index_cfg, "storage_options": storage.s3_options()} for shard in shards]
+    rows_out, km_out = [None] * len(files), [None] * len(files)
+    removed, uncertified, depth = dict.fromkeys(GEO_REMOVED, 0), 0, 0
+    for row in run_tasks(plan, kwargs):
+        stats = json.loads(row["stats"])
+        arrays = np.load(io.BytesIO(row["arrays"]), allow_pickle=False)
+        rows_out[row["task"]], km_out[row["task"]] = arrays["negative_rows"], arrays["negative_km"]
+        for name, count in stats["removed"].items():
+            removed[name] += count
+        uncertified, depth = uncertified + stats["uncertified"], max(depth, stats["depth"])
+    n = cfg.mine.num_negatives
+    negative_rows = np.concatenate(rows_out) if files else np.zeros((0, n), np.int64)
+    negative_km = np.concatenate(km_out) if files else np.zeros((0, n), np.float32)
+    counts = (negative_rows >= 0).sum(axis=1)
     stages["mine"] = stage_timing(started, table.num_rows)
-    return result, stages
-
-
-def _index(index_cfg, here: storage.Location, table: pa.Table, lat: np.ndarray, lon: np.ndarray):
-    """In-process over the float64 unit vectors, or Ray shards of the index persisted in ``geo_index/``,
-    built from the vectors written as an embeddings folder (``geo_vectors/``)."""
-    vectors = unit_vectors(lat, lon)
-    if index_cfg.num_shards == 1:
-        return build_index(vectors, index_cfg)
-    out = here.join("geo_vectors")
-    if not storage.is_committed(out):
-        storage.prepare_output(out)
-        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), 3)
-        write_parts(pa.table({"id": table.column("id"), "embedding": embedding}), out)
-        storage.commit(out, {"kind": "embeddings", "model": "geo-unit-vectors", "dim": 3, "rows": table.num_rows})
-    index_or_reuse(index_cfg, out.url, here.join("geo_index"))
-    return open_index(here.join("geo_index").url, index_cfg)
-
-
-def geo_table(places: pa.Table, result: GeoResult, round_index: int, encoder: str) -> pa.Table:
-    """One row per place: its id and text, its negatives' ids, texts and km (nearest first)."""
-    return places_table(places, result.negative_rows, round_index, encoder, negative_km=result.negative_km)
-
-
+    return GeoResult(negative_rows, negative_km, counts, removed, int((counts < n).sum()), uncertified, depth), stages

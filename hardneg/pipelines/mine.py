@@ -32,7 +32,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,7 @@ from hardneg.config import MineConfig, RunConfig
 from hardneg.corpus import ValidatedCorpus
 from hardneg.errors import StorageError
 from hardneg.miners import FILTERS, Ragged, hash_texts, mine_similarity
-from hardneg.pipelines.corpus_shards import CorpusShard, ShardSet, open_shards
+from hardneg.pipelines.corpus_shards import CorpusShard, ShardSet, corpus_shard_kwargs, open_shards
 from hardneg.pipelines.figures import count_figures, distribution
 from hardneg.pipelines.write import kept_rows
 from hardneg.ray_runtime import in_process
@@ -82,18 +82,31 @@ class MinePlan:
     shard_kwargs: Optional[dict]  # set when the MineActor holds the only shard itself
     storage_options: dict
     threads: int = 1  # torch threads of a MineActor that builds its shard (one per CPU, at most 8)
+    miner: str = "similarity"  # the strategy: its shards and its task (``strategy``)
+
+
+def strategy(miner: str) -> tuple[type, Callable]:
+    """What the mine stage runs for ``miner``: the shard class its candidates come from (the corpus' embeddings,
+    or the places' coordinates) and its task, ``(plan, ShardSet, scorer, task) -> figures`` (rows written)."""
+    if miner == "geographic":
+        from hardneg.pipelines.place_shards import PlaceShard, mine_place_file
+
+        return PlaceShard, mine_place_file
+    return CorpusShard, mine_file
 
 
 class MineActor:
-    """A Ray Data callable class: ``{"task": [i]}`` in, that task's figures row out (its rows are written)."""
+    """A Ray Data callable class: ``{"task": [i]}`` in, that task's figures row out (its rows are written);
+    a task that returns arrays (the geographic miner's negatives) sends them as ``np.savez`` bytes."""
 
     def __init__(self, plan: MinePlan, shards: list, scorers: Sequence = ()):
         storage.restore_options(plan.storage_options)
+        shard_class, self.task = strategy(plan.miner)
         if plan.shard_kwargs is not None:
             import torch
 
             torch.set_num_threads(plan.threads)
-            shards = [CorpusShard(**plan.shard_kwargs)]
+            shards = [shard_class(**plan.shard_kwargs)]
         self.plan = plan
         self.shards = ShardSet(shards, plan.starts)
         self.scorer = None
@@ -102,7 +115,7 @@ class MineActor:
             from hardneg.pipelines.rescore import ScorerPool
 
             self.scorer = ScorerPool(scorers)
-        elif cfg.mine.cross_encoder:
+        elif cfg.mine.cross_encoder and plan.miner == "similarity":
             from hardneg.pipelines.rescore import CrossEncoderScorer
 
             self.scorer = CrossEncoderScorer(cfg.mine.cross_encoder, cfg.mine.cross_encoder_batch_size, device=cfg.index.device,
@@ -110,8 +123,9 @@ class MineActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         task = int(batch.column("task")[0].as_py())
-        stats = mine_file(self.plan, self.shards, self.scorer, task)
-        return pa.table({"task": [task], "stats": [json.dumps(stats)]})
+        stats = self.task(self.plan, self.shards, self.scorer, task)
+        arrays = stats.pop("arrays", b"")
+        return pa.table({"task": [task], "stats": [json.dumps(stats)], "arrays": pa.array([arrays], pa.binary())})
 
 
 def own_queries(queries_dir: str, ids: np.ndarray, heldout: frozenset) -> pa.Table:
@@ -300,26 +314,16 @@ def mine_stage(cfg: RunConfig, corpus: ValidatedCorpus, corpus_cfg, here: storag
     mined_dir = storage.prepare_output(here.join("mined"))
     index_dir, embeddings_dir = here.join("index").url, here.join("embeddings").url
     index = index_manifest(index_dir)
-    here_only, one_shard = in_process(), len(index["shards"]) == 1
+    here_only = in_process()
     depth = min(params.range_max + max_positives, index["rows"])
     tally = Tally(params.num_negatives)
-    with open_shards(cfg.index, corpus, corpus_cfg, embeddings_dir, index_dir, index, in_process=one_shard or here_only) as (actors, starts, kwargs):
-        plan = MinePlan(cfg=cfg, params=params, depth=depth, queries_dir=storage.resolve(cfg.run_dir).join("inputs", "queries").url,
-                        out_dir=mined_dir.url, files=tasks, heldout=heldout, round_index=round_index, encoder=encoder,
-                        starts=starts, shard_kwargs=kwargs[0] if one_shard and not here_only else None,
-                        storage_options=storage.s3_options())
-        scorer_actors = 0
-        if here_only:
-            actor = MineActor(plan, [CorpusShard(**kw) for kw in kwargs])
-            rows = (actor(pa.table({"task": [task]})).to_pylist()[0] for task in range(len(tasks)))
-        else:
-            from hardneg.resources import cluster_resources
-
-            resources = cluster_resources()
-            scorer_actors = cross_encoder_pool_size(cfg, resources)
-            rows = _mine_on_ray(cfg, plan, actors, one_shard, resources, scorer_actors)
-        for row in rows:
-            tally.add(**json.loads(row["stats"]))
+    kwargs, starts = corpus_shard_kwargs(cfg.index, corpus, corpus_cfg, embeddings_dir, index_dir, index)
+    plan = MinePlan(cfg=cfg, params=params, depth=depth, queries_dir=storage.resolve(cfg.run_dir).join("inputs", "queries").url,
+                    out_dir=mined_dir.url, files=tasks, heldout=heldout, round_index=round_index, encoder=encoder,
+                    starts=starts, shard_kwargs=None, storage_options=storage.s3_options())
+    scorer_actors = 0 if here_only else cross_encoder_pool_size(cfg, _resources())
+    for row in run_tasks(plan, kwargs, scorer_actors):
+        tally.add(**json.loads(row["stats"]))
     mined_seconds = time.perf_counter() - started
     queries = int(tally.per_query.sum())
     if queries != expected_queries:
@@ -351,6 +355,27 @@ def mine_stage(cfg: RunConfig, corpus: ValidatedCorpus, corpus_cfg, here: storag
     }
     storage.commit(mined_dir, manifest)
     return manifest
+
+
+def run_tasks(plan: MinePlan, kwargs: list[dict], scorer_actors: int = 0) -> Iterator[dict]:
+    """The figures rows (``task``, ``stats``, ``arrays``) of every task of ``plan``, its shards built from ``kwargs``:
+    in this process by one ``MineActor`` holding every shard (``in_process``), or on Ray (``_mine_on_ray``)."""
+    shard_class = strategy(plan.miner)[0]
+    one_shard = len(kwargs) == 1
+    with open_shards(shard_class, kwargs, plan.cfg.index.device, in_process=one_shard or in_process()) as actors:
+        if in_process():
+            actor = MineActor(plan, [shard_class(**kw) for kw in kwargs])
+            for task in range(len(plan.files)):
+                yield actor(pa.table({"task": [task]})).to_pylist()[0]
+            return
+        plan = replace(plan, shard_kwargs=kwargs[0] if one_shard else None)
+        yield from _mine_on_ray(plan.cfg, plan, actors, one_shard, _resources(), scorer_actors)
+
+
+def _resources() -> dict:
+    from hardneg.resources import cluster_resources
+
+    return cluster_resources()
 
 
 def _mine_on_ray(cfg: RunConfig, plan: MinePlan, actors: list, one_shard: bool, resources: dict, scorer_actors: int):

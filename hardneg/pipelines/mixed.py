@@ -6,8 +6,8 @@ a mixed round gives both for the same anchors, the places themselves:
 1. the places corpus (``id``, ``text``, ``lat``, ``lon``, optional ``group``) is validated as
    places (``load_places``) and as text (``validate_corpus``); the texts are embedded with the
    round's encoder into ``rounds/NNNNN/embeddings/`` (committed, reused when the round resumes);
-2. geographic part: ``geo_round``'s own search and miner (``mine_places``) with
-   ``num_negatives = geo_negatives``;
+2. geographic part: ``geo_round``'s mine stage (``mine_places``: the places in ``rounds/NNNNN/places/``,
+   the geographic strategy on ``PlaceShard``s) with ``num_negatives = geo_negatives``;
 3. similarity part: each place's own embedding is searched in the round's persisted index
    (``rounds/NNNNN/index/``, ``hardneg.pipelines.index``) and
    ``mine_similarity`` picks ``num_negatives`` with the place as its own positive (margins off:
@@ -92,7 +92,7 @@ def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, en
         candidates_dir = view_dir
     lat, lon, groups = place_arrays(table)
 
-    geo = _geographic(cfg, here, table, lat, lon, groups, stages)
+    geo = _geographic(cfg, here, table, stages)
     index = index_or_reuse(cfg.index, candidates_dir.url, here.join("index"))
     stages["sim_index"] = timing(index["seconds"], index["rows"])
     similar, depth, recall = _similarity(cfg, here, candidates_dir.url, vectors, place_of_embedding, table, lat, lon, groups, stages)
@@ -158,14 +158,15 @@ def _align_views(table: pa.Table, vectors: np.ndarray, view_ids: np.ndarray,
     return table, vectors, view_vectors[rows], place_of_embedding
 
 
-def _geographic(cfg: RunConfig, here: storage.Location, table: pa.Table, lat, lon, groups, stages: dict) -> GeoResult:
-    """``geo_round``'s miner with ``num_negatives = geo_negatives`` (nothing to mine for 0)."""
+def _geographic(cfg: RunConfig, here: storage.Location, table: pa.Table, stages: dict) -> GeoResult:
+    """``geo_round``'s miner, the mine stage's geographic strategy, with ``num_negatives = geo_negatives`` (nothing
+    to mine for 0)."""
     count = cfg.mine.geo_negatives
     if count == 0:
         return GeoResult(np.full((table.num_rows, 0), -1, np.int64), np.full((table.num_rows, 0), np.nan, np.float32),
                          np.zeros(table.num_rows, np.int64), dict.fromkeys(GEO_REMOVED, 0))
     geo_cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"num_negatives": count})})
-    result, geo_stages = mine_places(geo_cfg, here, table, lat, lon, groups)
+    result, geo_stages = mine_places(geo_cfg, here, table)
     stages.update({f"geo_{name}": stage for name, stage in geo_stages.items()})
     return result
 

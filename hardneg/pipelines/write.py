@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import posixpath
 import time
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -74,22 +75,27 @@ def view_columns(cfg: RunConfig) -> tuple[str, str]:
     return "anchor", "positive"
 
 
-def places_table(places: pa.Table, negative_rows: np.ndarray, round_index: int, encoder: str, **lists: np.ndarray) -> pa.Table:
+def places_table(places: pa.Table, negative_rows: np.ndarray, round_index: int, encoder: str,
+                 negatives: Optional[tuple[pa.Array, pa.Array]] = None, **lists: np.ndarray) -> pa.Table:
     """One row per place: ``query_id``, ``query`` (its text, or its image), ``negative_ids``, ``negatives``, then ``lists`` (each a
     ``(q, n)`` array aligned with ``negative_rows``; floats are written as float32), ``round``, ``encoder``.
 
     A cross-view corpus (a ``view`` column) adds ``positive_id`` and ``positive`` (the place's own
-    view), and the negatives are the other places' views: rows a trainer reads as it reads pairs."""
+    view), and the negatives are the other places' views: rows a trainer reads as it reads pairs.
+    ``negatives``: the ``(ids, values)`` of ``negative_rows[negative_rows >= 0]`` when they are not rows of
+    ``places`` (the shards of the mine stage look them up); else taken from ``places``."""
     present = negative_rows >= 0
     offsets = pa.array(np.concatenate([[0], np.cumsum(present.sum(axis=1))]).astype(np.int32))
-    take = pa.array(negative_rows[present])
     ids, texts = places.column("id").combine_chunks(), place_values(places).combine_chunks()
     columns = {"query_id": ids, "query": texts}
     if "view" in places.column_names:
         texts = places.column("view").combine_chunks()
         columns.update(positive_id=ids, positive=texts)
-    columns.update(negative_ids=pa.ListArray.from_arrays(offsets, ids.take(take)),
-                   negatives=pa.ListArray.from_arrays(offsets, texts.take(take)))
+    if negatives is None:
+        take = pa.array(negative_rows[present])
+        negatives = ids.take(take), texts.take(take)
+    columns.update(negative_ids=pa.ListArray.from_arrays(offsets, negatives[0]),
+                   negatives=pa.ListArray.from_arrays(offsets, negatives[1]))
     for name, values in lists.items():
         flat = values[present]
         columns[name] = pa.ListArray.from_arrays(offsets, pa.array(flat, pa.float32() if flat.dtype.kind == "f" else None))
@@ -108,14 +114,16 @@ def write_place_rows(cfg: RunConfig, here: storage.Location, mined: pa.Table, ne
     stages["write"] = stage_timing(started, int(keep.sum()))
     if cfg.mine.batches:
         started = time.perf_counter()
-        outputs["batches"] = batch_stage(cfg, here, mined, negative_rows, keep, places, manifest["round"], manifest["figures"])
+        outputs["batches"] = batch_stage(cfg, here, mined.filter(pa.array(keep)), negative_rows, keep, places, manifest["round"],
+                                         manifest["figures"])
         stages["batches"] = stage_timing(started, len(negative_rows))
     return outputs
 
 
 def batch_stage(cfg: RunConfig, here: storage.Location, mined: pa.Table, neighbours: np.ndarray, keep: np.ndarray,
                 places: tuple[np.ndarray, np.ndarray, np.ndarray], round_index: int, figures: dict) -> str:
-    """Compose batches around ``neighbours`` (each row's negatives), write ``batches/``; adds the batch figures."""
+    """Compose batches around ``neighbours`` (each place's negatives), write ``batches/``; adds the batch figures.
+    ``mined``: the written rows, those of the places ``keep`` marks, in place order."""
     groups, lat, lon = places
     sampler = {} if cfg.mine.near_neighbours is None else {
         "hops": 1, "near_neighbours": cfg.mine.near_neighbours, "random_neighbours": cfg.mine.random_neighbours}
@@ -127,12 +135,14 @@ def batch_stage(cfg: RunConfig, here: storage.Location, mined: pa.Table, neighbo
 
 
 def write_batches(mined: pa.Table, plan, keep: np.ndarray, out: storage.Location, batch_size: int) -> str:
-    """``mined`` rows plus ``batch_id`` in plan order, row groups of whole batches; committed (once)."""
+    """``mined`` rows (the kept places', in place order) plus ``batch_id`` in plan order, row groups of whole
+    batches; committed (once)."""
     if storage.is_committed(out):
         return out.url
     order = plan.order[keep[plan.order]]
     ids = plan.batch_ids[order]
-    table = mined.take(pa.array(order)).append_column("batch_id", pa.array(ids, pa.int64()))
+    kept_at = np.cumsum(keep) - 1  # a kept place's row in ``mined``
+    table = mined.take(pa.array(kept_at[order])).append_column("batch_id", pa.array(ids, pa.int64()))
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
     cuts = [0]
     for start in starts.tolist():

@@ -1,0 +1,167 @@
+"""The places as the mine stage sees them: the round's ``places/`` folder, ``PlaceShard``s over it, and the
+geographic miner's task (``mine_place_file``).
+
+A geographic round writes its places once (``write_places``: ``id``, the first view, ``view`` in a
+cross-view corpus, ``lat``, ``lon``, ``group_code``) in files of ``index.query_batch_size`` rows, the mine
+stage's tasks. Each ``PlaceShard`` reads a contiguous range of those files and holds their rows'
+search index over 3-D unit vectors (``hardneg.miners.unit_vectors``) plus what the miner and the
+written rows look up by row: coordinates, group codes, ids and values. A task reads its own file,
+runs ``geographic_negatives`` with the candidates' coordinates served by the shards, writes its rows
+and returns its negatives' rows and km: the driver keeps that ``(places, num_negatives)`` pool for the
+batch stage and the figures (docs/scaling.md: what stays global).
+
+Example::
+
+    write_places(places.table, storage.resolve("runs/g/rounds/00000/places"), rows_per_file=4096)
+    shard = PlaceShard(place_files("runs/g/rounds/00000/places"), {"offset": 0, "rows": n}, IndexConfig(backend="kdtree"), {})
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from hardneg import storage
+from hardneg.config import IndexConfig
+from hardneg.miners import GEO_REMOVED, geographic_negatives, unit_vectors
+from hardneg.miners.geo import FLOAT32_SCORE_ERROR
+from hardneg.pipelines.inputs import group_codes
+from hardneg.places import place_values
+from hardneg.search import build_index
+from hardneg.search.sharded import ShardActor
+
+
+def write_places(table: pa.Table, out: storage.Location, rows_per_file: int) -> list[tuple[str, int]]:
+    """Commit the places of a round (a ``Places.table``) as files of ``rows_per_file`` rows; returns
+    ``[(url, rows), ...]``. A committed folder is kept (a resumed round)."""
+    if not storage.is_committed(out):
+        storage.prepare_output(out)
+        columns = {"id": table.column("id"), value_name(table): place_values(table)}
+        if "view" in table.column_names:
+            columns["view"] = table.column("view")
+        columns.update(lat=table.column("lat"), lon=table.column("lon"),
+                       group_code=pa.array(group_codes(table.column("group") if "group" in table.column_names else None,
+                                                       table.num_rows)))
+        places = pa.table(columns)
+        files = max(1, -(-places.num_rows // rows_per_file))
+        for part in range(files):
+            storage.write_parquet(places.slice(part * rows_per_file, rows_per_file), out.join(f"part-{part * rows_per_file:012d}.parquet"))
+        storage.commit(out, {"kind": "places", "rows": places.num_rows, "rows_per_file": rows_per_file,
+                             "cross_view": "view" in columns})
+    return place_files(out.url)
+
+
+def value_name(table: pa.Table) -> str:
+    """The first view's column: ``image`` in a corpus of images, else ``text``."""
+    return "image" if "image" in table.column_names else "text"
+
+
+def place_files(places_dir: str) -> list[tuple[str, int]]:
+    """``[(url, rows), ...]`` of a committed places folder, in row order."""
+    import pyarrow.parquet as pq
+
+    out = []
+    for loc in storage.list_table_files(places_dir):
+        with loc.fs.open(loc.path, "rb") as handle:
+            out.append((loc.url, pq.ParquetFile(handle).metadata.num_rows))
+    return out
+
+
+def read_places(url: str) -> pa.Table:
+    """One file of a places folder."""
+    return storage.read_table_file(storage.resolve(url))
+
+
+def shard_ranges(total: int, num_shards: int) -> list[dict]:
+    """``num_shards`` contiguous row ranges (``{"offset", "rows"}``) of about equal size over ``total`` places."""
+    cuts = [total * s // num_shards for s in range(num_shards + 1)]
+    return [{"offset": lo, "rows": hi - lo} for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo] or [{"offset": 0, "rows": 0}]
+
+
+def shard_rows(files: list[tuple[str, int]], shard: dict) -> pa.Table:
+    """The rows of ``shard`` (``{"offset", "rows"}``), read from the files of a places folder that hold them."""
+    pieces, start = [], 0
+    lo, hi = shard["offset"], shard["offset"] + shard["rows"]
+    for url, rows in files:
+        if start < hi and start + rows > lo:
+            first = max(lo, start)
+            pieces.append(read_places(url).slice(first - start, min(hi, start + rows) - first))
+        start += rows
+    return pa.concat_tables(pieces) if pieces else read_places(files[0][0]).slice(0, 0)
+
+
+class PlaceShard(ShardActor):
+    """The places of one shard (``{"offset", "rows"}`` of the folder's rows) and their index, built here over
+    their unit vectors: float64 in a k-d tree (exact), float32 for the other backends.
+
+    Every method takes and returns global rows; a row another shard owns must not be asked for.
+    """
+
+    def __init__(self, files: list[tuple[str, int]], shard: dict, cfg: IndexConfig, storage_options: dict):
+        storage.restore_options(storage_options)
+        table = shard_rows(files, shard)
+        self.offset = shard["offset"]
+        self.lat, self.lon = table.column("lat").to_numpy(), table.column("lon").to_numpy()
+        self.groups = table.column("group_code").to_numpy()
+        self.ids = table.column("id").combine_chunks()
+        # A negative is shown as the place's second view in a cross-view corpus (what the trainer pairs with a first view).
+        self.values = table.column("view" if "view" in table.column_names else value_name(table)).combine_chunks()
+        self.index = build_index(unit_vectors(self.lat, self.lon), cfg)
+
+    def place_facts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(lat, lon, group codes)`` of this shard's ``rows``."""
+        local = np.asarray(rows, np.int64) - self.offset
+        return self.lat[local], self.lon[local], self.groups[local]
+
+    def texts_of(self, rows: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        """``(ids, values)`` of this shard's ``rows``: the values a negative shows."""
+        take = pa.array(np.asarray(rows, np.int64) - self.offset)
+        return self.ids.take(take), self.values.take(take)
+
+
+class ShardSearch:
+    """The shards as the geographic miner's index: ``search`` (float64 queries kept for a k-d tree), ``ntotal``
+    and the score error it certifies against (a k-d tree's when one shard ranks alone; float32 when
+    shards are merged by their float32 scores)."""
+
+    def __init__(self, shards, ntotal: int, backend: str):
+        self.shards, self.ntotal = shards, ntotal
+        one_tree = backend == "kdtree" and len(shards.shards) == 1
+        self.score_error = 1e-12 if one_tree else FLOAT32_SCORE_ERROR
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.shards.search(queries, k)
+
+
+def mine_place_file(plan, shards, scorer, task: int) -> dict:
+    """The geographic miner over the places of one file of the round's ``places/``: their rows written to
+    ``plan.out_dir`` (unless None: the round's mined table is committed already), and their figures with the
+    negatives' rows and km (``arrays``) for the driver's pool."""
+    from hardneg.pipelines.write import kept_rows, places_table
+
+    (url, rows), = plan.files[task]
+    start = sum(count for files in plan.files[:task] for _, count in files)  # the tasks' files, in row order
+    table = read_places(url)
+    query_rows = np.arange(start, start + rows, dtype=np.int64)
+    lat, lon = table.column("lat").to_numpy(), table.column("lon").to_numpy()
+    search = ShardSearch(shards, shards.ntotal(), plan.cfg.index.backend)
+    started = time.perf_counter()
+    result = geographic_negatives(query_rows, lat, lon, table.column("group_code").to_numpy(), shards.place_facts, search, plan.params,
+                                  seed=plan.params.seed + start // plan.cfg.index.query_batch_size,
+                                  query_batch_size=plan.cfg.index.query_batch_size)
+    keep = kept_rows(plan.cfg, result.counts)
+    if plan.out_dir is not None and keep.any():
+        present = result.negative_rows >= 0
+        shown = table.column("view" if "view" in table.column_names else value_name(table))
+        negatives = shards.texts_of(result.negative_rows[present]) if present.any() else (table.column("id").chunk(0)[:0], shown.chunk(0)[:0])
+        mined = places_table(table, result.negative_rows, plan.round_index, plan.encoder, negatives=negatives,
+                             negative_km=result.negative_km)
+        storage.write_parquet(mined.filter(pa.array(keep)), storage.resolve(plan.out_dir).join(f"part-{start:012d}.parquet"))
+    arrays = io.BytesIO()
+    np.savez(arrays, negative_rows=result.negative_rows, negative_km=result.negative_km)
+    return {"rows": int(keep.sum()), "removed": {name: result.removed[name] for name in GEO_REMOVED},
+            "uncertified": result.uncertified, "depth": result.depth, "seconds": time.perf_counter() - started,
+            "arrays": arrays.getvalue()}
