@@ -127,6 +127,15 @@ def tiny_cross_encoder(tmp_path_factory, packaged_model_path):
     return path
 
 
+def in_process(cfg):
+    """A context in which ``run_round(cfg)`` runs every stage in this process (``ray.in_process: always``), as on a
+    laptop: for tests whose point is what a round writes, not how Ray runs it (each Ray round starts actor processes
+    that import torch, a few seconds each). ``test_in_process`` checks both roads give the same rows."""
+    from hardneg.ray_runtime import round_executor
+
+    return round_executor(cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"in_process": "always"})}), [])
+
+
 def write_jsonl(path, rows):
     import json
 

@@ -1,10 +1,11 @@
-"""Run a similarity round's mine stage on a 3-node local Ray cluster (``ray.cluster_utils.Cluster``), in its own process.
+"""Run a round's mine stage on a 3-node local Ray cluster (``ray.cluster_utils.Cluster``), in its own process.
 
     python tests/multinode_mine.py CONFIG.json REPORT.json
 
-CONFIG.json is a run config (``parse_config``) with ``index.num_shards`` > 1 and the user's own
-embeddings (no model, so both runs mine the same vectors). Every node has 1 CPU. REPORT.json gets
-the round's manifest, the nodes, and the nodes of the ``CorpusShard`` and ``MineActor`` actors.
+CONFIG.json is a run config (``parse_config``) with ``index.num_shards`` > 1: a similarity round with the
+user's own embeddings (no model, so both runs mine the same vectors), or a geographic round. Every node
+has 1 CPU. REPORT.json gets the round's manifest, the nodes, and the nodes of the shard actors
+(``CorpusShard`` or ``PlaceShard``) and of the ``MineActor``s.
 """
 
 import json
@@ -33,7 +34,7 @@ def main(config, report):
                 "manifest": manifest,
                 "worker_nodes": [node.node_id for node in workers],
                 "nodes": len([n for n in ray.nodes() if n["Alive"]]),
-                "shard_nodes": sorted(a["node_id"] for a in actors_of("CorpusShard")),
+                "shard_nodes": sorted(a["node_id"] for a in actors_of("CorpusShard") + actors_of("PlaceShard")),
                 "mine_nodes": sorted(a["node_id"] for a in actors_of("MineActor")),
             }, handle)
     finally:

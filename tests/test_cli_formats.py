@@ -27,7 +27,8 @@ def test_labeled_pairs_keep_the_input_columns_one_row_per_positive_and_per_negat
     corpus = write_jsonl(tmp_path / "corpus.jsonl", EXTRA)
     out = str(tmp_path / "run")
     args = ["mine", pairs, out, "--model", tiny_model_path, "--corpus", corpus, "--anchor-column", "question",
-            "--positive-column", "answer", "--num-negatives", "1", "--format", "labeled-pair"]
+            "--positive-column", "answer", "--num-negatives", "1", "--format", "labeled-pair",
+            "--ray-in-process", "always"]  # the view's shape is the point: the laptop's executor, no Ray actors to start
     assert main(args) == 0
 
     view = storage.read_table(storage.resolve(out).join("rounds", "00000", "labeled-pair").url)

@@ -63,7 +63,7 @@ def test_batches_arrive_whole_on_one_of_two_ranks(ray_session, corpus, tmp_path,
 
     path, rows = corpus
     out = str(tmp_path / "run")
-    assert main(["mine", path, out, *ARGS, "--index", "kdtree", "--batches", "--composed-batch-size", "16"]) == 0
+    assert main(["mine", path, out, *ARGS, "--index", "kdtree", "--batches", "--composed-batch-size", "16", "--ray-in-process", "always"]) == 0
     assert "share a batch" in capsys.readouterr().out
     batches_dir = os.path.join(out, "rounds", "00000", "batches")
     manifest = json.load(open(os.path.join(batches_dir, "MANIFEST.json")))

@@ -4,7 +4,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_jsonl
+from conftest import in_process, write_jsonl
 
 from hardneg import storage
 from hardneg.cli import main
@@ -41,7 +41,8 @@ def test_queries_with_ids_exclude_positives_groups_and_duplicate_texts(ray_sessi
         "corpus": {"path": corpus}, "queries": {"path": queries, "format": "queries"},
         "mine": {"num_negatives": 5, "range_max": 38},
     })
-    manifest = run_round(cfg)
+    with in_process(cfg):
+        manifest = run_round(cfg)
 
     rows = mined_rows(tmp_path / "run")
     by_query = {}

@@ -16,7 +16,7 @@ from hardneg.pipelines.inputs import group_codes
 from hardneg.pipelines.run import round_dir, run_round
 from hardneg.search import read_embeddings
 from hardneg.summary import round_summary
-from conftest import write_jsonl
+from conftest import in_process, write_jsonl
 
 NUM_NEGATIVES, GEO_NEGATIVES, MIN_KM, MAX_KM = 4, 2, 30.0, 600.0
 ARGS = ["--miner", "mixed", "--geo-negatives", str(GEO_NEGATIVES), "--num-negatives", str(NUM_NEGATIVES),
@@ -43,7 +43,8 @@ def mixed_run(ray_session, cities, tiny_model_path, tmp_path_factory):
     cfg = load_config(overrides={"run_dir": str(tmp_path_factory.mktemp("run")), "corpus.path": path,
                                  "model.path": tiny_model_path, "mine.miner": "mixed", "mine.geo_negatives": GEO_NEGATIVES,
                                  "mine.num_negatives": NUM_NEGATIVES, "mine.min_km": MIN_KM, "mine.max_km": MAX_KM})
-    return cfg, run_round(cfg)
+    with in_process(cfg):  # test_hardneg_mine_mixed_end_to_end runs a mixed round on Ray
+        return cfg, run_round(cfg)
 
 
 def test_drop_same_place_keeps_the_anchor_and_resorts():

