@@ -199,14 +199,13 @@ class _Search:
         """Chosen rows/km (q, pool), whether each query is certified, and its removal counts (q, 3)."""
         _, rows = self.index.search(unit_vectors(lat, lon), k)
         valid = rows >= 0
-        found = np.unique(rows[valid])
-        found_lat, found_lon, found_groups = self.places(found) if len(found) else (np.zeros(1), np.zeros(1), np.full(1, -1))
-        at = np.where(valid, np.searchsorted(found, rows), 0)
-        km = haversine_km(lat[:, None], lon[:, None], found_lat[at], found_lon[at])
+        safe = np.where(valid, rows, np.max(rows, initial=0))  # a padded slot looks up some real row, then is masked
+        found_lat, found_lon, found_groups = (a.reshape(rows.shape) for a in self.places(safe.ravel()))
+        km = haversine_km(lat[:, None], lon[:, None], found_lat, found_lon)
         live = valid & (rows != queries[:, None])
         same_place = live & (km < self.min_km)
         query_groups = groups[:, None]
-        group = live & ~same_place & (query_groups >= 0) & (found_groups[at] == query_groups)
+        group = live & ~same_place & (query_groups >= 0) & (found_groups == query_groups)
         beyond = live & ~same_place & ~group & (km > self.max_km)
         eligible = live & ~same_place & ~group & ~beyond
         order = np.lexsort((rows, np.where(eligible, km, np.inf)), axis=1)[:, :self.pool]

@@ -176,6 +176,8 @@ class ShardSet:
 
     def _routed(self, name: str, rows: np.ndarray) -> list[tuple[np.ndarray, tuple]]:
         """``name`` asked of each shard for its own ``rows``: ``[(positions in rows, answer), ...]``."""
+        if len(self.shards) == 1:
+            return [(np.arange(len(rows)), self._call(name, [(0, (rows,))])[0])]
         owner = np.searchsorted(self.starts, rows, side="right") - 1
         picks = {s: np.flatnonzero(owner == s) for s in range(len(self.shards))}
         asked = [s for s, pick in picks.items() if len(pick)]
@@ -184,16 +186,22 @@ class ShardSet:
 
     def facts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(text hashes, group keys, vectors)`` of global ``rows``, in their order."""
+        answers = self._routed("facts", rows)
+        if len(answers) == 1:  # one shard holds them all: its answer is in their order
+            return answers[0][1]
         text_hash, groups, vectors = np.zeros(len(rows), np.uint64), np.full(len(rows), NO_GROUP, np.int64), None
-        for at, (h, g, v) in self._routed("facts", rows):
+        for at, (h, g, v) in answers:
             vectors = np.zeros((len(rows), v.shape[1]), np.float32) if vectors is None else vectors
             text_hash[at], groups[at], vectors[at] = h, g, v
         return text_hash, groups, vectors
 
     def place_facts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(lat, lon, group codes)`` of global ``rows`` of ``PlaceShard``s, in their order."""
+        answers = self._routed("place_facts", rows)
+        if len(answers) == 1:  # one shard holds them all: its answer is in their order
+            return answers[0][1]
         lat, lon, groups = np.zeros(len(rows)), np.zeros(len(rows)), np.full(len(rows), NO_GROUP, np.int64)
-        for at, (a, b, g) in self._routed("place_facts", rows):
+        for at, (a, b, g) in answers:
             lat[at], lon[at], groups[at] = a, b, g
         return lat, lon, groups
 
@@ -202,6 +210,8 @@ class ShardSet:
         if not len(rows):
             return pa.array([], pa.string()), pa.array([], pa.string())
         answers = self._routed("texts_of", rows)
+        if len(answers) == 1:  # one shard holds them all: its answer is in their order
+            return answers[0][1]
         at = np.concatenate([pick for pick, _ in answers])
         back = pa.array(np.argsort(at, kind="stable"))
         ids = pa.concat_arrays([a[0] for _, a in answers]).take(back)
