@@ -78,11 +78,10 @@ def larger_than(input_paths: Sequence[Optional[str]], limit: int) -> bool:
     from hardneg import storage
 
     total = 0
-    for path in input_paths:
-        for loc in storage.list_table_files(path) if path else []:
-            total += int(loc.fs.info(loc.path).get("size") or 0)
-            if total > limit:
-                return True
+    for _, info in storage.table_file_infos(input_paths):
+        total += int(info.get("size") or 0)
+        if total > limit:
+            return True
     return False
 
 

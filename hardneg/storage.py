@@ -212,6 +212,13 @@ def list_table_files(path: str) -> list[Location]:
     return [Location(loc.fs, p) for p in files]
 
 
+def table_file_infos(paths: Sequence[Optional[str]]) -> Iterator[tuple[Location, dict]]:
+    """``(location, fs.info)`` of every table file under ``paths`` (a None path holds none), in order, listed lazily."""
+    for path in paths:
+        for loc in list_table_files(path) if path else []:
+            yield loc, loc.fs.info(loc.path)
+
+
 def read_table_file(loc: Location, columns: Optional[Sequence[str]] = None) -> pa.Table:
     """One Parquet or JSONL file as an Arrow table (only ``columns`` when given).
 

@@ -148,11 +148,9 @@ def check_inputs(cfg: RunConfig, run_dir: storage.Location, want_ids: bool = Fal
 def input_fingerprint(cfg: RunConfig) -> list[list]:
     """``[url, size, modified]`` of every queries and corpus file: what a resumed run must still read."""
     out = []
-    for path in (cfg.queries.path, cfg.corpus.path):
-        for loc in storage.list_table_files(path) if path else []:
-            info = loc.fs.info(loc.path)
-            modified = info.get("ETag") or info.get("mtime") or info.get("LastModified")
-            out.append([loc.url, int(info.get("size") or 0), str(modified)])
+    for loc, info in storage.table_file_infos((cfg.queries.path, cfg.corpus.path)):
+        modified = info.get("ETag") or info.get("mtime") or info.get("LastModified")
+        out.append([loc.url, int(info.get("size") or 0), str(modified)])
     return out
 
 
