@@ -99,6 +99,20 @@ def test_a_killed_encoder_actor_is_restarted_and_no_row_is_lost_or_repeated(ray_
     np.testing.assert_allclose(vectors, single_vectors, atol=1e-5)  # as an undisturbed run
 
 
+def mine_on_three_nodes(tmp_path, config: dict) -> dict:
+    """``multinode_mine.py``'s report of a round of ``config`` (3 index shards) on a 3-node cluster, after checking
+    that the cluster had 3 nodes and that shard actors ran on worker nodes."""
+    (tmp_path / "multi.json").write_text(json.dumps(config))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS_DIR]), HARDNEG_PROGRESS="0")
+    result = subprocess.run([sys.executable, os.path.join(TESTS_DIR, "multinode_mine.py"), str(tmp_path / "multi.json"),
+                             str(tmp_path / "report.json")], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["nodes"] == 3 and len(report["shard_nodes"]) == 3
+    assert set(report["shard_nodes"]) & set(report["worker_nodes"])  # shards placed on worker nodes
+    return report
+
+
 @pytest.mark.slow
 def test_the_mine_stage_runs_on_worker_nodes_and_gives_the_single_node_result(ray_session, tmp_path):
     """Three index shards on a 3-node cluster: shard actors on worker nodes, the same rows as one node with one shard."""
@@ -121,14 +135,7 @@ def test_the_mine_stage_runs_on_worker_nodes_and_gives_the_single_node_result(ra
         return {"run_dir": str(run_dir), "corpus": {"path": corpus}, "queries": {"path": queries, "format": "queries"},
                 "embed": own, "index": {"num_shards": shards}, "mine": {"num_negatives": 5, "range_max": 20}}
 
-    (tmp_path / "multi.json").write_text(json.dumps(config(tmp_path / "multi", 3)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS_DIR]), HARDNEG_PROGRESS="0")
-    result = subprocess.run([sys.executable, os.path.join(TESTS_DIR, "multinode_mine.py"), str(tmp_path / "multi.json"),
-                             str(tmp_path / "report.json")], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert report["nodes"] == 3 and len(report["shard_nodes"]) == 3
-    assert set(report["shard_nodes"]) & set(report["worker_nodes"])  # shards placed on worker nodes
+    mine_on_three_nodes(tmp_path, config(tmp_path / "multi", 3))
 
     run_round(parse_config(config(tmp_path / "single", 1)))
     multi, single = mined_rows(tmp_path / "multi"), mined_rows(tmp_path / "single")
@@ -157,14 +164,7 @@ def test_the_geographic_mine_stage_runs_on_worker_nodes_and_gives_the_single_nod
         return {"run_dir": str(run_dir), "corpus": {"path": corpus}, "index": {"num_shards": shards, "query_batch_size": 100},
                 "mine": {"miner": "geographic", "num_negatives": 4, "min_km": 5, "max_km": 300, "sampling_strategy": "top"}}
 
-    (tmp_path / "multi.json").write_text(json.dumps(config(tmp_path / "multi", 3)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS_DIR]), HARDNEG_PROGRESS="0")
-    result = subprocess.run([sys.executable, os.path.join(TESTS_DIR, "multinode_mine.py"), str(tmp_path / "multi.json"),
-                             str(tmp_path / "report.json")], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert report["nodes"] == 3 and len(report["shard_nodes"]) == 3
-    assert set(report["shard_nodes"]) & set(report["worker_nodes"])  # shards placed on worker nodes
+    report = mine_on_three_nodes(tmp_path, config(tmp_path / "multi", 3))
     assert report["manifest"]["figures"]["queries"] == 400
 
     run_round(parse_config(config(tmp_path / "single", 1)))
