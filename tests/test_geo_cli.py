@@ -94,6 +94,29 @@ def test_batches_arrive_whole_on_one_of_two_ranks(ray_session, corpus, tmp_path,
     assert sorted(seen) == list(range(len(sizes)))
 
 
+def test_a_round_that_died_before_its_batches_resumes_keeping_its_places_and_mined_rows(corpus, tmp_path):
+    """The driver died after the mine stage committed ``mined/`` (half a ``batches/`` on disk, no round manifest): the
+    re-run keeps ``places/`` and ``mined/`` as they are, mines again only to rebuild the pool, and writes the batches
+    the first run would have."""
+    path, rows = corpus
+    out = tmp_path / "run"
+    args = ["mine", path, str(out), *ARGS, "--batches", "--composed-batch-size", "16", "--index-query-batch-size", "500",
+            "--ray-in-process", "always"]
+    assert main(args) == 0
+    here = out / "rounds" / "00000"
+    before = storage.read_table(str(here / "batches"))
+    kept = {name: os.stat(here / folder / name).st_mtime_ns for folder in ("places", "mined") for name in os.listdir(here / folder)}
+    (here / "MANIFEST.json").unlink()
+    (here / "batches" / "MANIFEST.json").unlink()
+    (here / "batches" / "part-00000.parquet").write_bytes(b"half a file")
+
+    assert main(args) == 0
+    assert {name: os.stat(here / folder / name).st_mtime_ns for folder in ("places", "mined") for name in os.listdir(here / folder)} == kept
+    again = storage.read_table(str(here / "batches"))
+    assert again.num_rows == len(rows) and again.equals(before)
+    assert json.loads((here / "MANIFEST.json").read_text())["counts"]["rows"] == len(rows)
+
+
 def test_bad_coordinates_exit_2_naming_the_row(ray_session, tmp_path, capsys):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"id": 1, "lat": 10.0, "lon": 1.0}, {"id": 2, "lat": 95.0, "lon": 1.0}])
     assert main(["mine", path, str(tmp_path / "run"), *ARGS]) == 2
