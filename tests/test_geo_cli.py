@@ -117,6 +117,20 @@ def test_a_round_that_died_before_its_batches_resumes_keeping_its_places_and_min
     assert json.loads((here / "MANIFEST.json").read_text())["counts"]["rows"] == len(rows)
 
 
+def test_a_run_directory_on_s3_gets_the_same_round_from_two_shard_actors(ray_session, s3_storage, corpus, tmp_path):
+    """The places, the mined rows and the manifest on S3 (moto): the PlaceShard actors and the MineActors open them
+    with the driver's endpoint, and the rows equal a local one-shard round's."""
+    path, rows = corpus
+    local, remote = str(tmp_path / "local"), "s3://hardneg-test/geo-run"
+    assert main(["mine", path, local, *ARGS, "--ray-in-process", "always"]) == 0
+    assert main(["mine", path, remote, *ARGS, "--index-num-shards", "2", "--index-query-batch-size", "700", "--ray-in-process", "never",
+                 "--endpoint-url", s3_storage]) == 0
+    assert storage.is_committed(remote + "/rounds/00000") and storage.is_committed(remote + "/rounds/00000/places")
+    first, second = storage.read_table(local + "/rounds/00000/mined"), storage.read_table(remote + "/rounds/00000/mined")
+    assert second.num_rows == len(rows)
+    assert first.column("negative_ids").to_pylist() == second.column("negative_ids").to_pylist()
+
+
 def test_bad_coordinates_exit_2_naming_the_row(ray_session, tmp_path, capsys):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"id": 1, "lat": 10.0, "lon": 1.0}, {"id": 2, "lat": 95.0, "lon": 1.0}])
     assert main(["mine", path, str(tmp_path / "run"), *ARGS]) == 2
