@@ -131,6 +131,14 @@ def test_a_run_directory_on_s3_gets_the_same_round_from_two_shard_actors(ray_ses
     assert first.column("negative_ids").to_pylist() == second.column("negative_ids").to_pylist()
 
 
+def test_a_round_whose_every_place_is_short_and_dropped_writes_an_empty_table_with_the_schema(corpus, tmp_path):
+    path, _ = corpus
+    out = str(tmp_path / "run")
+    assert main(["mine", path, out, *ARGS, "--max-km", "6", "--num-negatives", "50", "--on-short", "drop", "--ray-in-process", "always"]) == 0
+    mined = storage.read_table(os.path.join(out, "rounds", "00000", "mined"))
+    assert mined.num_rows == 0 and mined.column_names == ["query_id", "query", "negative_ids", "negatives", "negative_km", "round", "encoder"]
+
+
 def test_bad_coordinates_exit_2_naming_the_row(ray_session, tmp_path, capsys):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"id": 1, "lat": 10.0, "lon": 1.0}, {"id": 2, "lat": 95.0, "lon": 1.0}])
     assert main(["mine", path, str(tmp_path / "run"), *ARGS]) == 2

@@ -40,7 +40,7 @@ from hardneg.miners import GEO_REMOVED, GeoResult
 from hardneg.pipelines.figures import geo_figures
 from hardneg.pipelines.heldout import evaluate_places_stage, heldout_record, holdout_places
 from hardneg.pipelines.inputs import group_codes
-from hardneg.pipelines.write import batch_stage, kept_rows
+from hardneg.pipelines.write import batch_stage, kept_rows, places_table
 from hardneg.places import load_places
 from hardneg.rundir import RoundManifest, stage_timing
 
@@ -70,6 +70,11 @@ def geo_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, enco
     figures = geo_figures(result, int(keep.sum()), places)
     manifest = {"miner": "geographic", "round": round_index, "encoder": encoder, "figures": figures}
     if not storage.is_committed(mined_dir):
+        if not keep.any():  # every place dropped (mine.on_short=drop): an empty table, so readers find the schema
+            n = cfg.mine.num_negatives
+            empty = places_table(places.table.slice(0, 0), np.zeros((0, n), np.int64), round_index, encoder,
+                                 negative_km=np.zeros((0, n), np.float32))
+            storage.write_parquet(empty, mined_dir.join(f"part-{0:012d}.parquet"))
         storage.commit(mined_dir, {"kind": "mined", **manifest, "rows": int(keep.sum()),
                                    "parts": len(storage.list_table_files(mined_dir.url))})
     outputs = {"mined": mined_dir.url}

@@ -3,8 +3,8 @@ geographic miner's task (``mine_place_file``).
 
 A geographic round writes its places once (``write_places``: ``id``, the first view, ``view`` in a
 cross-view corpus, ``lat``, ``lon``, ``group_code``) in files of ``index.query_batch_size`` rows, the mine
-stage's tasks. Each ``PlaceShard`` reads a contiguous range of those files and holds their rows'
-search index over 3-D unit vectors (``hardneg.miners.unit_vectors``) plus what the miner and the
+stage's tasks. Each ``PlaceShard`` reads a contiguous range of the places (from the files that hold them) and
+holds their search index over 3-D unit vectors (``hardneg.miners.unit_vectors``) plus what the miner and the
 written rows look up by row: coordinates, group codes, ids and values. A task reads its own file,
 runs ``geographic_negatives`` with the candidates' coordinates served by the shards, writes its rows
 and returns its negatives' rows and km: the driver keeps that ``(places, num_negatives)`` pool for the
