@@ -176,8 +176,6 @@ class ShardSet:
 
     def _routed(self, name: str, rows: np.ndarray) -> list[tuple[np.ndarray, tuple]]:
         """``name`` asked of each shard for its own ``rows``: ``[(positions in rows, answer), ...]``."""
-        if len(self.shards) == 1:
-            return [(np.arange(len(rows)), self._call(name, [(0, (rows,))])[0])]
         owner = np.searchsorted(self.starts, rows, side="right") - 1
         picks = {s: np.flatnonzero(owner == s) for s in range(len(self.shards))}
         asked = [s for s, pick in picks.items() if len(pick)]

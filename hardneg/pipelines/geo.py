@@ -63,7 +63,7 @@ def geo_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, enco
     lat, lon, groups = place_arrays(places.table)
     stages["read_places"] = stage_timing(started, every_place.table.num_rows)
     mined_dir = here.join("mined")
-    result, mine_stages = mine_places(cfg, here, places.table, mined_dir, round_index, encoder)
+    result, mine_stages = mine_places(cfg, here, places.table, groups, mined_dir, round_index, encoder)
     stages.update(mine_stages)
 
     keep = kept_rows(cfg, result.counts)
@@ -106,10 +106,10 @@ def geo_index_config(cfg: RunConfig):
     return cfg.index.model_copy(update=update)
 
 
-def mine_places(cfg: RunConfig, here: storage.Location, table: pa.Table, mined_dir: Optional[storage.Location] = None,
-                round_index: int = 0, encoder: str = "base") -> tuple[GeoResult, dict]:
-    """The geographic miner (``cfg.mine``) over every place of ``table`` as the mine stage runs it, and the
-    ``places`` and ``mine`` stage timings.
+def mine_places(cfg: RunConfig, here: storage.Location, table: pa.Table, groups: np.ndarray,
+                mined_dir: Optional[storage.Location] = None, round_index: int = 0, encoder: str = "base") -> tuple[GeoResult, dict]:
+    """The geographic miner (``cfg.mine``) over every place of ``table`` (``groups``: its group codes,
+    ``place_arrays``) as the mine stage runs it, and the ``places`` and ``mine`` stage timings.
 
     The places are committed to ``here/places/`` in files of ``index.query_batch_size`` rows, one task each;
     ``index.num_shards`` ``PlaceShard``s hold them and their index (in process, or Ray actors). Each task
@@ -121,7 +121,7 @@ def mine_places(cfg: RunConfig, here: storage.Location, table: pa.Table, mined_d
 
     started = time.perf_counter()
     index_cfg = geo_index_config(cfg)
-    files = write_places(table, here.join("places"), cfg.index.query_batch_size)
+    files = write_places(table, groups, here.join("places"), cfg.index.query_batch_size)
     shards = shard_ranges(table.num_rows, cfg.index.num_shards)
     stages = {"places": stage_timing(started, table.num_rows)}
     started = time.perf_counter()

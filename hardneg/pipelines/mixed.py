@@ -92,7 +92,7 @@ def mixed_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, en
         candidates_dir = view_dir
     lat, lon, groups = place_arrays(table)
 
-    geo = _geographic(cfg, here, table, stages)
+    geo = _geographic(cfg, here, table, groups, stages)
     index = index_or_reuse(cfg.index, candidates_dir.url, here.join("index"))
     stages["sim_index"] = timing(index["seconds"], index["rows"])
     similar, depth, recall = _similarity(cfg, here, candidates_dir.url, vectors, place_of_embedding, table, lat, lon, groups, stages)
@@ -158,7 +158,7 @@ def _align_views(table: pa.Table, vectors: np.ndarray, view_ids: np.ndarray,
     return table, vectors, view_vectors[rows], place_of_embedding
 
 
-def _geographic(cfg: RunConfig, here: storage.Location, table: pa.Table, stages: dict) -> GeoResult:
+def _geographic(cfg: RunConfig, here: storage.Location, table: pa.Table, groups: np.ndarray, stages: dict) -> GeoResult:
     """``geo_round``'s miner, the mine stage's geographic strategy, with ``num_negatives = geo_negatives`` (nothing
     to mine for 0)."""
     count = cfg.mine.geo_negatives
@@ -166,7 +166,7 @@ def _geographic(cfg: RunConfig, here: storage.Location, table: pa.Table, stages:
         return GeoResult(np.full((table.num_rows, 0), -1, np.int64), np.full((table.num_rows, 0), np.nan, np.float32),
                          np.zeros(table.num_rows, np.int64), dict.fromkeys(GEO_REMOVED, 0))
     geo_cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"num_negatives": count})})
-    result, geo_stages = mine_places(geo_cfg, here, table)
+    result, geo_stages = mine_places(geo_cfg, here, table, groups)
     stages.update({f"geo_{name}": stage for name, stage in geo_stages.items()})
     return result
 

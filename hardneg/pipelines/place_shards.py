@@ -12,8 +12,8 @@ batch stage and the figures (docs/scaling.md: what stays global).
 
 Example::
 
-    write_places(places.table, storage.resolve("runs/g/rounds/00000/places"), rows_per_file=4096)
-    shard = PlaceShard(place_files("runs/g/rounds/00000/places"), {"offset": 0, "rows": n}, IndexConfig(backend="kdtree"), {})
+    files = write_places(places.table, groups, storage.resolve("runs/g/rounds/00000/places"), rows_per_file=4096)
+    shard = PlaceShard(files, {"offset": 0, "rows": n}, IndexConfig(backend="kdtree"), {})
 """
 
 from __future__ import annotations
@@ -28,46 +28,33 @@ from hardneg import storage
 from hardneg.config import IndexConfig
 from hardneg.miners import GEO_REMOVED, geographic_negatives, unit_vectors
 from hardneg.miners.geo import FLOAT32_SCORE_ERROR
-from hardneg.pipelines.inputs import group_codes
 from hardneg.places import place_values
-from hardneg.search import build_index
+from hardneg.search import build_index, embedding_files
 from hardneg.search.sharded import ShardActor
 
 
-def write_places(table: pa.Table, out: storage.Location, rows_per_file: int) -> list[tuple[str, int]]:
-    """Commit the places of a round (a ``Places.table``) as files of ``rows_per_file`` rows; returns
-    ``[(url, rows), ...]``. A committed folder is kept (a resumed round)."""
+def write_places(table: pa.Table, groups: np.ndarray, out: storage.Location, rows_per_file: int) -> list[tuple[str, int]]:
+    """Commit the places of a round (a ``Places.table``, and its group codes: ``geo.place_arrays``) as files of
+    ``rows_per_file`` rows; returns ``[(url, rows), ...]`` (``embedding_files``: any committed folder of Parquet
+    files reads so). A committed folder is kept (a resumed round)."""
     if not storage.is_committed(out):
         storage.prepare_output(out)
         columns = {"id": table.column("id"), value_name(table): place_values(table)}
         if "view" in table.column_names:
             columns["view"] = table.column("view")
-        columns.update(lat=table.column("lat"), lon=table.column("lon"),
-                       group_code=pa.array(group_codes(table.column("group") if "group" in table.column_names else None,
-                                                       table.num_rows)))
+        columns.update(lat=table.column("lat"), lon=table.column("lon"), group_code=pa.array(groups, pa.int64()))
         places = pa.table(columns)
         files = max(1, -(-places.num_rows // rows_per_file))
         for part in range(files):
             storage.write_parquet(places.slice(part * rows_per_file, rows_per_file), out.join(f"part-{part * rows_per_file:012d}.parquet"))
         storage.commit(out, {"kind": "places", "rows": places.num_rows, "rows_per_file": rows_per_file,
                              "cross_view": "view" in columns})
-    return place_files(out.url)
+    return embedding_files(out.url)
 
 
 def value_name(table: pa.Table) -> str:
     """The first view's column: ``image`` in a corpus of images, else ``text``."""
     return "image" if "image" in table.column_names else "text"
-
-
-def place_files(places_dir: str) -> list[tuple[str, int]]:
-    """``[(url, rows), ...]`` of a committed places folder, in row order."""
-    import pyarrow.parquet as pq
-
-    out = []
-    for loc in storage.list_table_files(places_dir):
-        with loc.fs.open(loc.path, "rb") as handle:
-            out.append((loc.url, pq.ParquetFile(handle).metadata.num_rows))
-    return out
 
 
 def read_places(url: str) -> pa.Table:
