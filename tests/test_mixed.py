@@ -127,6 +127,26 @@ def test_hardneg_mine_mixed_end_to_end(ray_session, cities, tiny_model_path, tmp
     assert main(["mine", path, out, *ARGS, "--model", tiny_model_path, "--batches", "--composed-batch-size", "16"]) == 0  # committed: no-op
 
 
+def test_two_place_shards_on_ray_with_a_faiss_index_give_the_same_round(mixed_run, cities, tiny_model_path, tmp_path):
+    """The mine stage's mixed strategy on Ray: two PlaceShard actors, each holding its places' vectors and their
+    faiss index, and five tasks, give the round one in-process shard gave; the recall check runs on the shards."""
+    cfg, manifest = mixed_run
+    path, rows = cities
+    out = str(tmp_path / "run")
+    assert main(["mine", path, out, *ARGS, "--model", tiny_model_path, "--index", "flat", "--index-num-shards", "2",
+                 "--index-query-batch-size", "64", "--ray-in-process", "never"]) == 0
+    sharded = storage.read_table(os.path.join(out, "rounds", "00000", "mined")).to_pydict()
+    single = storage.read_table(round_dir(cfg.run_dir, 0).join("mined").url).to_pydict()
+    for column in ("query_id", "negative_ids", "negatives", "negative_source"):
+        assert sharded[column] == single[column], column
+    np.testing.assert_allclose(np.concatenate(sharded["negative_scores"]), np.concatenate(single["negative_scores"]), atol=1e-5)
+    assert len([f for f in os.listdir(os.path.join(out, "rounds", "00000", "mined")) if f.endswith(".parquet")]) == -(-len(rows) // 64)
+    figures = json.load(open(os.path.join(out, "rounds", "00000", "MANIFEST.json")))["figures"]
+    assert figures["recall"] == {"k": manifest["figures"]["candidates_per_query"]["similarity"], "queries": len(rows), "recall": 1.0}
+    # (the geographic half's removal counts depend on how its searches widen, batch by batch; its answers do not)
+    assert figures["removed"]["similarity"] == manifest["figures"]["removed"]["similarity"] and manifest["figures"]["recall"] is None
+
+
 def test_more_geo_negatives_than_negatives_is_refused_naming_the_field(tmp_path, cities, capsys):
     path, _ = cities
     out = tmp_path / "run"

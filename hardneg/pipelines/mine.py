@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hardneg import storage
-from hardneg.config import MineConfig, RunConfig
+from hardneg.config import IndexConfig, MineConfig, RunConfig
 from hardneg.corpus import ValidatedCorpus
 from hardneg.errors import StorageError
 from hardneg.miners import FILTERS, Ragged, hash_texts, mine_similarity
@@ -83,6 +83,7 @@ class MinePlan:
     storage_options: dict
     threads: int = 1  # torch threads of a MineActor that builds its shard (one per CPU, at most 8)
     miner: str = "similarity"  # the strategy: its shards and its task (``strategy``)
+    similarity: Optional[IndexConfig] = None  # the mixed miner's similarity index (the plan's own cfg.index is the geographic one)
 
 
 def strategy(miner: str) -> tuple[type, Callable]:
@@ -92,6 +93,11 @@ def strategy(miner: str) -> tuple[type, Callable]:
         from hardneg.pipelines.place_shards import PlaceShard, mine_place_file
 
         return PlaceShard, mine_place_file
+    if miner == "mixed":
+        from hardneg.pipelines.mixed import mine_mixed_file
+        from hardneg.pipelines.place_shards import PlaceShard
+
+        return PlaceShard, mine_mixed_file
     return CorpusShard, mine_file
 
 
@@ -183,7 +189,7 @@ def mine_batch(plan: MinePlan, shards: ShardSet, scorer, queries: pa.Table, vect
         rows = np.where(local >= 0, candidates[np.maximum(local, 0)], -1)
     # The miner sees the batch's own small corpus: every candidate and positive, numbered in ``known``.
     known = np.unique(np.concatenate([rows[rows >= 0], positive_rows]))
-    text_hash, groups, known_vectors = shards.facts(known)
+    text_hash, groups, known_vectors = shards.gather("facts", known)
     positive_local = np.searchsorted(known, positive_rows)
     if scorer is not None:
         pair_scores = scorer.score([query_texts[i] for i in pair_query], shards.texts_of(positive_rows)[1].to_pylist())

@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import io
 import time
+from typing import Optional
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from hardneg import storage
 from hardneg.config import IndexConfig
-from hardneg.miners import GEO_REMOVED, geographic_negatives, unit_vectors
+from hardneg.errors import StorageError
+from hardneg.miners import GEO_REMOVED, geographic_negatives, hash_texts, unit_vectors
 from hardneg.miners.geo import FLOAT32_SCORE_ERROR
 from hardneg.places import place_values
-from hardneg.search import build_index, embedding_files
+from hardneg.search import build_index, embedding_files, read_embeddings
 from hardneg.search.sharded import ShardActor
 
 
@@ -87,7 +90,8 @@ class PlaceShard(ShardActor):
     Every method takes and returns global rows; a row another shard owns must not be asked for.
     """
 
-    def __init__(self, files: list[tuple[str, int]], shard: dict, cfg: IndexConfig, storage_options: dict):
+    def __init__(self, files: list[tuple[str, int]], shard: dict, cfg: IndexConfig, storage_options: dict,
+                 similarity: Optional[dict] = None):
         storage.restore_options(storage_options)
         table = shard_rows(files, shard)
         self.offset = shard["offset"]
@@ -97,6 +101,13 @@ class PlaceShard(ShardActor):
         # A negative is shown as the place's second view in a cross-view corpus (what the trainer pairs with a first view).
         self.values = table.column("view" if "view" in table.column_names else value_name(table)).combine_chunks()
         self.index = build_index(unit_vectors(self.lat, self.lon), cfg)
+        self.similar_index = self.exact_index = None
+        if similarity is not None:  # the mixed miner: the places' embeddings and their own index, in place-row order
+            self.first = own_vectors(self.ids, similarity["first"])
+            self.candidates = own_vectors(self.ids, similarity["second"]) if similarity["second"] else self.first
+            self.value_hash = hash_texts(self.values.to_pylist())  # equal values: one place seen twice
+            self.similar_cfg = similarity["cfg"]
+            self.similar_index = build_index(self.candidates, self.similar_cfg)
 
     def place_facts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(lat, lon, group codes)`` of this shard's ``rows``."""
@@ -107,6 +118,46 @@ class PlaceShard(ShardActor):
         """``(ids, values)`` of this shard's ``rows``: the values a negative shows."""
         take = pa.array(np.asarray(rows, np.int64) - self.offset)
         return self.ids.take(take), self.values.take(take)
+
+    def similar(self, queries: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, global rows)`` of the ``k`` places whose candidate vector (the second view in a cross-view
+        corpus) scores highest against each query, by the similarity index or (``exact``) by exact search."""
+        index = self.similar_index
+        if exact and self.similar_cfg.backend not in ("exact", "kdtree"):
+            if self.exact_index is None:
+                self.exact_index = build_index(self.candidates, self.similar_cfg.model_copy(update={"backend": "exact", "device": "cpu"}))
+            index = self.exact_index
+        scores, rows = index.search(np.ascontiguousarray(queries, np.float32), k)
+        return scores, np.where(rows >= 0, rows + self.offset, -1)
+
+    def similar_facts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(lat, lon, group codes, value hashes)`` of this shard's ``rows``."""
+        local = np.asarray(rows, np.int64) - self.offset
+        return self.lat[local], self.lon[local], self.groups[local], self.value_hash[local]
+
+    def vectors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(first-view vectors, candidate vectors)`` of this shard's ``rows``."""
+        local = np.asarray(rows, np.int64) - self.offset
+        return self.first[local], self.candidates[local]
+
+
+def own_vectors(ids: pa.Array, embeddings_dir: str) -> np.ndarray:
+    """The vectors of ``ids``, in their order, read one file at a time from a committed embeddings folder (every
+    file is read; only these rows are kept)."""
+    want = pd.Index(ids.to_numpy(zero_copy_only=False))
+    out, found = None, np.zeros(len(want), bool)
+    for url, rows in embedding_files(embeddings_dir):
+        file_ids, vectors = read_embeddings("", [(url, rows)])
+        at = want.get_indexer(file_ids)
+        mine = at >= 0
+        if out is None and len(vectors):
+            out = np.zeros((len(want), vectors.shape[1]), np.float32)
+        if mine.any():
+            out[at[mine]], found[at[mine]] = vectors[mine], True
+    if not found.all():
+        raise StorageError(f"{embeddings_dir}: {int((~found).sum())} places have no embedding (the folder changed after the "
+                           f"round started); e.g. id {want[int(np.argmin(found))]!r}")
+    return out if out is not None else np.zeros((0, 0), np.float32)
 
 
 class ShardSearch:
@@ -127,28 +178,56 @@ def mine_place_file(plan, shards, scorer, task: int) -> dict:
     """The geographic miner over the places of one file of the round's ``places/``: their rows written to
     ``plan.out_dir`` (unless None: the round's mined table is committed already), and their figures with the
     negatives' rows and km (``arrays``) for the driver's pool."""
+    start, table = task_places(plan, task)
+    started = time.perf_counter()
+    result = geographic_half(plan, shards, table, start, plan.params)
+    keep = write_place_rows(plan, shards, task, start, table, result.negative_rows, result.counts, negative_km=result.negative_km)
+    return {"rows": int(keep.sum()), **geo_stats(result), "seconds": time.perf_counter() - started,
+            "arrays": pack(negative_rows=result.negative_rows, negative_km=result.negative_km)}
+
+
+def task_places(plan, task: int) -> tuple[int, pa.Table]:
+    """The first global row of a task's places file, and its places."""
+    (url, _), = plan.files[task]
+    return sum(count for files in plan.files[:task] for _, count in files), read_places(url)  # the tasks' files, in row order
+
+
+def geographic_half(plan, shards, table: pa.Table, start: int, params):
+    """``geographic_negatives`` (``params``: the mine config) for a task's places, the candidates' coordinates
+    served by the shards; a ``GeoResult``."""
+    search = ShardSearch(shards, shards.ntotal(), plan.cfg.index.backend)
+    return geographic_negatives(np.arange(start, start + table.num_rows, dtype=np.int64), table.column("lat").to_numpy(),
+                                table.column("lon").to_numpy(), table.column("group_code").to_numpy(),
+                                lambda rows: shards.gather("place_facts", rows), search, params,
+                                seed=params.seed + start // plan.cfg.index.query_batch_size,
+                                query_batch_size=plan.cfg.index.query_batch_size)
+
+
+def geo_stats(result) -> dict:
+    """A ``GeoResult``'s figures as a task sends them (summed over tasks by ``add_stats``; ``depth``: the largest)."""
+    return {"removed": {name: result.removed[name] for name in GEO_REMOVED}, "short": result.short_queries,
+            "uncertified": result.uncertified, "depth": result.depth}
+
+
+def write_place_rows(plan, shards, task: int, start: int, table: pa.Table, negative_rows: np.ndarray, counts: np.ndarray,
+                     **lists: np.ndarray) -> np.ndarray:
+    """Write a task's kept rows (``places_table``, the negatives' ids and values looked up in the shards) to
+    ``plan.out_dir`` (nothing when None); returns which rows were kept. Task 0 writes even when it keeps
+    none, so the mined table always has a file with its schema."""
     from hardneg.pipelines.write import kept_rows, places_table
 
-    (url, rows), = plan.files[task]
-    start = sum(count for files in plan.files[:task] for _, count in files)  # the tasks' files, in row order
-    table = read_places(url)
-    query_rows = np.arange(start, start + rows, dtype=np.int64)
-    lat, lon = table.column("lat").to_numpy(), table.column("lon").to_numpy()
-    search = ShardSearch(shards, shards.ntotal(), plan.cfg.index.backend)
-    started = time.perf_counter()
-    result = geographic_negatives(query_rows, lat, lon, table.column("group_code").to_numpy(), shards.place_facts, search, plan.params,
-                                  seed=plan.params.seed + start // plan.cfg.index.query_batch_size,
-                                  query_batch_size=plan.cfg.index.query_batch_size)
-    keep = kept_rows(plan.cfg, result.counts)
-    if plan.out_dir is not None and keep.any():
-        present = result.negative_rows >= 0
+    keep = kept_rows(plan.cfg, counts)
+    if plan.out_dir is not None and (keep.any() or task == 0):
+        present = negative_rows >= 0
         shown = table.column("view" if "view" in table.column_names else value_name(table))
-        negatives = shards.texts_of(result.negative_rows[present]) if present.any() else (table.column("id").chunk(0)[:0], shown.chunk(0)[:0])
-        mined = places_table(table, result.negative_rows, plan.round_index, plan.encoder, negatives=negatives,
-                             negative_km=result.negative_km)
+        negatives = shards.texts_of(negative_rows[present]) if present.any() else (table.column("id").chunk(0)[:0], shown.chunk(0)[:0])
+        mined = places_table(table, negative_rows, plan.round_index, plan.encoder, negatives=negatives, **lists)
         storage.write_parquet(mined.filter(pa.array(keep)), storage.resolve(plan.out_dir).join(f"part-{start:012d}.parquet"))
-    arrays = io.BytesIO()
-    np.savez(arrays, negative_rows=result.negative_rows, negative_km=result.negative_km)
-    return {"rows": int(keep.sum()), "removed": {name: result.removed[name] for name in GEO_REMOVED},
-            "uncertified": result.uncertified, "depth": result.depth, "seconds": time.perf_counter() - started,
-            "arrays": arrays.getvalue()}
+    return keep
+
+
+def pack(**arrays: np.ndarray) -> bytes:
+    """Named arrays as ``np.savez`` bytes: what a task sends back for the driver's pool."""
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()

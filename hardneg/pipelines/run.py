@@ -2,8 +2,8 @@
 
 Each stage commits its own folder (layout: ``hardneg.rundir``), and the round commits one
 ``RoundManifest`` last. ``mine.miner`` picks the strategy: ``similarity`` (queries against the
-corpus embeddings), ``geographic`` (no model: the places' coordinates, ``hardneg.pipelines.geo``)
-or ``mixed`` (both over the places corpus, ``hardneg.pipelines.mixed``).
+corpus embeddings), ``geographic`` (no model: the places' coordinates) or ``mixed`` (both over the places
+corpus), the last two by ``hardneg.pipelines.geo.place_round``.
 A stage whose folder is committed is not redone, so a re-run after a crash resumes; a folder
 without its MANIFEST.json is cleared and redone. A committed round is returned as it is, plus the
 ``mine.format`` view when it has none yet (a view is derived, so it may follow the round).
@@ -26,12 +26,11 @@ from hardneg import storage
 from hardneg.config import CorpusConfig, RunConfig, dump_config
 from hardneg.errors import ConfigError
 from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
-from hardneg.pipelines.geo import geo_round
+from hardneg.pipelines.geo import place_round
 from hardneg.pipelines.heldout import evaluate_round, split_queries
 from hardneg.pipelines.index import index_or_reuse
 from hardneg.pipelines.inputs import prepare_inputs
 from hardneg.pipelines.mine import mine_stage
-from hardneg.pipelines.mixed import mixed_round
 from hardneg.pipelines.own_embeddings import adopt_or_reuse
 from hardneg.pipelines.write import write_view
 from hardneg.rundir import RoundManifest, commit_round, round_dir, stage_timing, timing
@@ -66,10 +65,8 @@ def run_round(
         # A checkpoint's round embeds with the checkpoint: a user's own vectors served the base model's rounds.
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path}),
                                      "embed": cfg.embed.model_copy(update={"corpus_embeddings": None, "query_embeddings": None})})
-    if cfg.mine.miner == "geographic":
-        manifest = geo_round(cfg, here, round_index, encoder, model_path, holdout)
-    elif cfg.mine.miner == "mixed":
-        manifest = mixed_round(cfg, here, round_index, encoder, holdout)
+    if cfg.mine.miner in ("geographic", "mixed"):
+        manifest = place_round(cfg, here, round_index, encoder, model_path, holdout)
     else:
         manifest = similarity_round(cfg, here, round_index, encoder, holdout)
     return commit_round(here, manifest)

@@ -12,7 +12,6 @@ Example::
 from __future__ import annotations
 
 import posixpath
-import time
 from typing import Optional
 
 import numpy as np
@@ -23,7 +22,6 @@ from hardneg.config import RunConfig
 from hardneg.miners import compose_batches
 from hardneg.pipelines.views import view_table
 from hardneg.places import place_values
-from hardneg.rundir import stage_timing
 
 PART_ROWS = 100_000
 ROW_GROUP_ROWS = 8192  # whole batches are gathered into row groups of about this many rows
@@ -40,15 +38,6 @@ def write_parts(table: pa.Table, out: storage.Location, rows_per_part: int = PAR
 def kept_rows(cfg: RunConfig, counts: np.ndarray) -> np.ndarray:
     """Rows to write: all of them, or (``mine.on_short=drop``) those with ``num_negatives`` negatives."""
     return np.ones(len(counts), bool) if cfg.mine.on_short == "keep" else counts == cfg.mine.num_negatives
-
-
-def commit_mined(mined_dir: storage.Location, mined: pa.Table, keep: np.ndarray, manifest: dict) -> str:
-    """Write the kept rows of ``mined`` and commit ``mined_dir`` (once: a resumed round keeps what is committed)."""
-    if not storage.is_committed(mined_dir):  # a resumed round re-mines (deterministic) and keeps what is committed
-        storage.prepare_output(mined_dir)
-        parts = write_parts(mined.filter(pa.array(keep)), mined_dir)
-        storage.commit(mined_dir, {"kind": "mined", **manifest, "rows": int(keep.sum()), "parts": parts})
-    return mined_dir.url
 
 
 def write_view(cfg: RunConfig, mined_dir: storage.Location, out: storage.Location) -> str:
@@ -102,22 +91,6 @@ def places_table(places: pa.Table, negative_rows: np.ndarray, round_index: int, 
     columns["round"] = pa.array(np.full(places.num_rows, round_index, np.int32))
     columns["encoder"] = pa.array([encoder] * places.num_rows, pa.string())
     return pa.table(columns)
-
-
-def write_place_rows(cfg: RunConfig, here: storage.Location, mined: pa.Table, negative_rows: np.ndarray, keep: np.ndarray,
-                     places: tuple[np.ndarray, np.ndarray, np.ndarray], manifest: dict, stages: dict) -> dict:
-    """The write stage of a round over places (geographic, mixed): commit ``mined/`` with ``manifest``
-    (``miner``, ``round``, ``encoder``, ``figures``) and, with ``mine.batches``, ``batches/`` composed
-    around ``negative_rows``; adds the ``write`` (and ``batches``) timings, returns the outputs."""
-    started = time.perf_counter()
-    outputs = {"mined": commit_mined(here.join("mined"), mined, keep, manifest)}
-    stages["write"] = stage_timing(started, int(keep.sum()))
-    if cfg.mine.batches:
-        started = time.perf_counter()
-        outputs["batches"] = batch_stage(cfg, here, mined.filter(pa.array(keep)), negative_rows, keep, places, manifest["round"],
-                                         manifest["figures"])
-        stages["batches"] = stage_timing(started, len(negative_rows))
-    return outputs
 
 
 def batch_stage(cfg: RunConfig, here: storage.Location, mined: pa.Table, neighbours: np.ndarray, keep: np.ndarray,
