@@ -76,7 +76,7 @@ def test_a_bad_input_is_refused_by_a_fresh_process_without_starting_ray(tmp_path
 
 def test_inputs_over_the_in_process_limit_are_checked_by_a_child_with_the_same_refusal(refused_at_the_door, tmp_path):
     from hardneg.door import _check_round, _large, check_in_child
-    from hardneg.errors import InputError
+    from hardneg.errors import HardnegError, InputError
 
     pairs = pairs_file(tmp_path, [{"anchor": "a", "positive": "b"}, {"anchor": "c", "positive": ""}])
     run_dir = tmp_path / "run"
@@ -97,6 +97,11 @@ def test_inputs_over_the_in_process_limit_are_checked_by_a_child_with_the_same_r
     pairs_file(tmp_path)  # fixed: the child passes it
     check_in_child(parse_config(large))
     assert_untouched(run_dir)
+    # A child that dies of something else than a refusal (here a TypeError: an option its checks do not take) is
+    # no refusal: the driver says so, with the exit code, and the child's traceback is on stderr.
+    with pytest.raises(HardnegError) as crash:
+        check_in_child(parse_config(large), no_such_option=True)
+    assert type(crash.value) is HardnegError and "failed in their child process (exit 1)" in str(crash.value)
 
 
 # --- 4: a rejected input leaves nothing; the fixed input then runs in the same directory -----------
