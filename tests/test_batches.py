@@ -127,3 +127,44 @@ def test_together_share_by_blocks_of_anchors_is_the_share_over_the_whole_pool():
     whole = float(np.mean((batch_ids[:, None] == batch_ids[np.maximum(neighbours, 0)])[valid]))
     assert together_share(neighbours, batch_ids, block=77) == whole == together_share(neighbours, batch_ids)
     assert together_share(np.full((3, 2), -1), np.zeros(3, np.int64)) == 1.0
+
+
+@pytest.mark.parametrize("executor", ["never", "always"], ids=["on Ray", "in process"])
+def test_batches_are_written_from_the_mined_files_in_plan_order_by_one_task_a_file(ray_session, places, tmp_path, executor):
+    """``batches/`` from a mined table of four files (short places dropped): its kept rows in plan order with their
+    batch ids, in row groups of whole batches and files of about 400 rows; written by tasks that read the mined files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hardneg import storage
+    from hardneg.config import RunConfig
+    from hardneg.pipelines.write import write_batches
+    from hardneg.ray_runtime import round_executor
+
+    lat, lon, groups, neighbours = (array[:2000] for array in places)
+    neighbours = np.where(neighbours < 2000, neighbours, -1)
+    keep = (neighbours >= 0).sum(axis=1) >= 2  # as on_short=drop keeps only the full places
+    kept = np.flatnonzero(keep)
+    mined = storage.prepare_output(storage.resolve(str(tmp_path / "mined")))
+    for lo, hi in ((0, 100), (100, 700), (700, 710), (710, len(kept))):
+        rows = kept[lo:hi]
+        storage.write_parquet(pa.table({"query_id": [f"p{i}" for i in rows], "negative_ids": [[f"p{j}" for j in n if j >= 0] for n in neighbours[rows]]}),
+                              mined.join(f"part-{lo:012d}.parquet"))
+    storage.commit(mined, {"kind": "mined", "rows": len(kept)})
+    plan = compose_batches(neighbours, 16, seed=0, groups=groups, lat=lat, lon=lon, min_km=MIN_KM)
+    out = storage.resolve(str(tmp_path / "batches"))
+    with round_executor(RunConfig(ray={"in_process": executor}), []):
+        write_batches(mined.url, plan, keep, out, 16, rows_per_part=400, row_group_rows=64)
+
+    order = plan.order[keep[plan.order]]
+    files = storage.list_table_files(out.url)
+    tables = [storage.read_table_file(loc) for loc in files]
+    both = pa.concat_tables(tables)
+    assert both.column("query_id").to_pylist() == [f"p{i}" for i in order]
+    assert both.column("batch_id").to_pylist() == plan.batch_ids[order].tolist()
+    assert both.column("negative_ids").to_pylist() == [[f"p{j}" for j in n if j >= 0] for n in neighbours[order]]
+    assert len(files) >= 3 and all(400 <= t.num_rows < 400 + 64 + 16 for t in tables[:-1])  # a file ends at a row group past 400 rows
+    groups_of = [set(group.column("batch_id").to_pylist()) for loc in files
+                 for group in (pq.ParquetFile(loc.path).read_row_group(g) for g in range(pq.ParquetFile(loc.path).num_row_groups))]
+    assert len(groups_of) > 4 * 5 and all(not (a & b) for i, a in enumerate(groups_of) for b in groups_of[i + 1:])  # whole batches
+    assert storage.read_manifest(out)["rows"] == len(kept)

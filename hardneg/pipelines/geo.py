@@ -99,7 +99,7 @@ def place_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, en
     outputs = {"mined": mined_dir.url}
     if cfg.mine.batches:
         started = time.perf_counter()
-        outputs["batches"] = batch_stage(cfg, here, storage.read_table(mined_dir.url), negative_rows, keep, (groups, lat, lon),
+        outputs["batches"] = batch_stage(cfg, here, negative_rows, keep, (groups, lat, lon),
                                          round_index, figures)
         stages["batches"] = stage_timing(started, len(keep))
     evaluate_places_stage(cfg, here, heldout, figures, stages, model_path)

@@ -22,6 +22,8 @@ from hardneg.config import RunConfig
 from hardneg.miners import compose_batches
 from hardneg.pipelines.views import view_table
 from hardneg.places import place_values
+from hardneg.ray_runtime import in_process
+from hardneg.search import embedding_files
 
 PART_ROWS = 100_000
 ROW_GROUP_ROWS = 8192  # whole batches are gathered into row groups of about this many rows
@@ -93,10 +95,10 @@ def places_table(places: pa.Table, negative_rows: np.ndarray, round_index: int, 
     return pa.table(columns)
 
 
-def batch_stage(cfg: RunConfig, here: storage.Location, mined: pa.Table, neighbours: np.ndarray, keep: np.ndarray,
+def batch_stage(cfg: RunConfig, here: storage.Location, neighbours: np.ndarray, keep: np.ndarray,
                 places: tuple[np.ndarray, np.ndarray, np.ndarray], round_index: int, figures: dict) -> str:
-    """Compose batches around ``neighbours`` (each place's negatives), write ``batches/``; adds the batch figures.
-    ``mined``: the written rows, those of the places ``keep`` marks, in place order."""
+    """Compose batches around ``neighbours`` (each place's negatives), write ``batches/`` from the committed
+    ``mined/`` (the rows of the places ``keep`` marks, in place order); adds the batch figures."""
     groups, lat, lon = places
     sampler = {} if cfg.mine.near_neighbours is None else {
         "hops": 1, "near_neighbours": cfg.mine.near_neighbours, "random_neighbours": cfg.mine.random_neighbours}
@@ -104,33 +106,65 @@ def batch_stage(cfg: RunConfig, here: storage.Location, mined: pa.Table, neighbo
                            **sampler)
     figures["together_share"] = round(plan.together_share, 4)
     figures["batches"] = plan.num_batches
-    return write_batches(mined, plan, keep, here.join("batches"), cfg.mine.composed_batch_size)
+    return write_batches(here.join("mined").url, plan, keep, here.join("batches"), cfg.mine.composed_batch_size)
 
 
-def write_batches(mined: pa.Table, plan, keep: np.ndarray, out: storage.Location, batch_size: int) -> str:
-    """``mined`` rows (the kept places', in place order) plus ``batch_id`` in plan order, row groups of whole
-    batches; committed (once)."""
+def write_batches(mined_dir: str, plan, keep: np.ndarray, out: storage.Location, batch_size: int,
+                  rows_per_part: int = PART_ROWS, row_group_rows: int = ROW_GROUP_ROWS) -> str:
+    """The committed mined table's rows (the kept places', in place order) plus ``batch_id`` in plan order, row
+    groups of whole batches (about ``row_group_rows`` rows), files of about ``rows_per_part`` rows; committed (once).
+
+    The driver plans by row numbers only; each output file is written by its own task (a Ray task, or in this
+    process for a round run in process) that reads the mined files holding its rows, one at a time, keeping
+    only those: no process holds the whole table."""
     if storage.is_committed(out):
         return out.url
     order = plan.order[keep[plan.order]]
     ids = plan.batch_ids[order]
-    kept_at = np.cumsum(keep) - 1  # a kept place's row in ``mined``
-    table = mined.take(pa.array(kept_at[order])).append_column("batch_id", pa.array(ids, pa.int64()))
+    positions = (np.cumsum(keep) - 1)[order]  # each output row's row in the mined table
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
     cuts = [0]
     for start in starts.tolist():
-        if start - cuts[-1] >= ROW_GROUP_ROWS:
+        if start - cuts[-1] >= row_group_rows:
             cuts.append(start)
     cuts.append(len(ids))
-    files: list[list[pa.Table]] = [[]]
+    files: list[list[int]] = [[0]]  # each file's row-group cuts
     for lo, hi in zip(cuts[:-1], cuts[1:]):
-        if sum(piece.num_rows for piece in files[-1]) >= PART_ROWS:
-            files.append([])
-        files[-1].append(table.slice(lo, hi - lo))
+        if lo - files[-1][0] >= rows_per_part:
+            files.append([lo])
+        files[-1].append(hi)
     storage.prepare_output(out)
-    for part, pieces in enumerate(files):
-        storage.write_parquet_row_groups(pieces, table.schema, out.join(f"part-{part:05d}.parquet"))
+    mined = embedding_files(mined_dir)  # (url, rows), in row order
+    jobs = [(mined, positions[part[0]:part[-1]], ids[part[0]:part[-1]], [cut - part[0] for cut in part],
+             out.join(f"part-{number:05d}.parquet").url, storage.s3_options()) for number, part in enumerate(files)]
+    if in_process():
+        for job in jobs:
+            write_batch_file(*job)
+    else:
+        import ray
+
+        ray.get([ray.remote(write_batch_file).options(num_cpus=1).remote(*job) for job in jobs])
     storage.commit(out, {"kind": "batches", "rows": len(ids), "parts": len(files), "batch_size": batch_size,
                          "batches": int(len(starts)), "together_share": round(plan.together_share, 4),
                          "row_groups": "whole batches, rows sorted by batch_id"})
     return out.url
+
+
+def write_batch_file(mined: list[tuple[str, int]], positions: np.ndarray, batch_ids: np.ndarray, cuts: list[int], url: str,
+                     storage_options: dict) -> None:
+    """One file of ``batches/``: the mined table's rows at ``positions`` (in that order, read from the ``mined``
+    files that hold them) plus ``batch_id``, one row group per ``cuts`` range."""
+    storage.restore_options(storage_options)
+    pieces, at, start = [], [], 0
+    for file_url, rows in mined:
+        inside = np.flatnonzero((positions >= start) & (positions < start + rows))
+        if len(inside):
+            pieces.append(storage.read_table_file(storage.resolve(file_url)).take(pa.array(positions[inside] - start)))
+            at.append(inside)
+        start += rows
+    if not pieces:  # no rows: the first file's schema
+        pieces, at = [storage.read_table_file(storage.resolve(mined[0][0])).slice(0, 0)], [np.zeros(0, np.int64)]
+    table = pa.concat_tables(pieces).take(pa.array(np.argsort(np.concatenate(at), kind="stable")))
+    table = table.append_column("batch_id", pa.array(batch_ids, pa.int64()))
+    storage.write_parquet_row_groups([table.slice(lo, hi - lo) for lo, hi in zip(cuts[:-1], cuts[1:])], table.schema,
+                                     storage.resolve(url))
