@@ -208,7 +208,7 @@ def main() -> None:
             print(json.dumps(result), file=sys.stderr)
     print(f"\nprecomputed 384-dim unit vectors, {args.queries:,} queries, {SETTINGS}; CPU. ST: 'round s' is its "
           "mine_hard_negatives call (vectors from its cache); its process is the driver and the whole tree\n")
-    stage_names = [name for name in ("door", "ray_start", "prepare_inputs", "embed", "index", "mine", "recall_check")
+    stage_names = [name for name in ("door", "ray_start", "inputs", "embed", "index", "mine", "recall_check")
                    if any(name in row for row in rows)]
     print(markdown_table(rows, [
         ("arm", "arm", ""), ("size", "corpus rows", ",d"), ("backend", "index", ""), ("driver_peak_rss_mb", "driver peak RSS MB", ",.0f"),

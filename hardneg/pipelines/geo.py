@@ -26,7 +26,7 @@ search and evaluated with the encoder the round's block trains from (``hardneg.p
 Example::
 
     cfg = load_config(overrides={"mine.miner": "geographic", "corpus.path": "cities.jsonl", "index.backend": "kdtree"})
-    manifest = place_round(cfg, storage.resolve("runs/geo/rounds/00000"))
+    manifest = ordered_round(PlaceRound(cfg, storage.resolve("runs/geo/rounds/00000")))
     manifest.figures["negative_km"]["p50"]
 """
 
@@ -54,61 +54,84 @@ from hardneg.rundir import RoundManifest, stage_timing
 logger = logging.getLogger(__name__)
 
 
-def place_round(cfg: RunConfig, here: storage.Location, round_index: int = 0, encoder: str = "base",
-                model_path: Optional[str] = None, holdout: bool = False) -> RoundManifest:
-    """Mine (and batch) the places corpus into the round folder ``here`` with ``mine.miner`` (geographic or
-    mixed); returns the round's manifest (to commit).
+class PlaceRound:
+    """The stages of a round over places (``hardneg.pipelines.run.RoundStages``), for the geographic and the mixed miner.
 
     Args:
         model_path: the encoder the held-out places evaluate (``cfg.model.path`` when None): for a geographic
             round, which embeds nothing, the encoder its block trains from.
         holdout: leave ``train.eval_fraction`` of a cross-view corpus's places out and evaluate on them.
     """
-    from hardneg.pipelines.mixed import embed_places
 
-    stages: dict[str, dict] = {}
-    started = time.perf_counter()
-    every_place = load_places(cfg.corpus)
-    places, heldout = holdout_places(every_place, cfg.train) if holdout else (every_place, None)
-    stages["read_places"] = stage_timing(started, every_place.table.num_rows)
-    mixed = cfg.mine.miner == "mixed"
-    table, embeddings, similarity = embed_places(cfg, here, places, stages) if mixed else (places.table, {}, None)
-    lat, lon, groups = place_arrays(table)
-    mined_dir = here.join("mined")
-    arrays, stats, mine_stages = mine_places(cfg, here, table, groups, mined_dir, round_index, encoder, similarity)
-    stages.update(mine_stages)
+    def __init__(self, cfg: RunConfig, here: storage.Location, round_index: int = 0, encoder: str = "base",
+                 model_path: Optional[str] = None, holdout: bool = False):
+        self.cfg, self.here, self.round_index, self.encoder = cfg, here, round_index, encoder
+        self.model_path, self.holdout = model_path, holdout
+        self.mixed = cfg.mine.miner == "mixed"
+        self.embeddings: dict = {}
+        self.similarity: Optional[dict] = None
 
-    negative_rows = arrays["negative_rows"]
-    counts = (negative_rows >= 0).sum(axis=1)
-    keep = kept_rows(cfg, counts)
-    if mixed:
-        recall = stats["recall"]
-        figures = mixed_figures(negative_rows, arrays["negative_km"], arrays["negative_scores"], arrays["from_geo"], stats["geo"],
-                                stats["similarity_removed"], int(keep.sum()), places, stats["similarity_depth"],
-                                {"k": stats["similarity_depth"], "queries": recall["queries"], "recall": round(recall["hits"] / recall["queries"], 4)}
-                                if recall["queries"] else None)
-        figures["similarity_of"] = "first view -> other places' view" if similarity["second"] else "place -> place"
-    else:
-        result = GeoResult(negative_rows, arrays["negative_km"], counts, stats["removed"], int((counts < cfg.mine.num_negatives).sum()),
-                           stats["uncertified"], stats["depth"])
-        figures = geo_figures(result, int(keep.sum()), places)
-    manifest = {"miner": cfg.mine.miner, "round": round_index, "encoder": encoder, "figures": figures}
-    if not storage.is_committed(mined_dir):
-        storage.commit(mined_dir, {"kind": "mined", **manifest, "rows": int(keep.sum()),
-                                   "parts": len(storage.list_table_files(mined_dir.url))})
-    outputs = {"mined": mined_dir.url}
-    if cfg.mine.batches:
+    def inputs(self, stages: dict) -> None:
         started = time.perf_counter()
-        outputs["batches"] = batch_stage(cfg, here, negative_rows, keep, (groups, lat, lon),
-                                         round_index, figures)
-        stages["batches"] = stage_timing(started, len(keep))
-    evaluate_places_stage(cfg, here, heldout, figures, stages, model_path)
-    return RoundManifest(
-        miner=cfg.mine.miner, round=round_index, encoder=encoder, model=embeddings.get("model"), model_hash=embeddings.get("model_hash"),
-        inputs={"corpus": cfg.corpus.path}, config=cfg.model_dump(mode="json"),
-        counts={"corpus": every_place.table.num_rows, "queries": table.num_rows, "rows": int(keep.sum())},
-        stages=stages, figures=figures, outputs=outputs, heldout=heldout_record(cfg.train, heldout),
-    )
+        self.every_place = load_places(self.cfg.corpus)
+        self.places, self.heldout = holdout_places(self.every_place, self.cfg.train) if self.holdout else (self.every_place, None)
+        self.table = self.places.table
+        stages["inputs"] = stage_timing(started, self.every_place.table.num_rows)
+
+    def embed(self, stages: dict) -> None:
+        if self.mixed:
+            from hardneg.pipelines.mixed import embed_places
+
+            self.table, self.embeddings, self.similarity = embed_places(self.cfg, self.here, self.places, stages)
+
+    def index(self, stages: dict) -> None:
+        """Nothing: the mine stage's ``PlaceShard``s build their indexes over their own places."""
+
+    def mine(self, stages: dict) -> dict:
+        cfg, places = self.cfg, self.places
+        self.lat, self.lon, self.groups = place_arrays(self.table)
+        mined_dir = self.here.join("mined")
+        arrays, stats, mine_stages = mine_places(cfg, self.here, self.table, self.groups, mined_dir, self.round_index, self.encoder,
+                                                 self.similarity)
+        stages.update(mine_stages)
+        self.pool = negative_rows = arrays["negative_rows"]
+        counts = (negative_rows >= 0).sum(axis=1)
+        self.keep = keep = kept_rows(cfg, counts)
+        if self.mixed:
+            recall = stats["recall"]
+            figures = mixed_figures(negative_rows, arrays["negative_km"], arrays["negative_scores"], arrays["from_geo"], stats["geo"],
+                                    stats["similarity_removed"], int(keep.sum()), places, stats["similarity_depth"],
+                                    {"k": stats["similarity_depth"], "queries": recall["queries"],
+                                     "recall": round(recall["hits"] / recall["queries"], 4)} if recall["queries"] else None)
+            figures["similarity_of"] = "first view -> other places' view" if self.similarity["second"] else "place -> place"
+        else:
+            result = GeoResult(negative_rows, arrays["negative_km"], counts, stats["removed"], int((counts < cfg.mine.num_negatives).sum()),
+                               stats["uncertified"], stats["depth"])
+            figures = geo_figures(result, int(keep.sum()), places)
+        if not storage.is_committed(mined_dir):
+            storage.commit(mined_dir, {"kind": "mined", "miner": cfg.mine.miner, "round": self.round_index, "encoder": self.encoder,
+                                       "figures": figures, "rows": int(keep.sum()), "parts": len(storage.list_table_files(mined_dir.url))})
+        return figures
+
+    def write(self, figures: dict, stages: dict) -> dict:
+        outputs = {"mined": self.here.join("mined").url}
+        if self.cfg.mine.batches:
+            started = time.perf_counter()
+            outputs["batches"] = batch_stage(self.cfg, self.here, self.pool, self.keep, (self.groups, self.lat, self.lon),
+                                             self.round_index, figures)
+            stages["batches"] = stage_timing(started, len(self.keep))
+        return outputs
+
+    def evaluate(self, figures: dict, stages: dict) -> None:
+        evaluate_places_stage(self.cfg, self.here, self.heldout, figures, stages, self.model_path)
+
+    def manifest(self, stages: dict, figures: dict, outputs: dict) -> RoundManifest:
+        return RoundManifest(
+            miner=self.cfg.mine.miner, round=self.round_index, encoder=self.encoder, model=self.embeddings.get("model"),
+            model_hash=self.embeddings.get("model_hash"), inputs={"corpus": self.cfg.corpus.path}, config=self.cfg.model_dump(mode="json"),
+            counts={"corpus": self.every_place.table.num_rows, "queries": self.table.num_rows, "rows": int(self.keep.sum())},
+            stages=stages, figures=figures, outputs=outputs, heldout=heldout_record(self.cfg.train, self.heldout),
+        )
 
 
 def place_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

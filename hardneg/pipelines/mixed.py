@@ -2,7 +2,7 @@
 
 Sample4Geo samples GPS neighbours first and similarity neighbours once the encoder is trained;
 a mixed round gives both for the same anchors, the places themselves. The round over places
-(``hardneg.pipelines.geo.place_round``) runs it:
+(``hardneg.pipelines.geo.PlaceRound``) runs it:
 
 1. ``embed_places``: the places corpus (``id``, ``text``, ``lat``, ``lon``, optional ``group``), validated as
    places and as text, is embedded with the round's encoder into ``rounds/NNNNN/embeddings/`` (committed,
@@ -42,7 +42,7 @@ Example::
 
     cfg = load_config(overrides={"mine.miner": "mixed", "mine.geo_negatives": 2, "mine.num_negatives": 4,
                                  "corpus.path": "cities.jsonl", "mine.min_km": 5})
-    manifest = place_round(cfg, storage.resolve("runs/mixed/rounds/00000"))
+    manifest = ordered_round(PlaceRound(cfg, storage.resolve("runs/mixed/rounds/00000")))
     manifest.figures["by_source"]["similarity"]["negatives"]
 """
 
@@ -77,7 +77,7 @@ def embed_places(cfg: RunConfig, here: storage.Location, places: Places, stages:
     if cross_view:  # candidates are the places' second views: a place needs both embedded
         targets.append(EmbedTarget(view_dir.url, _view_corpus(cfg.corpus, corpus.modality), prefix=cfg.model.corpus_prompt))
     embedded = embed_or_reuse(cfg, targets)
-    stages["embed_corpus"] = timing(max(e["seconds"] for e in embedded), sum(e["rows"] for e in embedded))
+    stages["embed"] = timing(max(e["seconds"] for e in embedded), sum(e["rows"] for e in embedded))
     ids = places.table.column("id").to_numpy(zero_copy_only=False)
     have = np.logical_and.reduce([embedded_ids(ids, target.output) for target in targets])
     table = places.table

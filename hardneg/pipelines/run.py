@@ -1,9 +1,10 @@
 """One round of the run directory, for every miner: inputs -> embed -> index -> mine -> write -> eval.
 
-Each stage commits its own folder (layout: ``hardneg.rundir``), and the round commits one
-``RoundManifest`` last. ``mine.miner`` picks the strategy: ``similarity`` (queries against the
-corpus embeddings), ``geographic`` (no model: the places' coordinates) or ``mixed`` (both over the places
-corpus), the last two by ``hardneg.pipelines.geo.place_round``.
+``ordered_round`` runs the stages in that order for every miner. Each stage commits its own folder
+(layout: ``hardneg.rundir``), and the round commits one ``RoundManifest`` last. ``mine.miner`` picks
+the stages' implementation (``RoundStages``): ``similarity`` (queries against the corpus embeddings,
+``SimilarityRound``), ``geographic`` (no model: the places' coordinates) or ``mixed`` (both over the
+places corpus), the last two ``hardneg.pipelines.geo.PlaceRound``.
 A stage whose folder is committed is not redone, so a re-run after a crash resumes; a folder
 without its MANIFEST.json is cleared and redone. A committed round is returned as it is, plus the
 ``mine.format`` view when it has none yet (a view is derived, so it may follow the round).
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from typing import Optional, Protocol
 
 import pyarrow.compute as pc
 
@@ -26,7 +27,7 @@ from hardneg import storage
 from hardneg.config import CorpusConfig, RunConfig, dump_config
 from hardneg.errors import ConfigError
 from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
-from hardneg.pipelines.geo import place_round
+from hardneg.pipelines.geo import PlaceRound
 from hardneg.pipelines.heldout import evaluate_round, split_queries
 from hardneg.pipelines.index import index_or_reuse
 from hardneg.pipelines.inputs import prepare_inputs
@@ -66,10 +67,10 @@ def run_round(
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path}),
                                      "embed": cfg.embed.model_copy(update={"corpus_embeddings": None, "query_embeddings": None})})
     if cfg.mine.miner in ("geographic", "mixed"):
-        manifest = place_round(cfg, here, round_index, encoder, model_path, holdout)
+        miner = PlaceRound(cfg, here, round_index, encoder, model_path, holdout)
     else:
-        manifest = similarity_round(cfg, here, round_index, encoder, holdout)
-    return commit_round(here, manifest)
+        miner = SimilarityRound(cfg, here, round_index, encoder, holdout)
+    return commit_round(here, ordered_round(miner))
 
 
 def with_view(cfg: RunConfig, here: storage.Location, manifest: dict) -> dict:
@@ -83,48 +84,104 @@ def with_view(cfg: RunConfig, here: storage.Location, manifest: dict) -> dict:
     return {**manifest, "outputs": {**manifest["outputs"], name: url}}
 
 
-def similarity_round(cfg: RunConfig, here: storage.Location, round_index: int, encoder: str, holdout: bool) -> RoundManifest:
-    """Embed corpus and queries, build the index, mine, write (and evaluate the held-out queries); the round's manifest."""
-    run_dir = storage.resolve(cfg.run_dir)
-    started = time.perf_counter()
+class RoundStages(Protocol):
+    """A miner's round, stage by stage: ``ordered_round`` runs the stages in this order, and each one commits its
+    folder (a committed folder is reused, so a re-run resumes). ``stages`` collects each stage's timing."""
+
+    def inputs(self, stages: dict) -> None:
+        """Read and validate what the round mines (and split off the held-out part)."""
+
+    def embed(self, stages: dict) -> None:
+        """Embed what the miner searches, in one run (or adopt the user's own vectors; nothing for a geographic round)."""
+
+    def index(self, stages: dict) -> None:
+        """Build and persist the round's index (the places' shards build their own)."""
+
+    def mine(self, stages: dict) -> dict:
+        """Run the mine stage and commit ``mined/``; returns the round's figures."""
+
+    def write(self, figures: dict, stages: dict) -> dict:
+        """Derive the outputs from ``mined/`` (the ST view, ``batches/``); returns them, ``mined`` included."""
+
+    def evaluate(self, figures: dict, stages: dict) -> None:
+        """Evaluate the held-out part (nothing when there is none) into ``figures["eval"]``."""
+
+    def manifest(self, stages: dict, figures: dict, outputs: dict) -> RoundManifest:
+        """The round's manifest."""
+
+
+def ordered_round(miner: RoundStages) -> RoundManifest:
+    """The one order of a round's stages, for every miner: inputs -> embed -> index -> mine -> write -> eval."""
     stages: dict[str, dict] = {}
-    inputs = prepare_inputs(cfg, run_dir)
-    stages["prepare_inputs"] = stage_timing(started, inputs.queries.num_rows)
-    train_queries, heldout_queries = split_queries(inputs.queries, cfg.train) if holdout else (inputs.queries, None)
+    miner.inputs(stages)
+    miner.embed(stages)
+    miner.index(stages)
+    figures = miner.mine(stages)
+    outputs = miner.write(figures, stages)
+    miner.evaluate(figures, stages)
+    return miner.manifest(stages, figures, outputs)
 
-    embeddings, query_embeddings = embed_stage(cfg, inputs, here)
-    # One run embeds corpus and queries together: the stage's seconds are that run's (or the adoption's).
-    stages["embed"] = timing(max(embeddings["seconds"], query_embeddings["seconds"]), embeddings["rows"] + query_embeddings["rows"])
-    index = index_or_reuse(cfg.index, here.join("embeddings").url, here.join("index"))
-    stages["index"] = timing(index["seconds"], index["rows"])
 
-    mined_dir = here.join("mined")
-    if storage.is_committed(mined_dir):
-        mined_manifest = storage.read_manifest(mined_dir)
-    else:
-        heldout = frozenset(heldout_queries.column("query_id").to_pylist()) if heldout_queries is not None else frozenset()
-        # ST widens every query's candidate window by its largest count of rows per anchor (repeated pairs too)
-        max_positives = max(int(pc.max(pc.list_value_length(train_queries.column("positive_ids"))).as_py() or 1),
-                            inputs.pairs_per_anchor)
-        mined_manifest = mine_stage(cfg, inputs.corpus, inputs.corpus_cfg, here, round_index, encoder, heldout,
-                                    train_queries.num_rows, max_positives)
-    stages.update(mined_manifest["stages"])
-    round_figures = dict(mined_manifest["figures"])
-    if heldout_queries is not None and heldout_queries.num_rows:
-        round_figures["eval"] = evaluate_round(cfg, here, heldout_queries)
-        stages["eval"] = timing(round_figures["eval"]["seconds"], heldout_queries.num_rows)
-    outputs = with_view(cfg, here, {"outputs": {"mined": mined_dir.url}})["outputs"]
-    return RoundManifest(
-        miner="similarity", round=round_index, encoder=encoder, model=embeddings["model"] or query_embeddings["model"],
-        model_hash=embeddings["model_hash"] or query_embeddings["model_hash"],
-        inputs={"queries": cfg.queries.path, "corpus": cfg.corpus.path, "format": cfg.queries.format,
-                "corpus_embeddings": embeddings.get("source"), "query_embeddings": query_embeddings.get("source")},
-        config=cfg.model_dump(mode="json"),
-        counts={"corpus": embeddings["rows"], "queries": query_embeddings["rows"], "rows": mined_manifest["rows"]},
-        stages=stages, figures=round_figures, outputs=outputs,
-        heldout={"fraction": cfg.train.eval_fraction, "seed": cfg.train.seed,
-                 "queries": heldout_queries.num_rows} if heldout_queries is not None else None,
-    )
+class SimilarityRound:
+    """The similarity miner's stages: queries against the corpus embeddings (``hardneg.pipelines.mine``)."""
+
+    def __init__(self, cfg: RunConfig, here: storage.Location, round_index: int, encoder: str, holdout: bool):
+        self.cfg, self.here, self.round_index, self.encoder, self.holdout = cfg, here, round_index, encoder, holdout
+
+    def inputs(self, stages: dict) -> None:
+        started = time.perf_counter()
+        self.prepared = prepare_inputs(self.cfg, storage.resolve(self.cfg.run_dir))
+        stages["inputs"] = stage_timing(started, self.prepared.queries.num_rows)
+        self.train_queries, self.heldout_queries = (split_queries(self.prepared.queries, self.cfg.train) if self.holdout
+                                                    else (self.prepared.queries, None))
+
+    def embed(self, stages: dict) -> None:
+        self.embeddings, self.query_embeddings = embed_stage(self.cfg, self.prepared, self.here)
+        # One run embeds corpus and queries together: the stage's seconds are that run's (or the adoption's).
+        stages["embed"] = timing(max(self.embeddings["seconds"], self.query_embeddings["seconds"]),
+                                 self.embeddings["rows"] + self.query_embeddings["rows"])
+
+    def index(self, stages: dict) -> None:
+        index = index_or_reuse(self.cfg.index, self.here.join("embeddings").url, self.here.join("index"))
+        stages["index"] = timing(index["seconds"], index["rows"])
+
+    def mine(self, stages: dict) -> dict:
+        mined_dir = self.here.join("mined")
+        if storage.is_committed(mined_dir):
+            self.mined = storage.read_manifest(mined_dir)
+        else:
+            queries, heldout = self.train_queries, self.heldout_queries
+            left_out = frozenset(heldout.column("query_id").to_pylist()) if heldout is not None else frozenset()
+            # ST widens every query's candidate window by its largest count of rows per anchor (repeated pairs too)
+            max_positives = max(int(pc.max(pc.list_value_length(queries.column("positive_ids"))).as_py() or 1),
+                                self.prepared.pairs_per_anchor)
+            self.mined = mine_stage(self.cfg, self.prepared.corpus, self.prepared.corpus_cfg, self.here, self.round_index, self.encoder,
+                                    left_out, queries.num_rows, max_positives)
+        stages.update(self.mined["stages"])
+        return dict(self.mined["figures"])
+
+    def write(self, figures: dict, stages: dict) -> dict:
+        return with_view(self.cfg, self.here, {"outputs": {"mined": self.here.join("mined").url}})["outputs"]
+
+    def evaluate(self, figures: dict, stages: dict) -> None:
+        heldout = self.heldout_queries
+        if heldout is not None and heldout.num_rows:
+            figures["eval"] = evaluate_round(self.cfg, self.here, heldout)
+            stages["eval"] = timing(figures["eval"]["seconds"], heldout.num_rows)
+
+    def manifest(self, stages: dict, figures: dict, outputs: dict) -> RoundManifest:
+        cfg, embeddings, query_embeddings, heldout = self.cfg, self.embeddings, self.query_embeddings, self.heldout_queries
+        return RoundManifest(
+            miner="similarity", round=self.round_index, encoder=self.encoder, model=embeddings["model"] or query_embeddings["model"],
+            model_hash=embeddings["model_hash"] or query_embeddings["model_hash"],
+            inputs={"queries": cfg.queries.path, "corpus": cfg.corpus.path, "format": cfg.queries.format,
+                    "corpus_embeddings": embeddings.get("source"), "query_embeddings": query_embeddings.get("source")},
+            config=cfg.model_dump(mode="json"),
+            counts={"corpus": embeddings["rows"], "queries": query_embeddings["rows"], "rows": self.mined["rows"]},
+            stages=stages, figures=figures, outputs=outputs,
+            heldout={"fraction": cfg.train.eval_fraction, "seed": cfg.train.seed,
+                     "queries": heldout.num_rows} if heldout is not None else None,
+        )
 
 
 def embed_stage(cfg: RunConfig, inputs, here: storage.Location) -> tuple[dict, dict]:
