@@ -235,6 +235,12 @@ class TrainConfig(Section):
     temperature: float = Field(0.05, gt=0)
     learnable_scale: bool = False
     symmetric: bool = False
+    view_weights: Literal["shared", "separate"] = Field(
+        "shared", description="Cross-view rows (a places corpus with a view column): shared, one encoder embeds both "
+        "views (Sample4Geo); separate, the second view (the rows' positives and negatives) has its own encoder, "
+        "started from the same weights and saved in the checkpoint's view/ folder, which the next rounds embed "
+        "the second views with."
+    )
     negatives_per_row: int = Field(1, ge=0, description="Mined negatives used per row in the loss.")
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False

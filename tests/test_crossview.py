@@ -99,3 +99,44 @@ def test_gps_epochs_then_a_similarity_round_mined_with_the_previous_checkpoint(r
 def test_gps_epochs_need_the_geographic_miner():
     with pytest.raises(ConfigError, match="train.gps_epochs needs mine.miner geographic"):
         parse_config({"train": {"gps_epochs": 4}})
+
+
+@pytest.mark.slow  # a training block on Ray Train, then a similarity round with its checkpoint (about a minute)
+def test_separate_view_weights_train_two_encoders_and_the_next_round_embeds_each_view_with_its_own(ray_session, tiny_model_path, tmp_path):
+    """``train.view_weights: separate``: the second view (the rows' positives and negatives) trains its own encoder,
+    saved in the checkpoint's ``view/`` folder; both folders load in transformers and sentence-transformers, and
+    the next round (DSS: the mixed miner with the checkpoint) embeds the first views with the checkpoint and the
+    second views with ``view/``."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from hardneg.encoder import Encoder
+    from hardneg.pipelines.loop import round_dataset
+    from hardneg.pipelines.run import run_round
+    from hardneg.search import read_embeddings
+    from hardneg.trainers.fit import fit_round
+
+    rows = crossview_cities(48)
+    cfg = parse_config({
+        "run_dir": str(tmp_path / "run"), "model": {"path": tiny_model_path},
+        "corpus": {"path": write_jsonl(tmp_path / "cities.jsonl", rows)},
+        "mine": {"miner": "geographic", "num_negatives": 2, "min_km": 5, "batches": True, "composed_batch_size": 8},
+        "train": {"view_weights": "separate", "batch_size": 8, "learning_rate": 1e-3, "symmetric": True, "eval_fraction": 0},
+    })
+    manifest = run_round(cfg, 0)
+    result = fit_round(cfg.train, tiny_model_path, round_dataset(cfg, manifest), str(tmp_path / "checkpoints"), "views", epochs=1)
+    checkpoint = result.checkpoint_path
+    texts, views = [row["text"] for row in rows], [row["view"] for row in rows]
+    first, second = Encoder.load(checkpoint), Encoder.load(os.path.join(checkpoint, "view"))
+    assert not np.allclose(first.encode(views), second.encode(views), atol=1e-4)  # two encoders, trained apart
+    assert not np.allclose(Encoder.load(tiny_model_path).encode(views), second.encode(views), atol=1e-4)  # and the view one trained
+    np.testing.assert_allclose(SentenceTransformer(os.path.join(checkpoint, "view"), device="cpu").encode(views), second.encode(views),
+                               atol=1e-5)
+
+    dss = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"miner": "mixed", "geo_negatives": 0})})
+    run_round(dss, 1, model_path=checkpoint, encoder="block-0")
+    here = round_dir(cfg.run_dir, 1)
+    for folder, encoder, values in (("embeddings", first, texts), ("view_embeddings", second, views)):
+        ids, vectors = read_embeddings(here.join(folder).url)
+        order = [ids.tolist().index(str(row["id"])) for row in rows]
+        np.testing.assert_allclose(vectors[order], encoder.encode(values), atol=1e-5, err_msg=folder)

@@ -50,7 +50,7 @@ from hardneg.config import CorpusConfig, EmbedConfig, ModelConfig, RunConfig
 from hardneg.corpus import ValidatedCorpus, validate_corpus
 from hardneg.encoder import Encoder, default_model_path, max_text_tokens, model_fingerprint, read_pooling_spec
 from hardneg.images import image_processor, is_image_column, preprocess_images
-from hardneg.model_dir import model_dim
+from hardneg.model_dir import model_dim, view_model_path
 from hardneg.ray_runtime import in_process
 from hardneg.resources import ResourcePlan, plan_resources
 
@@ -299,6 +299,7 @@ class EmbedTarget:
     corpus_cfg: CorpusConfig
     corpus: Optional[ValidatedCorpus] = None
     prefix: str = ""
+    view: bool = False  # a cross-view corpus's second view: embedded by the model's view encoder (``view_model_path``)
 
 
 @dataclass
@@ -461,8 +462,16 @@ def embed_or_reuse(cfg: RunConfig, targets: Sequence[EmbedTarget]) -> list[dict]
         if manifests[-1] is not None:
             logger.info("reusing committed embeddings %s", out.url)
     todo = [target for target, manifest in zip(targets, manifests) if manifest is None]
-    made = iter(embed_corpora(cfg, todo) if todo else [])
-    return [manifest if manifest is not None else next(made) for manifest in manifests]
+    # One run per model: the second views of a checkpoint trained with separate view weights have their own.
+    model_path = cfg.model.path or default_model_path()
+    by_model: dict[str, list[EmbedTarget]] = {}
+    for target in todo:
+        by_model.setdefault(view_model_path(model_path) if target.view else model_path, []).append(target)
+    made = {}
+    for path, group in by_model.items():
+        run_cfg = cfg if path == model_path else cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": path})})
+        made.update(zip((target.output for target in group), embed_corpora(run_cfg, group)))
+    return [manifest if manifest is not None else made[target.output] for target, manifest in zip(targets, manifests)]
 
 
 def embeddings_manifest(cfg: RunConfig, model_path: str, rows: int, seconds: float, corpus: ValidatedCorpus) -> dict:

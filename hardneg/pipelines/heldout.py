@@ -161,7 +161,7 @@ def place_view_targets(cfg: RunConfig, here: storage.Location, heldout: pa.Table
     second = cfg.corpus.model_copy(update={**base, **({"text_column": "text", "image_column": "view"} if images else
                                                       {"text_column": "view", "image_column": "image"})})
     return [EmbedTarget(folder.join("text_embeddings").url, first, prefix=cfg.model.query_prompt),
-            EmbedTarget(folder.join("view_embeddings").url, second, prefix=cfg.model.corpus_prompt)]
+            EmbedTarget(folder.join("view_embeddings").url, second, prefix=cfg.model.corpus_prompt, view=True)]
 
 
 def evaluate_places(cfg: RunConfig, here: storage.Location, heldout: pa.Table, model_path: Optional[str] = None) -> dict:

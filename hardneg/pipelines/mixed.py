@@ -75,7 +75,7 @@ def embed_places(cfg: RunConfig, here: storage.Location, places: Places, stages:
     cross_view = "view" in places.table.column_names
     targets = [EmbedTarget(embeddings_dir.url, cfg.corpus, corpus, prefix=cfg.model.query_prompt if cross_view else "")]
     if cross_view:  # candidates are the places' second views: a place needs both embedded
-        targets.append(EmbedTarget(view_dir.url, _view_corpus(cfg.corpus, corpus.modality), prefix=cfg.model.corpus_prompt))
+        targets.append(EmbedTarget(view_dir.url, _view_corpus(cfg.corpus, corpus.modality), prefix=cfg.model.corpus_prompt, view=True))
     embedded = embed_or_reuse(cfg, targets)
     stages["embed"] = timing(max(e["seconds"] for e in embedded), sum(e["rows"] for e in embedded))
     ids = places.table.column("id").to_numpy(zero_copy_only=False)

@@ -190,8 +190,9 @@ def embed_stage(cfg: RunConfig, inputs, here: storage.Location) -> tuple[dict, d
     own = cfg.embed
     queries_cfg = CorpusConfig(path=storage.resolve(cfg.run_dir).join("inputs", "queries").url, id_column="query_id", text_column="query")
     targets = {
+        # The corpus is the rows' positive and negative side: a checkpoint with its own view encoder embeds it with that.
         "embeddings": None if own.corpus_embeddings else EmbedTarget(here.join("embeddings").url, inputs.corpus_cfg, inputs.corpus,
-                                                                  cfg.model.corpus_prompt),
+                                                                  cfg.model.corpus_prompt, view=True),
         "query_embeddings": None if own.query_embeddings else EmbedTarget(here.join("query_embeddings").url, queries_cfg, None,
                                                                             cfg.model.query_prompt),
     }

@@ -2,7 +2,9 @@
 
 A vision encoder (no tokenizer: a round over a places corpus of images) reads its rows' queries,
 positives and negatives as images (paths or bytes), decodes and preprocesses them with the
-checkpoint's image processor in the worker, and embeds both views with the one encoder.
+checkpoint's image processor in the worker, and embeds both views with the one encoder, or with
+``train.view_weights: separate`` the second view (positives and negatives) with its own encoder,
+saved in the checkpoint's ``view/`` folder (``hardneg.model_dir.view_model_path``).
 
 Each worker loads ``hardneg.encoder.Encoder`` (the class the embed pipeline
 uses, so a checkpoint embeds exactly as it trained), streams its shard of the
@@ -28,6 +30,7 @@ from hardneg import storage
 from hardneg.config import TrainConfig
 from hardneg.encoder import Encoder, pad_batch
 from hardneg.images import preprocess_images
+from hardneg.model_dir import VIEW_FOLDER, view_model_path
 from hardneg.trainers.batches import batch_texts, read_batches
 from hardneg.trainers.losses import LogitScale, info_nce
 
@@ -38,16 +41,20 @@ OPTIMIZER_FILE = "training_state.pt"
 
 
 class ContrastiveModel(torch.nn.Module):
-    """The encoder plus its logit scale, in one module so DDP also averages the scale's gradient."""
+    """The encoder (and, with ``train.view_weights: separate``, the second view's own encoder) plus the logit
+    scale, in one module so DDP also averages the scale's gradient."""
 
-    def __init__(self, encoder: Encoder, logit_scale: LogitScale):
+    def __init__(self, encoder: Encoder, logit_scale: LogitScale, view_encoder: Optional[Encoder] = None):
         super().__init__()
         self.encoder = encoder
         self.logit_scale = logit_scale
+        self.view_encoder = view_encoder
 
-    def forward(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``input_ids`` and ``attention_mask``, or ``pixel_values``: the encoder's vectors and the scale."""
-        return self.encoder(**inputs), self.logit_scale()
+    def forward(self, first: dict, second: Optional[dict] = None) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """Model inputs (``input_ids`` and ``attention_mask``, or ``pixel_values``) of the first view, and of the
+        second (embedded by the view encoder); their vectors and the scale."""
+        second_vectors = None if second is None else (self.view_encoder or self.encoder)(**second)
+        return self.encoder(**first), second_vectors, self.logit_scale()
 
 
 def linear_warmup_decay(warmup_steps: int, total_steps: int):
@@ -62,8 +69,11 @@ def linear_warmup_decay(warmup_steps: int, total_steps: int):
 
 
 def save_checkpoint(path: str, model: ContrastiveModel, optimizer, state: dict) -> None:
-    """Write a checkpoint directory: ``Encoder.save`` output plus the trainer's counters and optimizer."""
+    """Write a checkpoint directory: ``Encoder.save`` output (and the view encoder's, in ``view/``) plus the trainer's
+    counters and optimizer."""
     model.encoder.save(path)
+    if model.view_encoder is not None:
+        model.view_encoder.save(os.path.join(path, VIEW_FOLDER))
     with open(os.path.join(path, STATE_FILE), "w") as handle:
         json.dump(state, handle, indent=2)
     torch.save({"optimizer": optimizer.state_dict(), "logit_scale": model.logit_scale.state_dict()}, os.path.join(path, OPTIMIZER_FILE))
@@ -108,11 +118,14 @@ def _load_start(config: dict, cfg: TrainConfig) -> tuple[ContrastiveModel, dict,
 
     checkpoint = ray.train.get_checkpoint()
     scale = LogitScale(cfg.temperature, learnable=cfg.learnable_scale)
+    separate = cfg.view_weights == "separate"
     if checkpoint is None:
-        return ContrastiveModel(Encoder.load(config["model_path"]), scale), read_trainer_state(config["model_path"]), None
+        path = config["model_path"]
+        return (ContrastiveModel(Encoder.load(path), scale, Encoder.load(view_model_path(path)) if separate else None),
+                read_trainer_state(path), None)
     with checkpoint.as_directory() as path:
         logger.info("resuming from checkpoint %s", path)
-        model = ContrastiveModel(Encoder.load(path), scale)
+        model = ContrastiveModel(Encoder.load(path), scale, Encoder.load(view_model_path(path)) if separate else None)
         state = read_trainer_state(path)
         saved = load_training_state(path)
     model.logit_scale.load_state_dict(saved["logit_scale"])
@@ -120,18 +133,28 @@ def _load_start(config: dict, cfg: TrainConfig) -> tuple[ContrastiveModel, dict,
     return model, state, saved["optimizer"]
 
 
-def _train_step(model, encoder: Encoder, frame, cfg: TrainConfig, query_prompt: str, optimizer, scheduler, device) -> float:
+def _model_inputs(encoder: Encoder, values: list, device) -> dict:
+    """What ``encoder`` takes for ``values``: token ids and mask of texts, or a vision encoder's pixels of images."""
+    if encoder.tokenizer is None:
+        return {"pixel_values": torch.from_numpy(preprocess_images(values, encoder.image_processor)).to(device)}
+    input_ids, attention = pad_batch(encoder.tokenize(values), encoder.tokenizer.pad_token_id or 0)
+    return {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
+
+
+def _train_step(model, encoder: Encoder, frame, cfg: TrainConfig, query_prompt: str, optimizer, scheduler, device,
+                view_encoder: Optional[Encoder] = None) -> float:
     queries, positives, negatives, mask = batch_texts(frame, cfg.negatives_per_row)
     rows = len(queries)
     if encoder.tokenizer is None:  # a vision encoder: the rows hold images; a masked negative repeats its row's positive
         negatives = [value if keep else positives[index // max(1, cfg.negatives_per_row)]
                      for index, (value, keep) in enumerate(zip(negatives, mask.reshape(-1)))]
-        pixels = preprocess_images(queries + positives + negatives, encoder.image_processor)
-        vectors, scale = model(pixel_values=torch.from_numpy(pixels).to(device))
     else:
-        tokens = encoder.tokenize([query_prompt + text for text in queries] + positives + negatives)
-        input_ids, attention = pad_batch(tokens, encoder.tokenizer.pad_token_id or 0)
-        vectors, scale = model(input_ids=input_ids.to(device), attention_mask=attention.to(device))
+        queries = [query_prompt + text for text in queries]
+    if view_encoder is None:  # one encoder, one pass over every value of the batch
+        vectors, _, scale = model(_model_inputs(encoder, queries + positives + negatives, device))
+    else:  # the second view (positives and negatives) through its own encoder
+        first, second, scale = model(_model_inputs(encoder, queries, device), _model_inputs(view_encoder, positives + negatives, device))
+        vectors = torch.cat([first, second])
     negative_vecs = vectors[2 * rows :].reshape(rows, cfg.negatives_per_row, -1) if cfg.negatives_per_row else None
     loss = info_nce(
         vectors[:rows], vectors[rows : 2 * rows], negative_vecs, scale=scale, symmetric=cfg.symmetric,
@@ -189,7 +212,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             shuffle_buffer=None if config["batch_mode"] else cfg.batch_size * 8, seed=cfg.seed + state["epoch"],
         )
         for frame in batches:
-            losses.append(_train_step(model, encoder, frame, cfg, config.get("query_prompt", ""), optimizer, scheduler, device))
+            losses.append(_train_step(model, encoder, frame, cfg, config.get("query_prompt", ""), optimizer, scheduler, device,
+                                      module.view_encoder))
             if len(losses) == steps_per_epoch:
                 break  # every worker takes the same number of steps, or DDP waits forever
         state = {
