@@ -181,6 +181,32 @@ def test_a_training_step_on_rows_of_images_moves_the_vision_encoder(vit_path, pl
     assert np.abs(encoder.encode_images([row["image"] for row in rows[:4]]) - before).max() > 1e-4
 
 
+def test_a_training_step_on_text_queries_and_images_moves_both_towers_of_a_dual_model(clip_path, places_parquet):
+    """CLIP-style training rows (text queries, image positives and negatives): the queries go through the text
+    tower, the images through the vision tower, and one step moves both."""
+    import pandas as pd
+
+    from hardneg.config import TrainConfig
+    from hardneg.trainers.losses import LogitScale
+    from hardneg.trainers.train_loop import ContrastiveModel, _train_step
+
+    _, rows = places_parquet
+    cfg = TrainConfig(negatives_per_row=1, learning_rate=1e-2)
+    texts = [f"photograph {row['id'][0]}, tile {row['id'][2:]}" for row in rows[:4]]
+    frame = pd.DataFrame({"query": texts, "positive": [row["view"] for row in rows[:4]],
+                          "negatives": [[rows[5]["view"]], [], [rows[6]["view"]], [rows[7]["view"]]]})
+    encoder = Encoder.load(clip_path)
+    model = ContrastiveModel(encoder, LogitScale(cfg.temperature))
+    images = [row["view"] for row in rows[:4]]
+    before_texts, before_images = encoder.encode(texts), encoder.encode_images(images)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    loss = _train_step(model, encoder, frame, cfg, "", optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), "cpu",
+                       views=("text", "image"))
+    assert np.isfinite(loss) and loss > 0
+    assert np.abs(encoder.encode(texts) - before_texts).max() > 1e-4
+    assert np.abs(encoder.encode_images(images) - before_images).max() > 1e-4
+
+
 def test_an_unreadable_image_is_refused_at_the_door_naming_file_row_and_column(vit_path, places, tmp_path, capsys):
     path, rows = places
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
@@ -220,7 +246,7 @@ def test_gps_batches_one_training_step_a_dss_remine_and_a_checkpoint_that_embeds
 
     from hardneg.miners import haversine_km
     from hardneg.pipelines.heldout import heldout_ids
-    from hardneg.pipelines.loop import train_loop
+    from hardneg.pipelines.loop import row_views, train_loop
     from hardneg.pipelines.remine import remine, run_state
 
     path, rows = places_parquet
@@ -234,6 +260,7 @@ def test_gps_batches_one_training_step_a_dss_remine_and_a_checkpoint_that_embeds
     })
     [block] = train_loop(cfg, max_blocks=1)  # round 0 (GPS batches) and one training step on it
     gps = run_state(cfg.run_dir).rounds[0].manifest
+    assert row_views(cfg, gps) == ("image", "image")  # the places' values, both sides
     assert gps["miner"] == "geographic" and block.round == 0 and block.metrics["steps"] == 1
     batches = storage.read_table(round_dir(cfg.run_dir, 0).join("batches").url).to_pandas()
     by_id = {row["id"]: row for row in rows}
@@ -284,6 +311,7 @@ def test_text_queries_mine_hard_negative_images_with_a_dual_model(ray_session, c
     round embeds the queries with the text tower and the images with the vision tower, in one space, and
     its negatives are the other images (their paths) that score highest against the query."""
     from hardneg.door import check_round
+    from hardneg.pipelines.loop import row_views
     from hardneg.pipelines.run import run_round
 
     _, rows = places
@@ -297,7 +325,9 @@ def test_text_queries_mine_hard_negative_images_with_a_dual_model(ray_session, c
                         "mine": {"num_negatives": 3, "range_max": 20}})
     check_round(cfg)
     with in_process(cfg):  # the towers are the point
-        mined = storage.read_table(run_round(cfg)["outputs"]["mined"]).to_pylist()
+        manifest = run_round(cfg)
+    mined = storage.read_table(manifest["outputs"]["mined"]).to_pylist()
+    assert row_views(cfg, manifest) == ("text", "image")  # what the training loop tells the trainer the rows hold
 
     encoder = Encoder.load(clip_path)
     images = encoder.encode_images([row["image"] for row in rows])

@@ -86,7 +86,7 @@ def _train_block(cfg: RunConfig, block: int, epochs: int, manifest: dict, last: 
     logger.info("training block %d (%d epoch(s)) on round %d (encoder %s)", block, epochs, manifest["round"], manifest["encoder"])
     result = fit_round(
         cfg.train, cfg.model.path or default_model_path(), round_dataset(cfg, manifest), checkpoints_dir(cfg.run_dir).url,
-        RUN_NAME, epochs=epochs, fit_id=f"block-{block:05d}", query_prompt=cfg.model.query_prompt,
+        RUN_NAME, epochs=epochs, fit_id=f"block-{block:05d}", query_prompt=cfg.model.query_prompt, views=row_views(cfg, manifest),
         resources_per_worker=None if cfg.train.cpus_per_worker is None else
         {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
     )
@@ -109,6 +109,19 @@ def _evaluate_last_checkpoint(cfg: RunConfig, block: int, checkpoint_path: str) 
         return None
     here = checkpoints_dir(cfg.run_dir).join("eval", f"block-{block:05d}")
     return evaluate_places(cfg, here, heldout, model_path=checkpoint_path)
+
+
+def row_views(cfg: RunConfig, manifest: dict) -> tuple[str, str]:
+    """What a round's rows hold, ``"text"`` or ``"image"``: its queries, and its positives and negatives. A
+    similarity round's queries are texts and its items what its corpus embeddings were made of; a round over
+    places holds its places' values on both sides (``places/``)."""
+    here = round_dir(cfg.run_dir, manifest["round"])
+    if manifest["miner"] == "similarity":
+        embeddings = here.join("embeddings")
+        return "text", storage.read_manifest(embeddings).get("modality", "text") if storage.is_committed(embeddings) else "text"
+    places = here.join("places")
+    values = storage.read_manifest(places).get("values", "text") if storage.is_committed(places) else "text"
+    return values, values
 
 
 def round_dataset(cfg: RunConfig, manifest: dict):

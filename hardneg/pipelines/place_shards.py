@@ -51,7 +51,7 @@ def write_places(table: pa.Table, groups: np.ndarray, out: storage.Location, row
         for part in range(files):
             storage.write_parquet(places.slice(part * rows_per_file, rows_per_file), out.join(f"part-{part * rows_per_file:012d}.parquet"))
         storage.commit(out, {"kind": "places", "rows": places.num_rows, "rows_per_file": rows_per_file,
-                             "cross_view": "view" in columns})
+                             "cross_view": "view" in columns, "values": "image" if value_name(table) == "image" else "text"})
     return embedding_files(out.url)
 
 

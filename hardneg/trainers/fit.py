@@ -79,6 +79,7 @@ def fit_round(
     query_prompt: str = "",
     resources_per_worker: Optional[dict] = None,
     max_failures: int = 0,
+    views: Optional[tuple[str, str]] = None,
 ) -> FitResult:
     """Train on one mined round with Ray Train; resume the run ``name`` under ``storage_path`` if it has a checkpoint.
 
@@ -93,6 +94,8 @@ def fit_round(
         query_prompt: prepended to queries, as the embed pipeline does (``model.query_prompt``).
         resources_per_worker: Ray resources per worker; Ray's default (1 CPU, 1 GPU with use_gpu) when unset.
         max_failures: worker failures to retry from the latest checkpoint.
+        views: what the rows' queries and their positives and negatives hold, ``"text"`` or ``"image"``
+            (``hardneg.pipelines.loop.row_views``); None: images for a vision encoder, else texts.
 
     Example::
 
@@ -108,7 +111,7 @@ def fit_round(
     loop_config = {
         "train": train_cfg.model_dump(), "model_path": model_path, "epochs": epochs,
         "steps_per_epoch": steps_per_epoch(dataset, train_cfg, batch_mode), "batch_mode": batch_mode,
-        "fit_id": fit_id or uuid.uuid4().hex, "query_prompt": query_prompt,
+        "fit_id": fit_id or uuid.uuid4().hex, "query_prompt": query_prompt, "views": views,
         "storage_options": storage.s3_options(),  # a worker reads s3:// images on the configured endpoint
     }
     trainer = TorchTrainer(

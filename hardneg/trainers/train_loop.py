@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import tempfile
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -133,27 +133,37 @@ def _load_start(config: dict, cfg: TrainConfig) -> tuple[ContrastiveModel, dict,
     return model, state, saved["optimizer"]
 
 
-def _model_inputs(encoder: Encoder, values: list, device) -> dict:
-    """What ``encoder`` takes for ``values``: token ids and mask of texts, or a vision encoder's pixels of images."""
-    if encoder.tokenizer is None:
+def _model_inputs(encoder: Encoder, values: list, device, modality: str) -> dict:
+    """What ``encoder`` takes for ``values``: token ids and mask of texts, or pixels of images (paths or bytes)."""
+    if modality == "image":
         return {"pixel_values": torch.from_numpy(preprocess_images(values, encoder.image_processor)).to(device)}
     input_ids, attention = pad_batch(encoder.tokenize(values), encoder.tokenizer.pad_token_id or 0)
     return {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
 
 
+def default_views(encoder: Encoder) -> tuple[str, str]:
+    """What a round's rows hold when nobody said: images on both sides for a vision encoder, else texts."""
+    return ("image", "image") if encoder.tokenizer is None else ("text", "text")
+
+
 def _train_step(model, encoder: Encoder, frame, cfg: TrainConfig, query_prompt: str, optimizer, scheduler, device,
-                view_encoder: Optional[Encoder] = None) -> float:
+                view_encoder: Optional[Encoder] = None, views: Optional[Sequence[str]] = None) -> float:
+    """One optimizer step on a batch of rows. ``views``: what the queries and what the positives and negatives
+    hold, ``"text"`` or ``"image"`` (``default_views`` when None): a dual text+image model (CLIP-style) trains on
+    text queries against images through its two towers."""
     queries, positives, negatives, mask = batch_texts(frame, cfg.negatives_per_row)
     rows = len(queries)
-    if encoder.tokenizer is None:  # a vision encoder: the rows hold images; a masked negative repeats its row's positive
+    first_view, second_view = views or default_views(encoder)
+    if second_view == "image":  # a masked negative (a short row) repeats its row's positive: there is no empty image
         negatives = [value if keep else positives[index // max(1, cfg.negatives_per_row)]
                      for index, (value, keep) in enumerate(zip(negatives, mask.reshape(-1)))]
-    else:
+    if first_view == "text":
         queries = [query_prompt + text for text in queries]
-    if view_encoder is None:  # one encoder, one pass over every value of the batch
-        vectors, _, scale = model(_model_inputs(encoder, queries + positives + negatives, device))
-    else:  # the second view (positives and negatives) through its own encoder
-        first, second, scale = model(_model_inputs(encoder, queries, device), _model_inputs(view_encoder, positives + negatives, device))
+    if view_encoder is None and first_view == second_view:  # one encoder, one pass over every value of the batch
+        vectors, _, scale = model(_model_inputs(encoder, queries + positives + negatives, device, first_view))
+    else:  # the second view (positives and negatives) through its own encoder, or the other tower of a dual model
+        first, second, scale = model(_model_inputs(encoder, queries, device, first_view),
+                                     _model_inputs(view_encoder or encoder, positives + negatives, device, second_view))
         vectors = torch.cat([first, second])
     negative_vecs = vectors[2 * rows :].reshape(rows, cfg.negatives_per_row, -1) if cfg.negatives_per_row else None
     loss = info_nce(
@@ -169,8 +179,8 @@ def _train_step(model, encoder: Encoder, frame, cfg: TrainConfig, query_prompt: 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: ``train`` (TrainConfig as a dict), ``model_path``,
-    ``epochs``, ``steps_per_epoch``, ``batch_mode``, ``fit_id``, optionally ``query_prompt`` and
-    ``storage_options`` (``storage.s3_options()`` of the driver).
+    ``epochs``, ``steps_per_epoch``, ``batch_mode``, ``fit_id``, optionally ``query_prompt``, ``views`` (what
+    the rows' queries and items hold: ``_train_step``) and ``storage_options`` (``storage.s3_options()`` of the driver).
     """
     import ray.train
     import ray.train.torch
@@ -213,7 +223,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         for frame in batches:
             losses.append(_train_step(model, encoder, frame, cfg, config.get("query_prompt", ""), optimizer, scheduler, device,
-                                      module.view_encoder))
+                                      module.view_encoder, config.get("views")))
             if len(losses) == steps_per_epoch:
                 break  # every worker takes the same number of steps, or DDP waits forever
         state = {
