@@ -189,7 +189,8 @@ def test_a_cross_view_round_ranks_each_places_first_view_against_the_others_seco
     cfg = load_config(overrides={"run_dir": str(tmp_path / "run"), "corpus.path": write_jsonl(tmp_path / "cities.jsonl", rows),
                                  "model.path": tiny_model_path, "mine.miner": "mixed", "mine.geo_negatives": 0,
                                  "mine.num_negatives": 3, "mine.min_km": 5})
-    manifest = run_round(cfg)
+    with in_process(cfg):  # the ranking is the point (test_two_place_shards_on_ray… runs the mixed strategy on Ray)
+        manifest = run_round(cfg)
     assert manifest["figures"]["similarity_of"] == "first view -> other places' view"
     mined = storage.read_table(round_dir(cfg.run_dir, 0).join("mined").url).to_pylist()
 
