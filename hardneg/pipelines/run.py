@@ -172,8 +172,9 @@ class SimilarityRound:
     def manifest(self, stages: dict, figures: dict, outputs: dict) -> RoundManifest:
         cfg, embeddings, query_embeddings, heldout = self.cfg, self.embeddings, self.query_embeddings, self.heldout_queries
         return RoundManifest(
-            miner="similarity", round=self.round_index, encoder=self.encoder, model=embeddings["model"] or query_embeddings["model"],
-            model_hash=embeddings["model_hash"] or query_embeddings["model_hash"],
+            # the queries' model: the checkpoint itself (its corpus side may have its own view encoder, train.view_weights)
+            miner="similarity", round=self.round_index, encoder=self.encoder, model=query_embeddings["model"] or embeddings["model"],
+            model_hash=query_embeddings["model_hash"] or embeddings["model_hash"],
             inputs={"queries": cfg.queries.path, "corpus": cfg.corpus.path, "format": cfg.queries.format,
                     "corpus_embeddings": embeddings.get("source"), "query_embeddings": query_embeddings.get("source")},
             config=cfg.model_dump(mode="json"),
