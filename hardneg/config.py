@@ -66,6 +66,8 @@ class QueriesConfig(Section):
     positive_column: str = "positive"
     query_id_column: str = "query_id"
     query_column: str = "query"
+    query_image_column: str = Field("query_image", description="queries.format=queries: a file with this column and no "
+                                    "query_column asks with images (paths, URLs or bytes), embedded by a vision or dual model.")
     positive_ids_column: str = "positive_ids"
 
 

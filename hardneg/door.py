@@ -198,9 +198,11 @@ def _check_round(cfg: RunConfig, checkpoint: Optional[str] = None, training: boo
             check_model_reads(cfg.model.path or default_model_path(), validate_corpus(cfg.corpus).modality)
     else:
         ids = check_inputs(cfg, storage.resolve(cfg.run_dir), want_ids=bool(own))
-        if ids is not None and not embeds_nothing:  # the model embeds the queries' texts, and the corpus unless its vectors are given
+        if ids is not None and not embeds_nothing:  # the model embeds the queries, and the corpus unless its vectors are given
             model = checkpoint or cfg.model.path or default_model_path()
-            check_model_reads(model, "text", holder="the queries (queries.path)")
+            check_model_reads(model, ids.query_modality, holder="the queries (queries.path)")
+            if ids.query_modality == "image" and cfg.mine.cross_encoder:
+                raise ConfigError("mine.cross_encoder: a cross-encoder scores text pairs; these queries are images")
             if not cfg.embed.corpus_embeddings:
                 check_model_reads(model, ids.modality)
         if ids is not None and own:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 from hardneg.errors import ConfigError
 
@@ -68,17 +69,18 @@ def check_model_dir(path: str, field: str = "model.path") -> None:
         raise ConfigError(f"{field}: {path}: no weights (model.safetensors or pytorch_model.bin)")
 
 
-def check_model_reads(path: str, modality: str, field: str = "model.path", holder: str = "the corpus (corpus.text_column)") -> None:
-    """A corpus of images needs a model with an image processor, a corpus of texts (or queries, ``holder``) one
-    with a tokenizer.
+def check_model_reads(path: str, modality: str, field: str = "model.path", holder: Optional[str] = None) -> None:
+    """A corpus of images needs a model with an image processor, a corpus of texts one with a tokenizer; so do
+    queries (``holder``: what the message names, the corpus when None).
 
     Raises:
         ConfigError: naming ``field``, the path and what the model lacks.
     """
+    holder = holder or f"the corpus (corpus.{'image' if modality == 'image' else 'text'}_column)"
     path = path[len("file://"):] if path.startswith("file://") else path
     names = set(os.listdir(path))
     if modality == "image" and IMAGE_PROCESSOR_FILE not in names:
-        raise ConfigError(f"{field}: {path}: the corpus holds images (corpus.image_column), but the model has no image "
+        raise ConfigError(f"{field}: {path}: {holder} holds images, but the model has no image "
                           f"processor ({IMAGE_PROCESSOR_FILE}); give a vision or a CLIP-style model")
     if modality == "text" and not names & set(TOKENIZER_FILES):
         raise ConfigError(f"{field}: {path}: {holder} holds texts, but the model has no tokenizer: "

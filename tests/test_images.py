@@ -232,7 +232,7 @@ def test_an_unreadable_image_is_refused_at_the_door_naming_file_row_and_column(v
 def test_a_model_that_cannot_read_the_corpus_is_refused_at_the_door(vit_path, tiny_model_path, places, tmp_path, capsys):
     path, _ = places
     assert main(["embed", path, str(tmp_path / "out"), "--model-path", tiny_model_path]) == 2
-    assert "the corpus holds images (corpus.image_column), but the model has no image processor" in capsys.readouterr().err
+    assert "the corpus (corpus.image_column) holds images, but the model has no image processor" in capsys.readouterr().err
     texts = write_jsonl(tmp_path / "texts.jsonl", [{"id": 1, "text": "a temple roof"}])
     assert main(["embed", texts, str(tmp_path / "out"), "--model-path", vit_path]) == 2
     assert "the corpus (corpus.text_column) holds texts, but the model has no tokenizer" in capsys.readouterr().err
@@ -354,3 +354,48 @@ def test_text_queries_over_images_need_a_model_that_reads_both(vit_path, places,
     with pytest.raises(ConfigError, match=r"the queries \(queries.path\) holds texts, but the model has no tokenizer"):
         check_round(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_image_queries_mine_hard_negative_images_and_are_checked_at_the_door(ray_session, vit_path, tiny_model_path, places, tmp_path):
+    """Image-to-image data: queries that ask with an image (``query_image``: each tile's mirror image) whose positive
+    is its tile in a corpus of images. The queries are embedded as images, the negatives are the corpus images
+    that score highest against the query image, and the rows carry the query image as given. A model without
+    an image processor, and an unreadable query image, are refused at the door."""
+    from hardneg.door import check_round
+    from hardneg.errors import ConfigError, InputError
+    from hardneg.pipelines.loop import row_views
+    from hardneg.pipelines.run import run_round
+
+    _, rows = places
+    row_of = {row["id"]: i for i, row in enumerate(rows)}
+    corpus = write_jsonl(tmp_path / "images.jsonl", [{"id": row["id"], "image": row["image"]} for row in rows])
+    asked = [{"query_id": f"q{i}", "query_image": row["view"], "positive_ids": [row["id"]]} for i, row in enumerate(rows[::3])]
+    settings = {"run_dir": str(tmp_path / "run"), "model": {"path": vit_path}, "corpus": {"path": corpus},
+                "queries": {"path": write_jsonl(tmp_path / "queries.jsonl", asked), "format": "queries"},
+                "mine": {"num_negatives": 3, "range_max": 20}}
+    cfg = parse_config(settings)
+    check_round(cfg)
+    with in_process(cfg):
+        manifest = run_round(cfg)
+    mined = storage.read_table(manifest["outputs"]["mined"]).to_pylist()
+    assert row_views(cfg, manifest) == ("image", "image")
+
+    encoder = Encoder.load(vit_path)
+    images = encoder.encode_images([row["image"] for row in rows])
+    queries = encoder.encode_images([query["query_image"] for query in asked])
+    assert [row["query_id"] for row in mined] == [query["query_id"] for query in asked]
+    for row, query, vector in zip(mined, asked, queries):
+        assert row["query"] == query["query_image"] and row["positive_id"] == query["positive_ids"][0]
+        scores = images @ vector
+        ranked = [rows[i]["id"] for i in np.argsort(-scores, kind="stable") if rows[i]["id"] != row["positive_id"]]
+        assert row["negative_ids"] == ranked[:3]
+        np.testing.assert_allclose(row["negative_scores"], scores[[row_of[i] for i in row["negative_ids"]]], atol=1e-4)
+
+    text_only = parse_config({**settings, "run_dir": str(tmp_path / "run2"), "model": {"path": tiny_model_path}})
+    with pytest.raises(ConfigError, match=r"the queries \(queries.path\)"):
+        check_round(text_only)
+    broken = write_jsonl(tmp_path / "broken.jsonl", asked[:2] + [{**asked[2], "query_image": str(tmp_path / "missing.png")}])
+    bad = parse_config({**settings, "run_dir": str(tmp_path / "run3"), "queries": {"path": broken, "format": "queries"}})
+    with pytest.raises(InputError, match=r"broken.jsonl: row 2, column query_image"):
+        check_round(bad)
+    assert not (tmp_path / "run2").exists() and not (tmp_path / "run3").exists()

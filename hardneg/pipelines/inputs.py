@@ -36,10 +36,16 @@ from hardneg import storage
 from hardneg.config import CorpusConfig, RunConfig
 from hardneg.corpus import MAX_REPORTED, ValidatedCorpus, contains, hash_ids, refuse_float_ids, text_problems, validate_corpus
 from hardneg.errors import InputError
+from hardneg.images import image_problems
 
 logger = logging.getLogger(__name__)
 
-QUERIES_SCHEMA = pa.schema([("query_id", pa.string()), ("query", pa.string()), ("positive_ids", pa.list_(pa.string()))])
+def queries_schema(query: pa.DataType = pa.string()) -> pa.Schema:
+    """``inputs/queries``: ``query`` holds texts, or a query image as given (a path or URL, or bytes)."""
+    return pa.schema([("query_id", pa.string()), ("query", query), ("positive_ids", pa.list_(pa.string()))])
+
+
+QUERIES_SCHEMA = queries_schema()
 
 
 @dataclass
@@ -52,12 +58,14 @@ class Inputs:
         queries: ``query_id``, ``query``, ``positive_ids`` (one row per unique query).
         pairs_per_anchor: for pairs input, the most input rows one anchor has, repeated pairs counted
             (sentence-transformers' ``max_positives``, which widens its candidate window); else 0.
+        query_modality: what ``query`` holds, ``"text"`` or ``"image"`` (``queries.query_image_column``).
     """
 
     corpus_cfg: CorpusConfig
     corpus: ValidatedCorpus
     queries: pa.Table
     pairs_per_anchor: int = 0
+    query_modality: str = "text"
 
 
 def text_id(text: str) -> str:
@@ -90,10 +98,12 @@ def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
         corpus_cfg = cfg.corpus
         validated = validate_corpus(corpus_cfg)
         if not storage.is_committed(queries_dir):
-            queries = _from_queries(cfg, validated.id_hashes)
-            _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path, "sources": sources})
+            queries, modality = _from_queries(cfg, validated.id_hashes)
+            _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path, "sources": sources,
+                                                 "query_modality": modality})
     queries = storage.read_table(queries_dir.url)
-    return Inputs(corpus_cfg, validated, queries, int(storage.read_manifest(queries_dir).get("pairs_per_anchor") or 0))
+    manifest = storage.read_manifest(queries_dir)
+    return Inputs(corpus_cfg, validated, queries, int(manifest.get("pairs_per_anchor") or 0), manifest.get("query_modality", "text"))
 
 
 @dataclass
@@ -104,13 +114,15 @@ class InputIds:
         corpus_hashes: sorted unique ``hash_ids`` of the corpus ids (8 bytes a row).
         corpus_ids: the corpus ids as strings, read when called (only to name a mismatch).
         query_ids: the query ids as strings.
-        modality: what the corpus holds, ``"text"`` or ``"image"`` (the queries are texts).
+        modality: what the corpus holds, ``"text"`` or ``"image"``.
+        query_modality: what the queries ask with, ``"text"`` or ``"image"``.
     """
 
     corpus_hashes: np.ndarray
     corpus_ids: Callable[[], pa.Array]
     query_ids: pa.Array
     modality: str = "text"
+    query_modality: str = "text"
 
 
 def check_inputs(cfg: RunConfig, run_dir: storage.Location, want_ids: bool = False) -> Optional[InputIds]:
@@ -133,16 +145,18 @@ def check_inputs(cfg: RunConfig, run_dir: storage.Location, want_ids: bool = Fal
         corpus = validate_corpus(corpus_cfg)
         hashes, ids, modality = corpus.id_hashes, lambda: corpus_ids(corpus, corpus_cfg), corpus.modality
         queries = storage.read_table(queries_dir.url, ["query_id"])
+        query_modality = storage.read_manifest(queries_dir).get("query_modality", "text")
     elif cfg.queries.format == "pairs":
         table, queries, _ = _from_pairs(cfg)
         hashes, ids, modality = np.unique(hash_ids(table.column("id"))), lambda: table.column("id").combine_chunks(), "text"
+        query_modality = "text"
     elif not cfg.corpus.path:
         raise InputError("queries.format=queries needs corpus.path (the corpus the positive_ids refer to)")
     else:
         corpus = validate_corpus(cfg.corpus)
         hashes, ids, modality = corpus.id_hashes, lambda: corpus_ids(corpus, cfg.corpus), corpus.modality
-        queries = _from_queries(cfg, hashes)
-    return InputIds(hashes, ids, queries.column("query_id").combine_chunks(), modality)
+        queries, query_modality = _from_queries(cfg, hashes)
+    return InputIds(hashes, ids, queries.column("query_id").combine_chunks(), modality, query_modality)
 
 
 def input_fingerprint(cfg: RunConfig) -> list[list]:
@@ -188,12 +202,14 @@ def _commit_table(out: storage.Location, table: pa.Table, manifest: dict) -> Non
     storage.commit(out, {**manifest, "rows": table.num_rows})
 
 
-def _read_checked(path: str, columns: list[str], what: str) -> list[tuple[storage.Location, pa.Table]]:
-    """Each file of ``path`` with ``columns``, failing with file + column when one is missing."""
+def _read_checked(path: str, columns: list[str], what: str, fallback: Optional[dict] = None) -> list[tuple[storage.Location, pa.Table]]:
+    """Each file of ``path`` with ``columns`` (or a column's ``fallback`` instead), failing with file + column when one
+    is missing."""
+    fallback = fallback or {}
     out = []
     for loc in storage.list_table_files(path):
-        table = storage.read_table_file(loc, columns)
-        missing = [c for c in columns if c not in table.column_names]
+        table = storage.read_table_file(loc, columns + list(fallback.values()))
+        missing = [c for c in columns if c not in table.column_names and fallback.get(c) not in table.column_names]
         if missing:
             raise InputError(
                 f"{loc.url}: missing column(s) {', '.join(missing)} for {what}; columns found: {', '.join(table.column_names)}"
@@ -250,14 +266,22 @@ def _from_pairs(cfg: RunConfig) -> tuple[pa.Table, pa.Table, int]:
     return corpus, queries, max(Counter(anchors).values(), default=0)
 
 
-def _from_queries(cfg: RunConfig, known: np.ndarray) -> pa.Table:
-    """Queries with ids into the corpus, every positive id checked against the corpus' sorted id hashes ``known``."""
+def _from_queries(cfg: RunConfig, known: np.ndarray) -> tuple[pa.Table, str]:
+    """Queries with ids into the corpus, every positive id checked against the corpus' sorted id hashes ``known``;
+    and what they ask with, ``"text"`` or ``"image"`` (a file with ``queries.query_image_column``, no query column)."""
     q = cfg.queries
     if not q.path:
         raise InputError("queries.path is not set (columns query_id, query, positive_ids)")
-    errors, tables, seen = [], [], set()
-    for loc, table in _read_checked(q.path, [q.query_id_column, q.query_column, q.positive_ids_column], "queries.format=queries"):
-        errors += _text_errors(loc, table, [q.query_column])
+    errors, tables, seen, kinds = [], [], set(), []
+    for loc, table in _read_checked(q.path, [q.query_id_column, q.query_column, q.positive_ids_column], "queries.format=queries",
+                                    {q.query_column: q.query_image_column}):
+        asked = q.query_column if q.query_column in table.column_names else q.query_image_column  # texts, or images
+        kinds.append(asked)
+        if asked == q.query_column:
+            errors += _text_errors(loc, table, [q.query_column])
+        else:
+            issues = image_problems(table.column(asked))
+            errors += [f"{loc.url}: row {row}, column {asked}: {issues[row]}" for row in np.flatnonzero(issues != "")]
         refuse_float_ids(loc, table.column(q.query_id_column), q.query_id_column)
         refuse_float_ids(loc, table.column(q.positive_ids_column), q.positive_ids_column)
         qids = table.column(q.query_id_column).cast(pa.string()).to_pylist()
@@ -275,13 +299,18 @@ def _from_queries(cfg: RunConfig, known: np.ndarray) -> pa.Table:
                 continue
             if row in unknown_of:
                 errors.append(f"{where}, column {q.positive_ids_column}: id {unknown_of[row]!r} is not in the corpus")
+        values = table.column(asked)
         tables.append(pa.table({
             "query_id": qids,
-            "query": table.column(q.query_column).cast(pa.string()),
+            "query": values if pa.types.is_binary(values.type) else values.cast(pa.string()),
             "positive_ids": [[str(p) for p in (ids or [])] for ids in lists],
-        }, schema=QUERIES_SCHEMA))
+        }, schema=queries_schema(pa.binary() if pa.types.is_binary(values.type) else pa.string())))
     _raise_if(errors, "queries")
-    return pa.concat_tables(tables)
+    if len({t.schema.field("query").type for t in tables}) > 1:
+        raise InputError(f"{q.path}: some files give the query images as bytes and others as paths; give them one way")
+    if len(set(kinds)) > 1:
+        raise InputError(f"{q.path}: some files ask with texts ({q.query_column}) and others with images ({q.query_image_column})")
+    return pa.concat_tables(tables), "image" if kinds and kinds[0] != q.query_column else "text"
 
 
 def _unknown_ids(lists: list, known: np.ndarray) -> dict[int, object]:

@@ -113,12 +113,12 @@ def _evaluate_last_checkpoint(cfg: RunConfig, block: int, checkpoint_path: str) 
 
 def row_views(cfg: RunConfig, manifest: dict) -> tuple[str, str]:
     """What a round's rows hold, ``"text"`` or ``"image"``: its queries, and its positives and negatives. A
-    similarity round's queries are texts and its items what its corpus embeddings were made of; a round over
+    similarity round's queries and items are what its query and corpus embeddings were made of; a round over
     places holds its places' values on both sides (``places/``)."""
     here = round_dir(cfg.run_dir, manifest["round"])
     if manifest["miner"] == "similarity":
-        embeddings = here.join("embeddings")
-        return "text", storage.read_manifest(embeddings).get("modality", "text") if storage.is_committed(embeddings) else "text"
+        return tuple(storage.read_manifest(here.join(name)).get("modality", "text") if storage.is_committed(here.join(name)) else "text"
+                     for name in ("query_embeddings", "embeddings"))
     places = here.join("places")
     values = storage.read_manifest(places).get("values", "text") if storage.is_committed(places) else "text"
     return values, values

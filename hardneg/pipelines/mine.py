@@ -53,11 +53,11 @@ from hardneg.search import Index, embedding_files, exact_search_files, index_man
 
 logger = logging.getLogger(__name__)
 
-def mined_schema(values: pa.DataType = pa.string()) -> pa.Schema:
+def mined_schema(values: pa.DataType = pa.string(), query: pa.DataType = pa.string()) -> pa.Schema:
     """The mined table's schema; ``positive`` and ``negatives`` hold the corpus' ``values``: texts, or the images
-    of a corpus of images as given (paths or URLs, or bytes)."""
+    of a corpus of images as given (paths or URLs, or bytes); ``query`` the queries' texts, or images as given."""
     return pa.schema([
-        ("query_id", pa.string()), ("query", pa.string()), ("positive_id", pa.string()), ("positive", values),
+        ("query_id", pa.string()), ("query", query), ("positive_id", pa.string()), ("positive", values),
         ("positive_score", pa.float32()), ("negative_ids", pa.list_(pa.string())), ("negatives", pa.list_(values)),
         ("negative_scores", pa.list_(pa.float32())), ("round", pa.int32()), ("encoder", pa.string()),
     ])
@@ -246,7 +246,7 @@ def pair_rows(plan: MinePlan, shards: ShardSet, queries: pa.Table, negatives: np
         "negative_scores": pa.ListArray.from_arrays(list_offsets, pa.array(negative_scores[owner][present], pa.float32())),
         "round": pa.array(np.full(len(pairs), plan.round_index, np.int32)),
         "encoder": pa.array([plan.encoder] * len(pairs), pa.string()),
-    }, schema=mined_schema(texts.type))
+    }, schema=mined_schema(texts.type, queries.schema.field("query").type))
 
 
 class Tally:

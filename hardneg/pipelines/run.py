@@ -189,7 +189,8 @@ def embed_stage(cfg: RunConfig, inputs, here: storage.Location) -> tuple[dict, d
     """The corpus' and the queries' embeddings manifests: a user's own vectors adopted in place, the rest embedded
     in one run (one Encoder actor pool), a committed folder reused."""
     own = cfg.embed
-    queries_cfg = CorpusConfig(path=storage.resolve(cfg.run_dir).join("inputs", "queries").url, id_column="query_id", text_column="query")
+    asked = {"text_column": "query"} if inputs.query_modality == "text" else {"text_column": "text", "image_column": "query"}
+    queries_cfg = CorpusConfig(path=storage.resolve(cfg.run_dir).join("inputs", "queries").url, id_column="query_id", **asked)
     targets = {
         # The corpus is the rows' positive and negative side: a checkpoint with its own view encoder embeds it with that.
         "embeddings": None if own.corpus_embeddings else EmbedTarget(here.join("embeddings").url, inputs.corpus_cfg, inputs.corpus,
