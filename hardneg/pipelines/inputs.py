@@ -218,10 +218,11 @@ def _read_checked(path: str, columns: list[str], what: str, fallback: Optional[d
     return out
 
 
-def _text_errors(loc: storage.Location, table: pa.Table, columns: list[str]) -> list[str]:
+def _text_errors(loc: storage.Location, table: pa.Table, columns: list[str], problems=text_problems) -> list[str]:
+    """``file: row R, column C: what is wrong`` for every bad value of ``columns`` (``problems``: texts', or ``image_problems``)."""
     errors = []
     for column in columns:
-        issues = text_problems(table.column(column))
+        issues = problems(table.column(column))
         errors += [f"{loc.url}: row {row}, column {column}: {issues[row]}" for row in np.flatnonzero(issues != "")]
     return errors
 
@@ -277,11 +278,7 @@ def _from_queries(cfg: RunConfig, known: np.ndarray) -> tuple[pa.Table, str]:
                                     {q.query_column: q.query_image_column}):
         asked = q.query_column if q.query_column in table.column_names else q.query_image_column  # texts, or images
         kinds.append(asked)
-        if asked == q.query_column:
-            errors += _text_errors(loc, table, [q.query_column])
-        else:
-            issues = image_problems(table.column(asked))
-            errors += [f"{loc.url}: row {row}, column {asked}: {issues[row]}" for row in np.flatnonzero(issues != "")]
+        errors += _text_errors(loc, table, [asked], text_problems if asked == q.query_column else image_problems)
         refuse_float_ids(loc, table.column(q.query_id_column), q.query_id_column)
         refuse_float_ids(loc, table.column(q.positive_ids_column), q.positive_ids_column)
         qids = table.column(q.query_id_column).cast(pa.string()).to_pylist()

@@ -132,7 +132,7 @@ def mine_mixed_file(plan, shards, scorer, task: int) -> dict:
 
     merged = merge_negatives(geo.negative_rows, similar_rows, mine.geo_negatives, mine.num_negatives)
     present = merged >= 0
-    negative_lat, negative_lon = shards.gather("similar_facts", merged[present])[:2]
+    negative_lat, negative_lon, _ = shards.gather("place_facts", merged[present])
     per_place = present.sum(axis=1)
     km = np.full(merged.shape, np.nan, np.float32)
     km[present] = haversine_km(np.repeat(table.column("lat").to_numpy(), per_place), np.repeat(table.column("lon").to_numpy(), per_place),

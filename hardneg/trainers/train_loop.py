@@ -118,14 +118,16 @@ def _load_start(config: dict, cfg: TrainConfig) -> tuple[ContrastiveModel, dict,
 
     checkpoint = ray.train.get_checkpoint()
     scale = LogitScale(cfg.temperature, learnable=cfg.learnable_scale)
-    separate = cfg.view_weights == "separate"
+
+    def loaded(path: str) -> ContrastiveModel:  # with train.view_weights: separate, the view encoder too (view/, or a copy)
+        view_encoder = Encoder.load(view_model_path(path)) if cfg.view_weights == "separate" else None
+        return ContrastiveModel(Encoder.load(path), scale, view_encoder)
+
     if checkpoint is None:
-        path = config["model_path"]
-        return (ContrastiveModel(Encoder.load(path), scale, Encoder.load(view_model_path(path)) if separate else None),
-                read_trainer_state(path), None)
+        return loaded(config["model_path"]), read_trainer_state(config["model_path"]), None
     with checkpoint.as_directory() as path:
         logger.info("resuming from checkpoint %s", path)
-        model = ContrastiveModel(Encoder.load(path), scale, Encoder.load(view_model_path(path)) if separate else None)
+        model = loaded(path)
         state = read_trainer_state(path)
         saved = load_training_state(path)
     model.logit_scale.load_state_dict(saved["logit_scale"])
