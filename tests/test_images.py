@@ -399,3 +399,38 @@ def test_image_queries_mine_hard_negative_images_and_are_checked_at_the_door(ray
     with pytest.raises(InputError, match=r"broken.jsonl: row 2, column query_image"):
         check_round(bad)
     assert not (tmp_path / "run2").exists() and not (tmp_path / "run3").exists()
+
+
+def test_query_files_that_ask_in_two_ways_and_a_cross_encoder_over_image_queries_are_refused(vit_path, tiny_model_path, places,
+                                                                                            tmp_path):
+    """Queries ask with texts or with images, in every file alike, and images one way (paths or bytes); a
+    cross-encoder scores text pairs, so it takes no image queries. Each is refused at the door, naming it."""
+    from hardneg.door import check_round
+    from hardneg.errors import ConfigError
+
+    _, rows = places
+    corpus = write_jsonl(tmp_path / "images.jsonl", [{"id": row["id"], "image": row["image"]} for row in rows])
+    settings = {"model": {"path": vit_path}, "corpus": {"path": corpus}}
+
+    def refused(error, folder: str, match: str, **extra) -> None:
+        cfg = parse_config({**settings, **extra, "run_dir": str(tmp_path / f"run-{folder}"),
+                            "queries": {"path": str(tmp_path / folder), "format": "queries"}})
+        with pytest.raises(error, match=match):
+            check_round(cfg)
+        assert not (tmp_path / f"run-{folder}").exists()
+
+    (tmp_path / "two_ways").mkdir()
+    write_jsonl(tmp_path / "two_ways" / "a.jsonl", [{"query_id": "q0", "query_image": rows[0]["view"], "positive_ids": [rows[0]["id"]]}])
+    write_jsonl(tmp_path / "two_ways" / "b.jsonl", [{"query_id": "q1", "query": "a roof", "positive_ids": [rows[1]["id"]]}])
+    refused(InputError, "two_ways", r"some files ask with texts \(query\) and others with images \(query_image\)")
+
+    (tmp_path / "bytes_and_paths").mkdir()
+    pq.write_table(pa.table({"query_id": ["q0"], "query_image": [open(rows[0]["view"], "rb").read()], "positive_ids": [[rows[0]["id"]]]}),
+                   tmp_path / "bytes_and_paths" / "a.parquet")
+    write_jsonl(tmp_path / "bytes_and_paths" / "b.jsonl", [{"query_id": "q1", "query_image": rows[1]["view"], "positive_ids": [rows[1]["id"]]}])
+    refused(InputError, "bytes_and_paths", r"some files give the query images as bytes and others as paths")
+
+    (tmp_path / "images").mkdir()
+    write_jsonl(tmp_path / "images" / "a.jsonl", [{"query_id": "q0", "query_image": rows[0]["view"], "positive_ids": [rows[0]["id"]]}])
+    refused(ConfigError, "images", r"mine.cross_encoder: a cross-encoder scores text pairs; these queries are images",
+            mine={"cross_encoder": tiny_model_path})

@@ -209,3 +209,24 @@ def test_a_cross_view_round_ranks_each_places_first_view_against_the_others_seco
         np.testing.assert_allclose(row["negative_scores"], scores[allowed[:3]], atol=1e-5)
     twin = next(row for row in mined if row["query_id"] == "twin")
     assert rows[1]["id"] not in twin["negative_ids"]  # the same second view: the same place, never a negative
+
+
+def test_a_place_shard_whose_embeddings_lack_one_of_its_places_names_the_folder_and_the_place(tmp_path):
+    """The mixed strategy's shards read their places' vectors from the round's embeddings folder; a place with no
+    vector there (the folder changed after the round started) stops the shard, naming the folder and a place."""
+    from hardneg.config import IndexConfig
+    from hardneg.errors import StorageError
+    from hardneg.pipelines.embed import embedding_array
+    from hardneg.pipelines.place_shards import PlaceShard, write_places
+
+    table = pa.table({"id": ["a", "b", "c"], "text": ["x", "y", "z"], "lat": [0.0, 1.0, 2.0], "lon": [0.0, 1.0, 2.0]})
+    files = write_places(table, np.full(3, -1, np.int64), storage.resolve(str(tmp_path / "places")), rows_per_file=2)
+    embeddings = storage.prepare_output(storage.resolve(str(tmp_path / "embeddings")))
+    storage.write_parquet(pa.table({"id": ["a", "c"], "embedding": embedding_array(np.eye(2, dtype=np.float32), "float32")}),
+                          embeddings.join("part-00000.parquet"))
+    storage.commit(embeddings, {"kind": "embeddings", "rows": 2})
+    similarity = {"first": embeddings.url, "second": None, "cfg": IndexConfig()}
+    with pytest.raises(StorageError, match=r"embeddings: 1 places have no embedding .*e\.g\. id 'b'"):
+        PlaceShard(files, {"offset": 0, "rows": 3}, IndexConfig(backend="kdtree"), {}, similarity)
+    shard = PlaceShard(files, {"offset": 2, "rows": 1}, IndexConfig(backend="kdtree"), {}, similarity)  # its own place has one
+    assert shard.vectors(np.array([2]))[0].tolist() == [[0.0, 1.0]]
