@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from hardneg import faults
 
@@ -139,6 +139,18 @@ def _quiet_ray_data() -> None:
     from hardneg import console
 
     console.configure_ray_data()
+
+
+def run_jobs(fn: Callable, jobs: Sequence[tuple], **options) -> list:
+    """``[fn(*job) for job in jobs]``: one after the other in this process (``in_process``), or one Ray task
+    each (``options``: Ray's task options; ``max_retries`` 3 unless given), their results in ``jobs``' order.
+    hardneg's own errors come back as they were raised (``get``)."""
+    if in_process():
+        return [fn(*job) for job in jobs]
+    import ray
+
+    task = ray.remote(fn).options(**{"max_retries": 3, **options})
+    return get([task.remote(*job) for job in jobs])
 
 
 def get(refs):

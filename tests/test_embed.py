@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_jsonl
+from conftest import in_process, write_jsonl
 
 from hardneg import storage
 from hardneg.config import parse_config
@@ -50,7 +50,9 @@ def test_a_model_saved_by_sentence_transformers_6_is_cut_where_it_cuts(ray_sessi
     assert "max_seq_length" not in json.loads((tmp_path / "st6" / "sentence_bert_config.json").read_text())
     texts = sorted({pair["positive"][:300] for pair in real_pairs})[:40]  # 30-90 tokens each: past 16, within BERT's 128
     corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"id": i, "text": t} for i, t in enumerate(texts)])
-    manifest = embed_corpus(parse_config({"corpus": {"path": corpus}, "model": {"path": saved}}), str(tmp_path / "out"))
+    cfg = parse_config({"corpus": {"path": corpus}, "model": {"path": saved}})
+    with in_process(cfg):  # where the texts are cut is the point; both roads share the tokenize step
+        manifest = embed_corpus(cfg, str(tmp_path / "out"))
     assert manifest["max_length"] == 16
     ids, vectors = read_embeddings(tmp_path / "out")
     expected = SentenceTransformer(saved, device="cpu").encode(texts, normalize_embeddings=True)
@@ -60,12 +62,13 @@ def test_a_model_saved_by_sentence_transformers_6_is_cut_where_it_cuts(ray_sessi
 def test_float16_shards_and_committed_output_is_never_overwritten(ray_session, tiny_model_path, tmp_path):
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": f"d{i}", "text": f"document number {i}"} for i in range(50)])
     cfg = parse_config({"corpus": {"path": corpus}, "model": {"path": tiny_model_path}, "embed": {"dtype": "float16"}})
-    embed_corpus(cfg, str(tmp_path / "out"))
-    table = storage.read_table(str(tmp_path / "out"))
-    assert str(table.schema.field("embedding").type) == "fixed_size_list<element: halffloat>[32]"
-    assert sorted(table.column("id").to_pylist()) == sorted(f"d{i}" for i in range(50))
-    with pytest.raises(StorageError, match="already committed"):
+    with in_process(cfg):  # the shards' type and the commit rule are the point (test_partial_output… writes on Ray)
         embed_corpus(cfg, str(tmp_path / "out"))
+        table = storage.read_table(str(tmp_path / "out"))
+        assert str(table.schema.field("embedding").type) == "fixed_size_list<element: halffloat>[32]"
+        assert sorted(table.column("id").to_pylist()) == sorted(f"d{i}" for i in range(50))
+        with pytest.raises(StorageError, match="already committed"):
+            embed_corpus(cfg, str(tmp_path / "out"))
 
 
 def test_partial_output_without_manifest_is_redone(ray_session, tiny_model_path, tmp_path):
@@ -89,7 +92,10 @@ def test_a_rerun_after_a_crash_embeds_only_the_unfinished_parts(ray_session, tin
     cfg = parse_config({"corpus": {"path": str(tmp_path / "corpus")}, "model": {"path": tiny_model_path},
                         "embed": {"part_rows": 60}})
     out = tmp_path / "out"
-    first = embed_corpus(cfg, str(out))
+    # In process: which parts are kept and redone is the point, and both roads share it (a Ray run of one
+    # part starts an actor pool, about 10 s here); test_a_killed_encoder_actor… covers Ray's own restarts.
+    with in_process(cfg):
+        first = embed_corpus(cfg, str(out))
     assert first["parts"] == 2 and first["resumed_rows"] == 0
     before = read_embeddings(str(out))
     kept = {name: os.stat(out / "part-00000" / name).st_mtime_ns for name in os.listdir(out / "part-00000")}
@@ -98,7 +104,8 @@ def test_a_rerun_after_a_crash_embeds_only_the_unfinished_parts(ray_session, tin
     (out / "part-00001" / "MANIFEST.json").unlink()
     for name in os.listdir(out / "part-00001"):
         (out / "part-00001" / name).write_bytes(b"half a file")
-    again = embed_corpus(cfg, str(out))
+    with in_process(cfg):
+        again = embed_corpus(cfg, str(out))
     assert again["resumed_rows"] == 60 and again["rows"] == 120  # half of the work was saved
     assert {name: os.stat(out / "part-00000" / name).st_mtime_ns for name in os.listdir(out / "part-00000")} == kept
     after = read_embeddings(str(out))

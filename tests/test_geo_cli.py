@@ -150,7 +150,7 @@ def test_bad_coordinates_exit_2_naming_the_row(ray_session, tmp_path, capsys):
 def test_sharded_search_gives_the_same_round(ray_session, corpus, tmp_path, executor):
     path, _ = corpus
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    assert main(["mine", path, one, *ARGS, "--index", "kdtree"]) == 0
+    assert main(["mine", path, one, *ARGS, "--index", "kdtree", "--ray-in-process", "always"]) == 0
     # Two PlaceShards (k-d trees; Ray actors, or objects in this process) and seven tasks of 300 places
     # (run by the mine stage's actor pool, or one after the other here).
     assert main(["mine", path, two, *ARGS, "--index-num-shards", "2", "--index-query-batch-size", "300",

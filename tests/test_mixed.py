@@ -43,7 +43,7 @@ def mixed_run(ray_session, cities, tiny_model_path, tmp_path_factory):
     cfg = load_config(overrides={"run_dir": str(tmp_path_factory.mktemp("run")), "corpus.path": path,
                                  "model.path": tiny_model_path, "mine.miner": "mixed", "mine.geo_negatives": GEO_NEGATIVES,
                                  "mine.num_negatives": NUM_NEGATIVES, "mine.min_km": MIN_KM, "mine.max_km": MAX_KM})
-    with in_process(cfg):  # test_hardneg_mine_mixed_end_to_end runs a mixed round on Ray
+    with in_process(cfg):  # test_two_place_shards_on_ray… runs a mixed round on Ray
         return cfg, run_round(cfg)
 
 
@@ -115,7 +115,9 @@ def test_a_resumed_round_reuses_its_embeddings(mixed_run):
 def test_hardneg_mine_mixed_end_to_end(ray_session, cities, tiny_model_path, tmp_path, capsys):
     path, rows = cities
     out = str(tmp_path / "run")
-    assert main(["mine", path, out, *ARGS, "--model", tiny_model_path, "--batches", "--composed-batch-size", "16"]) == 0
+    # In process: the CLI, the summary and batches/ are the point (test_two_place_shards_on_ray… runs the strategy on Ray).
+    args = ["mine", path, out, *ARGS, "--model", tiny_model_path, "--batches", "--composed-batch-size", "16", "--ray-in-process", "always"]
+    assert main(args) == 0
     summary = capsys.readouterr().out
     assert "mixed miner: 2 geographic of 4 negatives" in summary and "similarity" in summary and "share a batch" in summary
     here = os.path.join(out, "rounds", "00000")
@@ -124,7 +126,7 @@ def test_hardneg_mine_mixed_end_to_end(ray_session, cities, tiny_model_path, tmp
     batches = storage.read_table(os.path.join(here, "batches"))
     assert batches.num_rows == len(rows) and np.all(np.diff(batches.column("batch_id").to_numpy()) >= 0)
     assert sorted(batches.column("query_id").to_pylist()) == sorted(r["id"] for r in rows)
-    assert main(["mine", path, out, *ARGS, "--model", tiny_model_path, "--batches", "--composed-batch-size", "16"]) == 0  # committed: no-op
+    assert main(args) == 0  # committed: no-op
 
 
 def test_two_place_shards_on_ray_with_a_faiss_index_give_the_same_round(mixed_run, cities, tiny_model_path, tmp_path):

@@ -38,7 +38,7 @@ def negatives_by_pair(run_dir):
 
 def test_own_vectors_mine_the_same_negatives_as_the_embedded_run(ray_session, tiny_model_path, tmp_path):
     corpus, queries = small_corpus(tmp_path)
-    assert main(mine_args(corpus, queries, tmp_path / "embedded", tiny_model_path)) == 0
+    assert main(mine_args(corpus, queries, tmp_path / "embedded", tiny_model_path, "--ray-in-process", "always")) == 0
     here = tmp_path / "embedded" / "rounds" / "00000"
     ids, vectors = read_embeddings(str(here / "embeddings"))
     query_ids, query_vectors = read_embeddings(str(here / "query_embeddings"))
@@ -50,11 +50,11 @@ def test_own_vectors_mine_the_same_negatives_as_the_embedded_run(ray_session, ti
     own_corpus = write_vectors(tmp_path / "own" / "corpus", ids[order], vectors[order], files=2)
     own_queries = write_vectors(tmp_path / "own" / "queries", query_ids, query_vectors, value_type=pa.float64())
 
-    assert main(mine_args(corpus, queries, tmp_path / "both", tiny_model_path,
-                          "--corpus-embeddings", own_corpus, "--query-embeddings", own_queries)) == 0
-    # In process (the laptop's executor), so its query embedding and mining must agree with the Ray rounds too.
+    assert main(mine_args(corpus, queries, tmp_path / "both", tiny_model_path, "--corpus-embeddings", own_corpus,
+                          "--query-embeddings", own_queries, "--ray-in-process", "always")) == 0
+    # On Ray (the embedded round above ran in process): its query embedding and mining must agree too.
     assert main(mine_args(corpus, queries, tmp_path / "corpus_only", tiny_model_path, "--corpus-embeddings", own_corpus,
-                          "--ray-in-process", "always")) == 0
+                          "--ray-in-process", "never")) == 0
 
     expected = negatives_by_pair(tmp_path / "embedded")
     assert len(expected) == 29

@@ -5,7 +5,7 @@ import shutil
 
 import pyarrow as pa
 import pytest
-from conftest import write_jsonl
+from conftest import in_process, write_jsonl
 
 from hardneg import storage
 from hardneg.cli import main
@@ -31,7 +31,8 @@ def round0(ray_session, tmp_path_factory, real_pairs, tiny_model_path):
     """A run directory with round 0 (held-out split) committed, and a config that writes into it."""
     tmp_path = tmp_path_factory.mktemp("round0")
     cfg = loop_config(tmp_path, real_pairs, tiny_model_path)
-    manifest = run_round(cfg, 0, holdout=True)
+    with in_process(cfg):  # what is held out and evaluated is the point; the remine CLI below runs round 1 on Ray
+        manifest = run_round(cfg, 0, holdout=True)
     return cfg, manifest
 
 

@@ -27,7 +27,9 @@ def negatives_per_row(run_dir, round_index):
 def mine_args(tmp_path, tiny_model_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     out = str(tmp_path / "run")
-    return out, ["mine", pairs, out, "--model", tiny_model_path, "--anchor-column", "question", "--positive-column", "answer"]
+    # In process: which options resume and which are refused is the point, not how Ray runs the stages.
+    return out, ["mine", pairs, out, "--model", tiny_model_path, "--anchor-column", "question", "--positive-column", "answer",
+                 "--ray-in-process", "always"]
 
 
 def test_other_options_are_refused_and_the_same_options_resume_a_crashed_round(ray_session, tiny_model_path, tmp_path, capsys):

@@ -123,30 +123,37 @@ def test_cuda_fp16_exact_matches_cpu():
     assert recall_at_k(gpu_rows, cpu_rows) >= 0.99
 
 
-def test_a_killed_shard_actor_reloads_its_shard_and_answers_the_same(ray_session, tmp_path):
+def test_a_killed_shard_actor_reloads_its_shard_and_answers_the_same_and_a_closed_index_releases_its_actors(ray_session, tmp_path):
     import os
     import signal
 
+    import ray
     from faults import actors_of
+
+    from hardneg.search import Index
 
     rng = np.random.default_rng(5)
     path = write_embeddings_dir(tmp_path / "emb", unit(rng, 300), files=4)
     queries = unit(rng, 20)
-    index = open_index(persisted(path, IndexConfig(num_shards=2), tmp_path / "index"), IndexConfig())
-    try:
+    with open_index(persisted(path, IndexConfig(num_shards=2), tmp_path / "index"), IndexConfig()) as index:
+        assert isinstance(index, Index)
         want = index.search(queries, 10)
         # This index's actors, by id: a closed index's actors from an earlier test may not be marked dead yet.
-        mine = {handle._actor_id.hex() for handle in index.actors}
+        actors = list(index.actors)
+        mine = {handle._actor_id.hex() for handle in actors}
         alive = [a for a in actors_of("ShardActor", "ALIVE") if a["actor_id"] in mine]
         assert len(alive) == 2
         os.kill(alive[0]["pid"], signal.SIGKILL)
         got = index.search(queries, 10)
         restarted = [a for a in actors_of("ShardActor") if a["actor_id"] == alive[0]["actor_id"]]
-    finally:
-        index.close()
     assert restarted[0]["restarts"] >= 1
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
+    # Closed (the with block): the index has let its actors go, the restarted one too.
+    assert index.actors == []
+    for actor in actors:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(actor.ntotal.remote())
 
 
 @pytest.mark.parametrize("backend", ["exact", "flat", "hnsw", "kdtree"])
@@ -158,22 +165,6 @@ def test_every_in_process_backend_is_an_index_and_a_context_manager(backend):
         assert isinstance(index, Index)
         _, rows = index.search(corpus[:2], 1)
     assert rows.tolist() == [[0], [1]]
-
-
-def test_a_closed_sharded_index_has_released_its_actors(ray_session, tmp_path):
-    import ray
-
-    from hardneg.search import Index
-
-    path = write_embeddings_dir(tmp_path / "emb", unit(np.random.default_rng(7), 60), files=2)
-    with open_index(persisted(path, IndexConfig(num_shards=2), tmp_path / "index"), IndexConfig()) as index:
-        assert isinstance(index, Index)
-        actors = list(index.actors)
-        assert index.search(unit(np.random.default_rng(8), 3), 4)[1].shape == (3, 4)
-    assert index.actors == []
-    for actor in actors:
-        with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(actor.ntotal.remote())
 
 
 @pytest.mark.parametrize("cfg, files", [

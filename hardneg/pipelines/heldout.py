@@ -44,7 +44,7 @@ from hardneg.config import RunConfig, TrainConfig
 from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
 from hardneg.pipelines.write import write_parts
 from hardneg.places import Places
-from hardneg.ray_runtime import in_process
+from hardneg.ray_runtime import run_jobs
 from hardneg.rundir import stage_timing
 from hardneg.search import embedding_files, open_index, read_embeddings
 from hardneg.trainers.evaluate import ranking_metrics, top_k_ids
@@ -75,12 +75,8 @@ def evaluate_round(cfg: RunConfig, here: storage.Location, heldout: pa.Table) ->
     out = here.join("eval")
     if storage.is_committed(out):
         return storage.read_manifest(out)
-    if in_process():
-        return _evaluate(cfg, here.url, heldout, storage.s3_options())
-    import ray
-
     # In a Ray task: it holds every corpus id and the held-out queries' vectors, the driver nothing.
-    return ray.get(ray.remote(_evaluate).options(max_retries=3).remote(cfg, here.url, heldout, storage.s3_options()))
+    return run_jobs(_evaluate, [(cfg, here.url, heldout, storage.s3_options())])[0]
 
 
 def _evaluate(cfg: RunConfig, here_url: str, heldout: pa.Table, storage_options: dict) -> dict:
@@ -177,11 +173,7 @@ def evaluate_places(cfg: RunConfig, here: storage.Location, heldout: pa.Table, m
     text, _ = embed_or_reuse(cfg, place_view_targets(cfg, here, heldout))
     about = {"model": text["model"], "views": f"{'image' if 'image' in heldout.column_names else 'text'} -> view",
              "embed_seconds": time.perf_counter() - started}
-    if in_process():
-        return _evaluate_places(cfg.train, here.url, about, storage.s3_options())
-    import ray
-
-    return ray.get(ray.remote(_evaluate_places).options(max_retries=3).remote(cfg.train, here.url, about, storage.s3_options()))
+    return run_jobs(_evaluate_places, [(cfg.train, here.url, about, storage.s3_options())])[0]
 
 
 def _evaluate_places(train_cfg: TrainConfig, here_url: str, about: dict, storage_options: dict) -> dict:

@@ -18,7 +18,8 @@ import time
 
 from hardneg import storage
 from hardneg.config import IndexConfig
-from hardneg.ray_runtime import in_process
+from hardneg.ray_runtime import in_process, run_jobs
+from hardneg.resources import cluster_resources, shard_resources
 from hardneg.search import embedding_files, index_manifest, shard_name, split_files, write_shard
 
 logger = logging.getLogger(__name__)
@@ -40,16 +41,8 @@ def build_index_dir(cfg: IndexConfig, embeddings_dir: str, out: storage.Location
     storage.prepare_output(out)
     names = [shard_name(shard, cfg.backend) for shard in range(len(shards))]
     jobs = [(files, cfg, out.join(name).url, storage.s3_options()) for (files, _), name in zip(shards, names)]
-    if in_process():
-        rows = [write_shard(*job) for job in jobs]
-    else:
-        import ray
-
-        from hardneg.resources import cluster_resources, shard_resources
-
-        cpus, gpus = shard_resources(len(shards), cluster_resources(), cfg.device)
-        task = ray.remote(write_shard).options(num_cpus=cpus, num_gpus=gpus, max_retries=3)
-        rows = ray.get([task.remote(*job) for job in jobs])
+    cpus, gpus = (1, 0) if in_process() else shard_resources(len(shards), cluster_resources(), cfg.device)
+    rows = run_jobs(write_shard, jobs, num_cpus=cpus, num_gpus=gpus)
     manifest = {
         "kind": "index", "backend": cfg.backend, "embeddings": storage.resolve(embeddings_dir).url, "rows": sum(rows),
         "shards": [{"file": name, "offset": offset, "rows": count} for name, (_, offset), count in zip(names, shards, rows)],

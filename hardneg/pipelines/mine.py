@@ -47,7 +47,7 @@ from hardneg.miners import FILTERS, Ragged, hash_texts, mine_similarity
 from hardneg.pipelines.corpus_shards import CorpusShard, ShardSet, corpus_shard_kwargs, open_shards
 from hardneg.pipelines.figures import count_figures, distribution
 from hardneg.pipelines.write import kept_rows
-from hardneg.ray_runtime import in_process
+from hardneg.ray_runtime import in_process, run_jobs
 from hardneg.rundir import timing
 from hardneg.search import Index, embedding_files, exact_search_files, index_manifest, read_embeddings, recall_at_k
 
@@ -340,12 +340,7 @@ def mine_stage(cfg: RunConfig, corpus: ValidatedCorpus, corpus_cfg, here: storag
     recall = None
     if index["backend"] not in ("exact", "kdtree") and cfg.index.recall_sample:
         job = (cfg, index_dir, embeddings_dir, here.join("query_embeddings").url, depth, storage.s3_options())
-        if here_only:
-            recall = search_recall_task(*job)
-        else:
-            import ray
-
-            recall = ray.get(ray.remote(search_recall_task).remote(*job))
+        recall = run_jobs(search_recall_task, [job])[0]
         stages["recall_check"] = timing(time.perf_counter() - started, recall["queries"])
     figures = {**tally.figures(), "candidates_per_query": depth, "recall": recall,
                "scored_by": "cross-encoder " + cfg.mine.cross_encoder if cfg.mine.cross_encoder else "bi-encoder"}

@@ -22,7 +22,7 @@ from hardneg.config import RunConfig
 from hardneg.miners import compose_batches
 from hardneg.pipelines.views import view_table
 from hardneg.places import place_values
-from hardneg.ray_runtime import in_process
+from hardneg.ray_runtime import run_jobs
 from hardneg.search import embedding_files
 
 PART_ROWS = 100_000
@@ -137,13 +137,7 @@ def write_batches(mined_dir: str, plan, keep: np.ndarray, out: storage.Location,
     mined = embedding_files(mined_dir)  # (url, rows), in row order
     jobs = [(mined, positions[part[0]:part[-1]], ids[part[0]:part[-1]], [cut - part[0] for cut in part],
              out.join(f"part-{number:05d}.parquet").url, storage.s3_options()) for number, part in enumerate(files)]
-    if in_process():
-        for job in jobs:
-            write_batch_file(*job)
-    else:
-        import ray
-
-        ray.get([ray.remote(write_batch_file).options(num_cpus=1).remote(*job) for job in jobs])
+    run_jobs(write_batch_file, jobs, num_cpus=1)
     storage.commit(out, {"kind": "batches", "rows": len(ids), "parts": len(files), "batch_size": batch_size,
                          "batches": int(len(starts)), "together_share": round(plan.together_share, 4),
                          "row_groups": "whole batches, rows sorted by batch_id"})
