@@ -242,7 +242,8 @@ class Encoder(torch.nn.Module):
         device = next(self.model.parameters()).device
         out = np.empty((len(pixels), self.dim), dtype=np.float32)
         for start in range(0, len(pixels), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(pixels[start : start + batch_size])).to(device, non_blocking=True)
+            # Arrow hands read-only buffers: copied only when not already contiguous and writable (torch needs both).
+            batch = torch.from_numpy(np.require(pixels[start : start + batch_size], requirements=["C", "W"])).to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 out[start : start + batch_size] = self(pixel_values=batch).float().cpu().numpy()
         return out

@@ -1,6 +1,7 @@
 """The mine pipeline end to end: inputs -> embed -> index -> mine -> committed round, views, CLI, bad input."""
 
 import json
+import os
 
 import pyarrow.parquet as pq
 import pytest
@@ -10,6 +11,7 @@ from hardneg import storage
 from hardneg.cli import main
 from hardneg.config import parse_config
 from hardneg.errors import InputError
+from hardneg.pipelines.inputs import prepare_inputs
 from hardneg.pipelines.run import round_dir, run_round
 from hardneg.pipelines.views import view_table
 
@@ -202,6 +204,33 @@ def test_bad_queries_name_the_row_and_write_nothing(ray_session, tiny_model_path
         run_round(cfg)
     assert message in str(err.value) and "bad.jsonl" in str(err.value)
     assert not (tmp_path / "run" / "rounds").exists()
+
+
+def test_queries_are_checked_and_written_one_file_at_a_time(tmp_path):
+    """A queries folder becomes inputs/queries file by file (a part each); a query id that an earlier file already
+    has is refused naming the later file and row, and the parts written before the refusal are removed."""
+    corpus, _ = small_corpus(tmp_path)
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [{"query_id": "q0", "query": "sort a python list", "positive_ids": ["d0"]},
+                                     {"query_id": "q1", "query": "topic 3", "positive_ids": ["d10", "d17", "d24"]}])
+    write_jsonl(folder / "b.jsonl", [{"query_id": f"q{i}", "query": f"question {i}", "positive_ids": [f"d{i}"]} for i in range(4, 9)])
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "corpus": {"path": corpus},
+                        "queries": {"path": str(folder), "format": "queries"}})
+    inputs = prepare_inputs(cfg, storage.resolve(cfg.run_dir))
+    written = tmp_path / "run" / "inputs" / "queries"
+    assert sorted(name for name in os.listdir(written) if name.endswith(".parquet")) == ["part-00000.parquet", "part-00001.parquet"]
+    assert (inputs.query_rows, inputs.max_positives) == (7, 3)
+    assert inputs.query_ids().to_pylist() == ["q0", "q1", "q4", "q5", "q6", "q7", "q8"]
+    assert storage.read_table(inputs.queries_url).column("positive_ids").to_pylist()[1] == ["d10", "d17", "d24"]
+
+    write_jsonl(folder / "c.jsonl", [{"query_id": "q9", "query": "new", "positive_ids": ["d9"]},
+                                     {"query_id": "q5", "query": "again", "positive_ids": ["d5"]}])
+    cfg = cfg.model_copy(update={"run_dir": str(tmp_path / "other")})
+    with pytest.raises(InputError, match=r"c.jsonl: row 1, column query_id: duplicate query id 'q5'") as err:
+        prepare_inputs(cfg, storage.resolve(cfg.run_dir))
+    assert "a.jsonl" not in str(err.value) and "b.jsonl" not in str(err.value)
+    assert not (tmp_path / "other" / "inputs" / "queries").exists()
 
 
 def test_bad_pairs_name_the_file_row_and_column(ray_session, tmp_path):

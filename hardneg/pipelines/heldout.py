@@ -21,8 +21,8 @@ nothing to retrieve: no place is held out and there is no evaluation.
 
 Example::
 
-    train_queries, heldout_queries = split_queries(inputs.queries, cfg.train)
-    evaluate_round(cfg, round_dir(cfg.run_dir, 1), heldout_queries)["ndcg@10"]
+    held = frozenset(heldout_ids(inputs.query_ids().to_pylist(), cfg.train))
+    evaluate_round(cfg, round_dir(cfg.run_dir, 1), held)["ndcg@10"]
     places, heldout_places = holdout_places(load_places(cfg.corpus), cfg.train)
     evaluate_places(cfg, round_dir(cfg.run_dir, 0), heldout_places)["recall@1"]
 """
@@ -69,22 +69,24 @@ def split_queries(queries: pa.Table, train_cfg: TrainConfig, id_column: str = "q
     return queries.filter(pc.invert(mask)), queries.filter(mask)
 
 
-def evaluate_round(cfg: RunConfig, here: storage.Location, heldout: pa.Table) -> dict:
-    """Recall@``train.eval_k`` and nDCG@10 of the held-out queries with this round's embeddings; committed
-    once as ``here/eval/`` (a committed evaluation is read back, not redone)."""
+def evaluate_round(cfg: RunConfig, here: storage.Location, heldout: frozenset[str]) -> dict:
+    """Recall@``train.eval_k`` and nDCG@10 of the held-out queries (their ids) with this round's embeddings;
+    committed once as ``here/eval/`` (a committed evaluation is read back, not redone)."""
     out = here.join("eval")
     if storage.is_committed(out):
         return storage.read_manifest(out)
-    # In a Ray task: it holds every corpus id and the held-out queries' vectors, the driver nothing.
+    # In a Ray task: it holds every corpus id and the held-out queries' positives and vectors, the driver their ids.
     return run_jobs(_evaluate, [(cfg, here.url, heldout, storage.s3_options())])[0]
 
 
-def _evaluate(cfg: RunConfig, here_url: str, heldout: pa.Table, storage_options: dict) -> dict:
+def _evaluate(cfg: RunConfig, here_url: str, heldout_ids: frozenset[str], storage_options: dict) -> dict:
     """``evaluate_round``'s work: search the held-out queries in the round's index, commit ``eval/``."""
     storage.restore_options(storage_options)
     here = storage.resolve(here_url)
     out = here.join("eval")
     started = time.perf_counter()
+    queries = storage.read_table(storage.resolve(cfg.run_dir).join("inputs", "queries").url, ["query_id", "positive_ids"])
+    heldout = queries.filter(pc.is_in(queries.column("query_id"), value_set=pa.array(sorted(heldout_ids), pa.string())))
     embeddings = here.join("embeddings").url
     corpus_ids = np.concatenate([
         storage.read_table_file(storage.resolve(url), ["id"]).column("id").cast(pa.string()).to_numpy(zero_copy_only=False)

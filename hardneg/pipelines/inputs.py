@@ -11,13 +11,14 @@ Two input shapes (``queries.format``):
   with ids (``corpus.path``).
 
 Prepared tables are committed under ``RUN_DIR/inputs/`` (``corpus/`` for pairs only,
-``queries/``) and reused by every round. The driver keeps only ids, texts and groups.
+``queries/``) and reused by every round. Queries with ids are checked and written one file at a
+time; pairs are joined into queries and corpus in the driver (ids are content hashes of the texts).
 
 Example::
 
     inputs = prepare_inputs(cfg, storage.resolve(cfg.run_dir))
     inputs.corpus_cfg.path      # what the embed stage reads
-    inputs.queries.num_rows     # unique queries
+    inputs.query_rows           # unique queries
 """
 
 from __future__ import annotations
@@ -50,12 +51,15 @@ QUERIES_SCHEMA = queries_schema()
 
 @dataclass
 class Inputs:
-    """What every round mines from.
+    """What every round mines from. The driver holds the queries' counts, not their rows: each stage reads
+    ``inputs/queries`` where it runs.
 
     Attributes:
         corpus_cfg: the corpus as the embed stage reads it (id/text/group columns named).
         corpus: the validated corpus files.
-        queries: ``query_id``, ``query``, ``positive_ids`` (one row per unique query).
+        queries_url: the committed ``inputs/queries`` (``query_id``, ``query``, ``positive_ids``; one row per unique query).
+        query_rows: how many queries it holds.
+        max_positives: the most positive ids one query has.
         pairs_per_anchor: for pairs input, the most input rows one anchor has, repeated pairs counted
             (sentence-transformers' ``max_positives``, which widens its candidate window); else 0.
         query_modality: what ``query`` holds, ``"text"`` or ``"image"`` (``queries.query_image_column``).
@@ -63,9 +67,15 @@ class Inputs:
 
     corpus_cfg: CorpusConfig
     corpus: ValidatedCorpus
-    queries: pa.Table
+    queries_url: str
+    query_rows: int
+    max_positives: int = 1
     pairs_per_anchor: int = 0
     query_modality: str = "text"
+
+    def query_ids(self) -> pa.Array:
+        """Every query id (strings), read from ``inputs/queries``' id column alone."""
+        return storage.read_table(self.queries_url, ["query_id"]).column("query_id").combine_chunks()
 
 
 def text_id(text: str) -> str:
@@ -89,7 +99,7 @@ def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
             corpus, queries, repeats = _from_pairs(cfg)
             _commit_table(corpus_dir, corpus, {"kind": "corpus", "source": cfg.queries.path, "extra_corpus": cfg.corpus.path})
             _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path, "sources": sources,
-                                                 "pairs_per_anchor": repeats})
+                                                 "pairs_per_anchor": repeats, "max_positives": _max_positives(queries)})
         corpus_cfg = CorpusConfig(path=corpus_dir.url, id_column="id", text_column="text", group_column="group")
         validated = validate_corpus(corpus_cfg)
     else:
@@ -98,12 +108,19 @@ def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
         corpus_cfg = cfg.corpus
         validated = validate_corpus(corpus_cfg)
         if not storage.is_committed(queries_dir):
-            queries, modality = _from_queries(cfg, validated.id_hashes)
-            _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path, "sources": sources,
-                                                 "query_modality": modality})
-    queries = storage.read_table(queries_dir.url)
+            checked = _from_queries(cfg, validated.id_hashes, storage.prepare_output(queries_dir))
+            storage.commit(queries_dir, {"kind": "queries", "source": cfg.queries.path, "sources": sources, "rows": checked.rows,
+                                         "max_positives": checked.max_positives, "query_modality": checked.modality})
     manifest = storage.read_manifest(queries_dir)
-    return Inputs(corpus_cfg, validated, queries, int(manifest.get("pairs_per_anchor") or 0), manifest.get("query_modality", "text"))
+    max_positives = manifest.get("max_positives")
+    if max_positives is None:  # inputs prepared before the manifest recorded it: from the lists' lengths alone
+        max_positives = _max_positives(storage.read_table(queries_dir.url, ["positive_ids"]))
+    return Inputs(corpus_cfg, validated, queries_dir.url, int(manifest["rows"]), int(max_positives),
+                  int(manifest.get("pairs_per_anchor") or 0), manifest.get("query_modality", "text"))
+
+
+def _max_positives(queries: pa.Table) -> int:
+    return int(pc.max(pc.list_value_length(queries.column("positive_ids"))).as_py() or 0)
 
 
 @dataclass
@@ -113,14 +130,14 @@ class InputIds:
     Attributes:
         corpus_hashes: sorted unique ``hash_ids`` of the corpus ids (8 bytes a row).
         corpus_ids: the corpus ids as strings, read when called (only to name a mismatch).
-        query_ids: the query ids as strings.
+        query_ids: the query ids as strings, read when called.
         modality: what the corpus holds, ``"text"`` or ``"image"``.
         query_modality: what the queries ask with, ``"text"`` or ``"image"``.
     """
 
     corpus_hashes: np.ndarray
     corpus_ids: Callable[[], pa.Array]
-    query_ids: pa.Array
+    query_ids: Callable[[], pa.Array]
     modality: str = "text"
     query_modality: str = "text"
 
@@ -144,19 +161,28 @@ def check_inputs(cfg: RunConfig, run_dir: storage.Location, want_ids: bool = Fal
         corpus_cfg = cfg.corpus if cfg.queries.format == "queries" else CorpusConfig(path=run_dir.join("inputs", "corpus").url)
         corpus = validate_corpus(corpus_cfg)
         hashes, ids, modality = corpus.id_hashes, lambda: corpus_ids(corpus, corpus_cfg), corpus.modality
-        queries = storage.read_table(queries_dir.url, ["query_id"])
+        query_ids = lambda: storage.read_table(queries_dir.url, ["query_id"]).column("query_id").combine_chunks()  # noqa: E731
         query_modality = storage.read_manifest(queries_dir).get("query_modality", "text")
     elif cfg.queries.format == "pairs":
         table, queries, _ = _from_pairs(cfg)
         hashes, ids, modality = np.unique(hash_ids(table.column("id"))), lambda: table.column("id").combine_chunks(), "text"
-        query_modality = "text"
+        query_ids, query_modality = lambda: queries.column("query_id").combine_chunks(), "text"
     elif not cfg.corpus.path:
         raise InputError("queries.format=queries needs corpus.path (the corpus the positive_ids refer to)")
     else:
         corpus = validate_corpus(cfg.corpus)
         hashes, ids, modality = corpus.id_hashes, lambda: corpus_ids(corpus, cfg.corpus), corpus.modality
-        queries, query_modality = _from_queries(cfg, hashes)
-    return InputIds(hashes, ids, queries.column("query_id").combine_chunks(), modality, query_modality)
+        query_modality = _from_queries(cfg, hashes).modality
+        query_ids = lambda: source_query_ids(cfg)  # noqa: E731
+    return InputIds(hashes, ids, query_ids, modality, query_modality)
+
+
+def source_query_ids(cfg: RunConfig) -> pa.Array:
+    """The query ids (strings) of ``queries.path``, read file by file, only the id column."""
+    column = cfg.queries.query_id_column
+    arrays = [storage.read_table_file(loc, [column]).column(column).cast(pa.string()).combine_chunks()
+              for loc in storage.list_table_files(cfg.queries.path)]
+    return pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
 
 
 def input_fingerprint(cfg: RunConfig) -> list[list]:
@@ -203,19 +229,18 @@ def _commit_table(out: storage.Location, table: pa.Table, manifest: dict) -> Non
 
 
 def _read_checked(path: str, columns: list[str], what: str, fallback: Optional[dict] = None) -> list[tuple[storage.Location, pa.Table]]:
-    """Each file of ``path`` with ``columns`` (or a column's ``fallback`` instead), failing with file + column when one
-    is missing."""
+    """Each file of ``path`` with ``columns`` (``_read_checked_file``)."""
+    return [(loc, _read_checked_file(loc, columns, what, fallback)) for loc in storage.list_table_files(path)]
+
+
+def _read_checked_file(loc: storage.Location, columns: list[str], what: str, fallback: Optional[dict] = None) -> pa.Table:
+    """The file's ``columns`` (or a column's ``fallback`` instead), failing with file + column when one is missing."""
     fallback = fallback or {}
-    out = []
-    for loc in storage.list_table_files(path):
-        table = storage.read_table_file(loc, columns + list(fallback.values()))
-        missing = [c for c in columns if c not in table.column_names and fallback.get(c) not in table.column_names]
-        if missing:
-            raise InputError(
-                f"{loc.url}: missing column(s) {', '.join(missing)} for {what}; columns found: {', '.join(table.column_names)}"
-            )
-        out.append((loc, table))
-    return out
+    table = storage.read_table_file(loc, columns + list(fallback.values()))
+    missing = [c for c in columns if c not in table.column_names and fallback.get(c) not in table.column_names]
+    if missing:
+        raise InputError(f"{loc.url}: missing column(s) {', '.join(missing)} for {what}; columns found: {', '.join(table.column_names)}")
+    return table
 
 
 def _text_errors(loc: storage.Location, table: pa.Table, columns: list[str], problems=text_problems) -> list[str]:
@@ -267,47 +292,102 @@ def _from_pairs(cfg: RunConfig) -> tuple[pa.Table, pa.Table, int]:
     return corpus, queries, max(Counter(anchors).values(), default=0)
 
 
-def _from_queries(cfg: RunConfig, known: np.ndarray) -> tuple[pa.Table, str]:
-    """Queries with ids into the corpus, every positive id checked against the corpus' sorted id hashes ``known``;
-    and what they ask with, ``"text"`` or ``"image"`` (a file with ``queries.query_image_column``, no query column)."""
+@dataclass
+class QueryFiles:
+    """What ``_from_queries`` checked (and wrote): the rows, the most positives one query has, and what the
+    queries ask with, ``"text"`` or ``"image"``."""
+
+    rows: int
+    max_positives: int
+    modality: str
+
+
+def _from_queries(cfg: RunConfig, known: np.ndarray, out: Optional[storage.Location] = None) -> QueryFiles:
+    """Check the queries file by file, every positive id against the corpus' sorted id hashes ``known``, and write
+    each file's rows (``query_id``, ``query``, ``positive_ids``) as one part of ``out`` (a prepared folder; None:
+    write nothing, the door's check). One file is in memory at a time, plus 8 bytes a query id; a refusal
+    leaves ``out`` removed. A file with ``queries.query_image_column`` and no query column asks with images."""
     q = cfg.queries
     if not q.path:
         raise InputError("queries.path is not set (columns query_id, query, positive_ids)")
-    errors, tables, seen, kinds = [], [], set(), []
-    for loc, table in _read_checked(q.path, [q.query_id_column, q.query_column, q.positive_ids_column], "queries.format=queries",
-                                    {q.query_column: q.query_image_column}):
-        asked = q.query_column if q.query_column in table.column_names else q.query_image_column  # texts, or images
-        kinds.append(asked)
-        errors += _text_errors(loc, table, [asked], text_problems if asked == q.query_column else image_problems)
-        refuse_float_ids(loc, table.column(q.query_id_column), q.query_id_column)
-        refuse_float_ids(loc, table.column(q.positive_ids_column), q.positive_ids_column)
-        qids = table.column(q.query_id_column).cast(pa.string()).to_pylist()
-        lists = table.column(q.positive_ids_column).to_pylist()
-        unknown_of = _unknown_ids(lists, known)
-        for row, (qid, positive_ids) in enumerate(zip(qids, lists)):
-            where = f"{loc.url}: row {row}"
-            if qid is None:
-                errors.append(f"{where}, column {q.query_id_column}: null query id")
-            elif qid in seen:
-                errors.append(f"{where}, column {q.query_id_column}: duplicate query id {qid!r}")
-            seen.add(qid)
-            if not isinstance(positive_ids, list) or not positive_ids:
-                errors.append(f"{where}, column {q.positive_ids_column}: expected a non-empty list of corpus ids, got {positive_ids!r}")
-                continue
-            if row in unknown_of:
-                errors.append(f"{where}, column {q.positive_ids_column}: id {unknown_of[row]!r} is not in the corpus")
-        values = table.column(asked)
-        tables.append(pa.table({
-            "query_id": qids,
-            "query": values if pa.types.is_binary(values.type) else values.cast(pa.string()),
-            "positive_ids": [[str(p) for p in (ids or [])] for ids in lists],
-        }, schema=queries_schema(pa.binary() if pa.types.is_binary(values.type) else pa.string())))
-    _raise_if(errors, "queries")
-    if len({t.schema.field("query").type for t in tables}) > 1:
-        raise InputError(f"{q.path}: some files give the query images as bytes and others as paths; give them one way")
-    if len(set(kinds)) > 1:
-        raise InputError(f"{q.path}: some files ask with texts ({q.query_column}) and others with images ({q.query_image_column})")
-    return pa.concat_tables(tables), "image" if kinds and kinds[0] != q.query_column else "text"
+    errors, kinds, types, files, hashes = [], set(), set(), [], []
+    rows = max_positives = 0
+    try:
+        for loc in storage.list_table_files(q.path):
+            table = _read_checked_file(loc, [q.query_id_column, q.query_column, q.positive_ids_column], "queries.format=queries",
+                                       {q.query_column: q.query_image_column})
+            asked = q.query_column if q.query_column in table.column_names else q.query_image_column  # texts, or images
+            kinds.add(asked)
+            errors += _text_errors(loc, table, [asked], text_problems if asked == q.query_column else image_problems)
+            refuse_float_ids(loc, table.column(q.query_id_column), q.query_id_column)
+            refuse_float_ids(loc, table.column(q.positive_ids_column), q.positive_ids_column)
+            qids = table.column(q.query_id_column).cast(pa.string()).combine_chunks()
+            lists = table.column(q.positive_ids_column).to_pylist()
+            unknown_of = _unknown_ids(lists, known)
+            for row in np.flatnonzero(qids.is_null().to_numpy(zero_copy_only=False)).tolist():
+                errors.append(f"{loc.url}: row {row}, column {q.query_id_column}: null query id")
+            for row, positive_ids in enumerate(lists):
+                where = f"{loc.url}: row {row}, column {q.positive_ids_column}"
+                if not isinstance(positive_ids, list) or not positive_ids:
+                    errors.append(f"{where}: expected a non-empty list of corpus ids, got {positive_ids!r}")
+                elif row in unknown_of:
+                    errors.append(f"{where}: id {unknown_of[row]!r} is not in the corpus")
+            values = table.column(asked)
+            kind = pa.binary() if pa.types.is_binary(values.type) else pa.string()
+            types.add(kind)
+            part = pa.table({
+                "query_id": qids,
+                "query": values if kind == pa.binary() else values.cast(pa.string()),
+                "positive_ids": [[str(p) for p in (ids or [])] for ids in lists],
+            }, schema=queries_schema(kind))
+            if out is not None and not errors:
+                storage.write_parquet(part, out.join(f"part-{len(files):05d}.parquet"))
+            files.append(loc)
+            hashes.append(hash_ids(qids.fill_null("")))
+            rows += part.num_rows
+            max_positives = max(max_positives, max((len(ids) for ids in lists if isinstance(ids, list)), default=0))
+        errors += _duplicate_ids(files, hashes, q.query_id_column)
+        _raise_if(errors, "queries")
+        if len(types) > 1:
+            raise InputError(f"{q.path}: some files give the query images as bytes and others as paths; give them one way")
+        if len(kinds) > 1:
+            raise InputError(f"{q.path}: some files ask with texts ({q.query_column}) and others with images ({q.query_image_column})")
+    except InputError:
+        if out is not None and out.fs.exists(out.path):
+            out.fs.rm(out.path, recursive=True)
+        raise
+    return QueryFiles(rows, max_positives, "image" if kinds and kinds != {q.query_column} else "text")
+
+
+def _duplicate_ids(files: list[storage.Location], hashes: list[np.ndarray], column: str) -> list[str]:
+    """``file: row R, column C: duplicate query id`` for every query id an earlier row (in any file) has; found by
+    the ids' hashes, then read back and compared, so a hash collision is never reported."""
+    if not hashes:
+        return []
+    every = np.concatenate(hashes)
+    _, first, counts = np.unique(every, return_index=True, return_counts=True)
+    if counts.max(initial=1) == 1:
+        return []
+    seen = np.zeros(len(every), bool)
+    seen[first] = True
+    repeated = np.flatnonzero(~seen)  # rows after the first with their hash
+    starts = np.cumsum([0] + [len(h) for h in hashes])
+    ids = {}  # file number -> its ids, read back only for the files involved
+    first_of = dict(zip(every[first].tolist(), first.tolist()))
+
+    def id_at(position: int) -> Optional[str]:
+        number = int(np.searchsorted(starts, position, side="right") - 1)
+        if number not in ids:
+            ids[number] = storage.read_table_file(files[number], [column]).column(column).cast(pa.string()).to_pylist()
+        return ids[number][position - starts[number]]
+
+    errors = []
+    for position in repeated.tolist():
+        qid = id_at(position)
+        if qid is not None and qid == id_at(first_of[int(every[position])]):
+            number = int(np.searchsorted(starts, position, side="right") - 1)
+            errors.append(f"{files[number].url}: row {position - starts[number]}, column {column}: duplicate query id {qid!r}")
+    return errors
 
 
 def _unknown_ids(lists: list, known: np.ndarray) -> dict[int, object]:

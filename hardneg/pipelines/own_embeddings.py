@@ -184,7 +184,7 @@ def check_own_embeddings(cfg: RunConfig, inputs) -> None:
         if queries.dim != corpus.dim:
             raise InputError(f"embed.query_embeddings: {queries.source} holds {queries.dim}-dim vectors but "
                              f"embed.corpus_embeddings {corpus.source} holds {corpus.dim}-dim ones")
-        missing = _not_in(inputs.query_ids.cast(pa.string()), queries.ids)
+        missing = _not_in(inputs.query_ids(), queries.ids)
         if len(missing):
             raise InputError(f"embed.query_embeddings: {queries.source}: {len(missing)} query id(s) have no vector "
                              f"({_shown(missing)})")

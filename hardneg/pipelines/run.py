@@ -21,14 +21,12 @@ import logging
 import time
 from typing import Optional, Protocol
 
-import pyarrow.compute as pc
-
 from hardneg import storage
 from hardneg.config import CorpusConfig, RunConfig, dump_config
 from hardneg.errors import ConfigError
 from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
 from hardneg.pipelines.geo import PlaceRound
-from hardneg.pipelines.heldout import evaluate_round, split_queries
+from hardneg.pipelines.heldout import evaluate_round, heldout_ids
 from hardneg.pipelines.index import index_or_reuse
 from hardneg.pipelines.inputs import prepare_inputs
 from hardneg.pipelines.mine import mine_stage
@@ -131,9 +129,10 @@ class SimilarityRound:
     def inputs(self, stages: dict) -> None:
         started = time.perf_counter()
         self.prepared = prepare_inputs(self.cfg, storage.resolve(self.cfg.run_dir))
-        stages["inputs"] = stage_timing(started, self.prepared.queries.num_rows)
-        self.train_queries, self.heldout_queries = (split_queries(self.prepared.queries, self.cfg.train) if self.holdout
-                                                    else (self.prepared.queries, None))
+        stages["inputs"] = stage_timing(started, self.prepared.query_rows)
+        # The held-out queries by id: the split reads only the id column (the rows stay in inputs/queries).
+        self.heldout = (frozenset(heldout_ids(self.prepared.query_ids().to_pylist(), self.cfg.train)) if self.holdout
+                        else None)
 
     def embed(self, stages: dict) -> None:
         self.embeddings, self.query_embeddings = embed_stage(self.cfg, self.prepared, self.here)
@@ -150,13 +149,12 @@ class SimilarityRound:
         if storage.is_committed(mined_dir):
             self.mined = storage.read_manifest(mined_dir)
         else:
-            queries, heldout = self.train_queries, self.heldout_queries
-            left_out = frozenset(heldout.column("query_id").to_pylist()) if heldout is not None else frozenset()
-            # ST widens every query's candidate window by its largest count of rows per anchor (repeated pairs too)
-            max_positives = max(int(pc.max(pc.list_value_length(queries.column("positive_ids"))).as_py() or 1),
-                                self.prepared.pairs_per_anchor)
+            left_out = self.heldout or frozenset()
+            # ST widens every query's candidate window by its largest count of rows per anchor (repeated pairs too);
+            # the held-out queries count as well, so the window does not depend on the split.
+            max_positives = max(self.prepared.max_positives, self.prepared.pairs_per_anchor, 1)
             self.mined = mine_stage(self.cfg, self.prepared.corpus, self.prepared.corpus_cfg, self.here, self.round_index, self.encoder,
-                                    left_out, queries.num_rows, max_positives)
+                                    left_out, self.prepared.query_rows - len(left_out), max_positives)
         stages.update(self.mined["stages"])
         return dict(self.mined["figures"])
 
@@ -164,13 +162,12 @@ class SimilarityRound:
         return with_view(self.cfg, self.here, {"outputs": {"mined": self.here.join("mined").url}})["outputs"]
 
     def evaluate(self, figures: dict, stages: dict) -> None:
-        heldout = self.heldout_queries
-        if heldout is not None and heldout.num_rows:
-            figures["eval"] = evaluate_round(self.cfg, self.here, heldout)
-            stages["eval"] = timing(figures["eval"]["seconds"], heldout.num_rows)
+        if self.heldout:
+            figures["eval"] = evaluate_round(self.cfg, self.here, self.heldout)
+            stages["eval"] = timing(figures["eval"]["seconds"], len(self.heldout))
 
     def manifest(self, stages: dict, figures: dict, outputs: dict) -> RoundManifest:
-        cfg, embeddings, query_embeddings, heldout = self.cfg, self.embeddings, self.query_embeddings, self.heldout_queries
+        cfg, embeddings, query_embeddings, heldout = self.cfg, self.embeddings, self.query_embeddings, self.heldout
         return RoundManifest(
             # the queries' model: the checkpoint itself (its corpus side may have its own view encoder, train.view_weights)
             miner="similarity", round=self.round_index, encoder=self.encoder, model=query_embeddings["model"] or embeddings["model"],
@@ -181,7 +178,7 @@ class SimilarityRound:
             counts={"corpus": embeddings["rows"], "queries": query_embeddings["rows"], "rows": self.mined["rows"]},
             stages=stages, figures=figures, outputs=outputs,
             heldout={"fraction": cfg.train.eval_fraction, "seed": cfg.train.seed,
-                     "queries": heldout.num_rows} if heldout is not None else None,
+                     "queries": len(heldout)} if heldout is not None else None,
         )
 
 
