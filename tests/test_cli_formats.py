@@ -1,7 +1,6 @@
 """Output formats and sentence-transformers' semantics through `hardneg mine` (a tiny model where the model's
 judgement does not matter, the packaged MiniLM where it picks the nearest text)."""
 
-import pyarrow.parquet as pq
 import pytest
 
 from conftest import write_jsonl
@@ -35,7 +34,7 @@ def test_labeled_pairs_keep_the_input_columns_one_row_per_positive_and_per_negat
     assert view.column_names == ["question", "answer", "label"]
     assert view.num_rows == 3 * 2 + 3 * 1  # as ST: each positive once, each query's negative once
     assert sorted(view.column("label").to_pylist()) == [0] * 3 + [1] * 6
-    corpus_texts = pq.read_table(storage.resolve(out).join("inputs", "corpus", "part-00000.parquet").path).column("text").to_pylist()
+    corpus_texts = storage.read_table(storage.resolve(out).join("inputs", "corpus").url).column("text").to_pylist()
     assert corpus_texts.count("Madrid is the capital of Spain.") == 1
 
 

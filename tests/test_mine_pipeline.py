@@ -233,6 +233,52 @@ def test_queries_are_checked_and_written_one_file_at_a_time(tmp_path):
     assert not (tmp_path / "other" / "inputs" / "queries").exists()
 
 
+def test_pairs_are_grouped_into_queries_file_by_file_in_buckets(tmp_path, real_pairs):
+    """Pairs over three files become the corpus (unique positives, then the extra corpus' new texts) a part per
+    file and the queries a part per anchor bucket: every anchor once with each of its positives once, in the order
+    they came, whatever the bucket count; a bad row in the last file removes everything written."""
+    from hardneg.pipelines.inputs import _from_pairs, text_id
+
+    pairs = [{"anchor": p["anchor"], "positive": p["positive"]} for p in real_pairs[:90]]
+    pairs += pairs[:5] + [{"anchor": pairs[0]["anchor"], "positive": pairs[7]["positive"]}]  # repeats; a second positive
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for f in range(3):
+        write_jsonl(folder / f"p{f}.jsonl", pairs[f::3])
+    read_order = [row for f in range(3) for row in pairs[f::3]]
+    extra = write_jsonl(tmp_path / "extra.jsonl", [{"id": "x0", "text": pairs[1]["positive"]}, {"id": "x1", "text": "an extra text"},
+                                                   {"id": "x2", "text": "an extra text"}])
+    expected: dict[str, list[str]] = {}
+    for row in read_order:
+        listed = expected.setdefault(row["anchor"], [])
+        if text_id(row["positive"]) not in listed:
+            listed.append(text_id(row["positive"]))
+    cfg = parse_config({"queries": {"path": str(folder)}, "corpus": {"path": extra}})
+    for bucket_bytes, parts in ((2**30, 1), (4_000, None)):
+        run = storage.resolve(str(tmp_path / f"run{bucket_bytes}"))
+        corpus_dir, queries_dir, staging = (storage.prepare_output(run.join(name)) for name in ("corpus", "queries", "staging"))
+        made = _from_pairs(cfg, corpus_dir, queries_dir, staging, bucket_bytes=bucket_bytes)
+        queries = storage.read_table(queries_dir.url).to_pylist()
+        assert {row["query"]: row["positive_ids"] for row in queries} == expected and len(queries) == len(expected)
+        assert all(row["query_id"] == text_id(row["query"]) for row in queries)
+        if parts == 1:  # one bucket: the anchors in the order they came
+            assert [row["query"] for row in queries] == list(expected)
+        else:
+            assert len(os.listdir(queries_dir.path)) > 3
+        corpus = storage.read_table(corpus_dir.url).to_pylist()
+        assert [row["text"] for row in corpus] == list(dict.fromkeys(row["positive"] for row in read_order)) + ["an extra text"]
+        assert corpus[-1]["id"] == "x1" and len(os.listdir(corpus_dir.path)) == 4
+        assert (made.pairs_per_anchor, made.max_positives, made.corpus_rows) == (3, 2, len(corpus))
+        assert not os.path.exists(staging.path)
+
+    write_jsonl(folder / "p3.jsonl", [{"anchor": "fine", "positive": "also fine"}, {"anchor": "", "positive": "x"}])
+    run = storage.resolve(str(tmp_path / "refused"))
+    folders = [storage.prepare_output(run.join(name)) for name in ("corpus", "queries", "staging")]
+    with pytest.raises(InputError, match=r"p3.jsonl: row 1, column anchor: empty text"):
+        _from_pairs(cfg, *folders, bucket_bytes=4_000)
+    assert not any(os.path.exists(f.path) for f in folders)
+
+
 def test_bad_pairs_name_the_file_row_and_column(ray_session, tmp_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"anchor": "a", "positive": "b"}, {"anchor": "c", "positive": ""}])
     with pytest.raises(InputError, match=r"pairs.jsonl: row 1, column positive: empty text"):

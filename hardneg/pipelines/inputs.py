@@ -11,8 +11,10 @@ Two input shapes (``queries.format``):
   with ids (``corpus.path``).
 
 Prepared tables are committed under ``RUN_DIR/inputs/`` (``corpus/`` for pairs only,
-``queries/``) and reused by every round. Queries with ids are checked and written one file at a
-time; pairs are joined into queries and corpus in the driver (ids are content hashes of the texts).
+``queries/``) and reused by every round. Both shapes are read one file at a time: queries with ids
+are checked and written a part per file; pairs give a corpus part per file (its texts not seen before)
+and go to bucket files by anchor, each bucket then grouped into queries. The driver keeps 8 bytes a
+corpus text and 8 a query, never the rows.
 
 Example::
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -95,11 +98,17 @@ def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
         _check_same_sources(queries_dir, sources)
     if cfg.queries.format == "pairs":
         corpus_dir = run_dir.join("inputs", "corpus")
-        if not storage.is_committed(corpus_dir) or not storage.is_committed(queries_dir):
-            corpus, queries, repeats = _from_pairs(cfg)
-            _commit_table(corpus_dir, corpus, {"kind": "corpus", "source": cfg.queries.path, "extra_corpus": cfg.corpus.path})
-            _commit_table(queries_dir, queries, {"kind": "queries", "source": cfg.queries.path, "sources": sources,
-                                                 "pairs_per_anchor": repeats, "max_positives": _max_positives(queries)})
+        if not storage.is_committed(queries_dir):
+            # Both folders are made in one pass: a corpus committed without its queries (a crash between the two
+            # commits) is made again with them; nothing has read it yet, as the rounds start after the queries.
+            if corpus_dir.fs.exists(corpus_dir.path):
+                corpus_dir.fs.rm(corpus_dir.path, recursive=True)
+            made = _from_pairs(cfg, storage.prepare_output(corpus_dir), storage.prepare_output(queries_dir),
+                               storage.prepare_output(run_dir.join("inputs", "pairs-staging")))
+            storage.commit(corpus_dir, {"kind": "corpus", "source": cfg.queries.path, "extra_corpus": cfg.corpus.path,
+                                        "rows": made.corpus_rows})
+            storage.commit(queries_dir, {"kind": "queries", "source": cfg.queries.path, "sources": sources, "rows": len(made.query_digests),
+                                         "pairs_per_anchor": made.pairs_per_anchor, "max_positives": made.max_positives})
         corpus_cfg = CorpusConfig(path=corpus_dir.url, id_column="id", text_column="text", group_column="group")
         validated = validate_corpus(corpus_cfg)
     else:
@@ -164,9 +173,9 @@ def check_inputs(cfg: RunConfig, run_dir: storage.Location, want_ids: bool = Fal
         query_ids = lambda: storage.read_table(queries_dir.url, ["query_id"]).column("query_id").combine_chunks()  # noqa: E731
         query_modality = storage.read_manifest(queries_dir).get("query_modality", "text")
     elif cfg.queries.format == "pairs":
-        table, queries, _ = _from_pairs(cfg)
-        hashes, ids, modality = np.unique(hash_ids(table.column("id"))), lambda: table.column("id").combine_chunks(), "text"
-        query_ids, query_modality = lambda: queries.column("query_id").combine_chunks(), "text"
+        made = _from_pairs(cfg)
+        hashes, modality, query_ids, query_modality = made.corpus_hashes, "text", made.query_ids, "text"
+        ids = lambda: pairs_corpus_ids(cfg, hashes)  # noqa: E731
     elif not cfg.corpus.path:
         raise InputError("queries.format=queries needs corpus.path (the corpus the positive_ids refer to)")
     else:
@@ -175,6 +184,20 @@ def check_inputs(cfg: RunConfig, run_dir: storage.Location, want_ids: bool = Fal
         query_modality = _from_queries(cfg, hashes).modality
         query_ids = lambda: source_query_ids(cfg)  # noqa: E731
     return InputIds(hashes, ids, query_ids, modality, query_modality)
+
+
+def pairs_corpus_ids(cfg: RunConfig, corpus_hashes: np.ndarray) -> pa.Array:
+    """The corpus ids pairs input makes (its positives' ``text_id``, then the extra corpus' ids it keeps: those in
+    ``corpus_hashes``), read again file by file; only to name ids a user's own embeddings lack or add."""
+    q, arrays = cfg.queries, []
+    for loc in storage.list_table_files(q.path):
+        positives = storage.read_table_file(loc, [q.positive_column]).column(q.positive_column).to_pylist()
+        arrays.append(pa.array([text_id(text) for text in dict.fromkeys(positives)], pa.string()))
+    if cfg.corpus.path:
+        arrays.append(corpus_ids(validate_corpus(cfg.corpus), cfg.corpus))
+    ids = pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
+    ids = ids.filter(pa.array(contains(corpus_hashes, hash_ids(ids))))
+    return pc.unique(ids)
 
 
 def source_query_ids(cfg: RunConfig) -> pa.Array:
@@ -222,17 +245,6 @@ def load_corpus(corpus: ValidatedCorpus, cfg: CorpusConfig, ids: Optional[pa.Arr
     return pa.concat_tables(tables, promote_options="default")
 
 
-def _commit_table(out: storage.Location, table: pa.Table, manifest: dict) -> None:
-    storage.prepare_output(out)
-    storage.write_parquet(table, out.join("part-00000.parquet"))
-    storage.commit(out, {**manifest, "rows": table.num_rows})
-
-
-def _read_checked(path: str, columns: list[str], what: str, fallback: Optional[dict] = None) -> list[tuple[storage.Location, pa.Table]]:
-    """Each file of ``path`` with ``columns`` (``_read_checked_file``)."""
-    return [(loc, _read_checked_file(loc, columns, what, fallback)) for loc in storage.list_table_files(path)]
-
-
 def _read_checked_file(loc: storage.Location, columns: list[str], what: str, fallback: Optional[dict] = None) -> pa.Table:
     """The file's ``columns`` (or a column's ``fallback`` instead), failing with file + column when one is missing."""
     fallback = fallback or {}
@@ -258,38 +270,157 @@ def _raise_if(errors: list[str], what: str) -> None:
         raise InputError(f"invalid {what} ({len(errors)} problem(s)); nothing was written:\n  " + "\n  ".join(errors[:MAX_REPORTED]) + more)
 
 
-def _from_pairs(cfg: RunConfig) -> tuple[pa.Table, pa.Table, int]:
-    """(corpus, queries, the most rows one anchor has) from anchor/positive pairs plus the optional extra corpus."""
+PAIRS_BUCKET_BYTES = 16 * 2**20  # pairs files' bytes per bucket of the anchors' group-by (one bucket is grouped in memory)
+
+
+@dataclass
+class PairsFiles:
+    """What ``_from_pairs`` checked (and wrote).
+
+    Attributes:
+        corpus_hashes: sorted unique ``hash_ids`` of the corpus ids (8 bytes a row).
+        corpus_rows: the corpus' rows (unique positives, then the extra corpus' rows with new texts).
+        query_digests: sorted unique 64-bit digests of the anchors (a query id is ``t`` + their 16 hex digits).
+        pairs_per_anchor: the most input rows one anchor has, repeated pairs counted.
+        max_positives: the most distinct positives one anchor has.
+    """
+
+    corpus_hashes: np.ndarray
+    corpus_rows: int
+    query_digests: np.ndarray
+    pairs_per_anchor: int
+    max_positives: int
+
+    def query_ids(self) -> pa.Array:
+        return pa.array(_ids(self.query_digests), pa.string())
+
+
+def _digests(texts: list) -> np.ndarray:
+    """``text_id``'s 64 bits of each text, as uint64."""
+    return np.array([int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "big") for t in texts], np.uint64)
+
+
+def _ids(digests) -> list[str]:
+    """``text_id``s of 64-bit digests (an array or a list of ints)."""
+    return [f"t{d:016x}" for d in (digests.tolist() if isinstance(digests, np.ndarray) else digests)]
+
+
+class _Seen:
+    """The digests of the texts kept so far: sorted chunks, one per file, merged when there are many (8 bytes a text)."""
+
+    def __init__(self):
+        self.chunks: list[np.ndarray] = []
+
+    def first_new(self, digests: np.ndarray) -> np.ndarray:
+        """Rows whose digest is neither seen nor on an earlier row (the first of each new text), now seen."""
+        first = np.flatnonzero(~pd.Index(digests).duplicated())
+        for chunk in self.chunks:
+            first = first[~contains(chunk, digests[first])]
+        self.chunks.append(np.sort(digests[first]))
+        if len(self.chunks) > 16:
+            self.chunks = [np.sort(np.concatenate(self.chunks))]
+        return first
+
+
+def _from_pairs(cfg: RunConfig, corpus_out: Optional[storage.Location] = None, queries_out: Optional[storage.Location] = None,
+                staging: Optional[storage.Location] = None, bucket_bytes: int = PAIRS_BUCKET_BYTES) -> PairsFiles:
+    """Check the pairs (plus the optional extra corpus) one file at a time and, given the three prepared folders,
+    write the corpus and the queries (None: write nothing, the door's check).
+
+    The corpus is written a part per file as its new texts arrive (one text is one item, as sentence-transformers
+    de-duplicates its corpus); the pairs go to ``staging`` in buckets by anchor, and each bucket is grouped into
+    queries (a unique anchor, its positives in the order they came) and written as one part of ``queries_out``;
+    ``staging`` is removed after. The driver holds one file (or one bucket: a share ``bucket_bytes`` of the pairs
+    files' bytes) plus 8 bytes a corpus text and 8 a query. A refusal removes what was written."""
     q = cfg.queries
     if not q.path:
         raise InputError("queries.path is not set (the pairs file: columns anchor, positive)")
-    files = _read_checked(q.path, [q.anchor_column, q.positive_column], "queries.format=pairs")
-    _raise_if([e for loc, t in files for e in _text_errors(loc, t, [q.anchor_column, q.positive_column])], "pairs")
-    anchors = [a for _, t in files for a in t.column(q.anchor_column).to_pylist()]
-    positives = [p for _, t in files for p in t.column(q.positive_column).to_pylist()]
+    files = storage.list_table_files(q.path)
+    total = sum(int(info.get("size") or 0) for _, info in storage.table_file_infos([q.path]))
+    buckets = max(1, -(-total // bucket_bytes))
+    writes = corpus_out is not None
+    errors, seen, hashes, anchors_seen = [], _Seen(), [], []
+    parts = rows = 0
+    try:
+        for number, loc in enumerate(files):
+            table = _read_checked_file(loc, [q.anchor_column, q.positive_column], "queries.format=pairs")
+            errors += _text_errors(loc, table, [q.anchor_column, q.positive_column])
+            if errors:
+                continue
+            anchors, positives = table.column(q.anchor_column).to_pylist(), table.column(q.positive_column).to_pylist()
+            anchor_digests, positive_digests = _digests(anchors), _digests(positives)
+            new = seen.first_new(positive_digests)
+            ids = pa.array(_ids(positive_digests[new]), pa.string())
+            hashes.append(hash_ids(ids))
+            anchors_seen.append(pd.unique(anchor_digests))
+            if writes:
+                storage.write_parquet(pa.table({"id": ids, "text": pa.array([positives[r] for r in new.tolist()], pa.string())}),
+                                      corpus_out.join(f"part-{parts:05d}.parquet"))
+                order = np.arange(rows, rows + len(anchors), dtype=np.int64)
+                bucket = (anchor_digests % np.uint64(buckets)).astype(np.int64)
+                pairs = pa.table({"order": order, "anchor_digest": anchor_digests, "anchor": pa.array(anchors, pa.string()),
+                                  "positive_digest": positive_digests})
+                for b in np.unique(bucket).tolist():
+                    storage.write_parquet(pairs.filter(pa.array(bucket == b)), staging.join(f"bucket-{b:05d}", f"file-{number:05d}.parquet"))
+            parts, rows = parts + 1, rows + len(anchors)
+        _raise_if(errors, "pairs")
+        if cfg.corpus.path:  # the extra corpus: its rows whose text is new, in file order
+            extra = validate_corpus(cfg.corpus)
+            for loc, drop in zip(extra.files, extra.drop_rows):
+                table = _valid_rows(loc, drop, [cfg.corpus.id_column, cfg.corpus.text_column])
+                texts = table.column(cfg.corpus.text_column).cast(pa.string()).to_pylist()
+                digests = _digests(texts)
+                new = seen.first_new(digests)
+                kept = table.take(pa.array(new, pa.int64()))
+                ids = kept.column(cfg.corpus.id_column).cast(pa.string())
+                hashes.append(hash_ids(ids))
+                if writes:
+                    storage.write_parquet(pa.table({"id": ids, "text": kept.column(cfg.corpus.text_column).cast(pa.string())}),
+                                          corpus_out.join(f"part-{parts:05d}.parquet"))
+                    parts += 1
+        corpus_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+        per_anchor = most_positives = 0
+        if writes:
+            for b in range(buckets):
+                grouped, repeats, positives_most = _group_pairs(staging.join(f"bucket-{b:05d}"))
+                storage.write_parquet(grouped, queries_out.join(f"part-{b:05d}.parquet"))
+                per_anchor, most_positives = max(per_anchor, repeats), max(most_positives, positives_most)
+            staging.fs.rm(staging.path, recursive=True)
+    except InputError:
+        for out in (corpus_out, queries_out, staging):
+            if out is not None and out.fs.exists(out.path):
+                out.fs.rm(out.path, recursive=True)
+        raise
+    queries = np.unique(np.concatenate(anchors_seen)) if anchors_seen else np.zeros(0, np.uint64)
+    logger.info("pairs: %d rows, %d unique queries, corpus %d texts", rows, len(queries), len(corpus_hashes))
+    return PairsFiles(np.unique(corpus_hashes), len(corpus_hashes), queries, per_anchor, most_positives)
 
-    texts = list(dict.fromkeys(positives))
-    ids = [text_id(text) for text in texts]
-    corpus = pa.table({"id": ids, "text": texts})
-    if cfg.corpus.path:
-        extra = load_corpus(validate_corpus(cfg.corpus), cfg.corpus).select(["id", "text"])
-        seen = set(texts)  # a text is one corpus item, as sentence-transformers de-duplicates its corpus
-        first = [row for row, text in enumerate(extra.column("text").to_pylist()) if not (text in seen or seen.add(text))]
-        corpus = pa.concat_tables([corpus, extra.take(pa.array(first, pa.int64()))])
 
-    positives_of: dict[str, list[str]] = {}
-    for anchor, positive in zip(anchors, positives):
-        ids_of = positives_of.setdefault(anchor, [])
-        positive_id = text_id(positive)
-        if positive_id not in ids_of:
-            ids_of.append(positive_id)
-    queries = pa.table({
-        "query_id": [text_id(anchor) for anchor in positives_of],
-        "query": list(positives_of),
-        "positive_ids": list(positives_of.values()),
+def _group_pairs(bucket: storage.Location) -> tuple[pa.Table, int, int]:
+    """One bucket's pairs as queries (``query_id``, ``query``, ``positive_ids``; anchors and each anchor's positives
+    in the order they came), the most rows one anchor has and the most distinct positives."""
+    files = storage.list_table_files(bucket.url) if bucket.fs.exists(bucket.path) else []
+    if not files:
+        return QUERIES_SCHEMA.empty_table(), 0, 0
+    pairs = pa.concat_tables([storage.read_table_file(loc) for loc in files])
+    pairs = pairs.take(pc.sort_indices(pairs.column("order")))
+    anchor_digests = pairs.column("anchor_digest").to_numpy()
+    positive_digests = pairs.column("positive_digest").to_numpy()
+    anchors = pairs.column("anchor").to_pylist()
+    positives_of: dict[int, list[int]] = {}
+    text_of: dict[int, str] = {}
+    counts: Counter = Counter(anchor_digests.tolist())
+    for anchor, text, positive in zip(anchor_digests.tolist(), anchors, positive_digests.tolist()):
+        listed = positives_of.setdefault(anchor, [])
+        text_of.setdefault(anchor, text)
+        if positive not in listed:
+            listed.append(positive)
+    table = pa.table({
+        "query_id": _ids(list(positives_of)),
+        "query": [text_of[a] for a in positives_of],
+        "positive_ids": [_ids(p) for p in positives_of.values()],
     }, schema=QUERIES_SCHEMA)
-    logger.info("pairs: %d rows, %d unique queries, corpus %d texts", len(anchors), queries.num_rows, corpus.num_rows)
-    return corpus, queries, max(Counter(anchors).values(), default=0)
+    return table, max(counts.values()), max(len(p) for p in positives_of.values())
 
 
 @dataclass

@@ -1,0 +1,95 @@
+"""Peak RSS of preparing a pairs input (``prepare_inputs``: anchor/positive rows -> ``inputs/corpus`` and
+``inputs/queries``) at growing sizes: what the driver holds before the first stage runs (docs/scaling.md).
+
+The pairs are real text (docstring summaries and bodies of installed packages, ``bench/corpora.py``), repeated to
+size with a copy number, so every pair is distinct; every 10th anchor gets a second positive. The pairs are
+written as Parquet files of 100,000 rows. Each size runs ``prepare_inputs`` alone in its own process; peak RSS is
+that process's ``getrusage`` maximum, minus nothing (the imports are in it). ``--src`` imports hardneg from
+another checkout (a ``git worktree`` of an older commit) to compare.
+
+    .venv/bin/python bench/inputs_memory.py --work /tmp/inputs-bench --sizes 100000,1000000,3000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def build(size: int, work: str) -> str:
+    """A folder of pairs Parquet files with ``size`` rows (kept in ``work/pairs-SIZE``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, HERE)
+    from corpora import docstring_pairs
+
+    folder = os.path.join(work, f"pairs-{size}")
+    if os.path.exists(os.path.join(folder, "done")):
+        return folder
+    os.makedirs(folder, exist_ok=True)
+    base = docstring_pairs()
+    for number, start in enumerate(range(0, size, 100_000)):
+        rows = range(start, min(size, start + 100_000))
+        anchors = [f"{base[i % len(base)]['anchor']} [copy {i // len(base)}]" for i in rows]
+        positives = [f"{base[i % len(base)]['positive']} [copy {i // len(base)}]" for i in rows]
+        anchors += anchors[::10]  # a second positive for every 10th anchor
+        positives += [f"{text} [second]" for text in positives[::10]]
+        pq.write_table(pa.table({"anchor": anchors, "positive": positives}), os.path.join(folder, f"part-{number:05d}.parquet"))
+    open(os.path.join(folder, "done"), "w").close()
+    return folder
+
+
+def prepare_alone(pairs: str) -> dict:
+    """Peak RSS (MB) and seconds of ``prepare_inputs`` over ``pairs`` in this process, and what it made."""
+    import resource
+
+    from hardneg import storage
+    from hardneg.config import parse_config
+    from hardneg.pipelines.inputs import prepare_inputs
+
+    run_dir = tempfile.mkdtemp(prefix="hardneg-inputs-")
+    cfg = parse_config({"run_dir": run_dir, "queries": {"path": pairs}})
+    started = time.perf_counter()
+    inputs = prepare_inputs(cfg, storage.resolve(run_dir))
+    seconds = time.perf_counter() - started
+    corpus = storage.read_manifest(storage.resolve(run_dir).join("inputs", "corpus"))["rows"]
+    queries = getattr(inputs, "query_rows", None) or getattr(getattr(inputs, "queries", None), "num_rows", 0)
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": seconds,
+            "corpus": corpus, "queries": queries}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", required=True, help="where the pairs files are built and kept")
+    parser.add_argument("--sizes", default="100000,1000000,3000000")
+    parser.add_argument("--src", default=os.path.dirname(HERE), help="the checkout whose hardneg is measured")
+    parser.add_argument("--pairs", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.pairs:
+        print(json.dumps(prepare_alone(args.pairs)))
+        return
+    os.makedirs(args.work, exist_ok=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.path.abspath(args.src))
+    print(f"hardneg from {os.path.abspath(args.src)}")
+    print("| pairs rows | corpus rows | queries | prepare_inputs s | peak RSS MB |\n|---|---|---|---|---|")
+    for size in [int(s) for s in args.sizes.split(",")]:
+        pairs = build(size, args.work)
+        out = subprocess.run([sys.executable, __file__, "--work", args.work, "--pairs", pairs], env=env, cwd=args.src,
+                             capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(out.stderr)
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        rows = size + -(-size // 10)
+        print(f"| {rows:,} | {got['corpus']:,} | {got['queries']:,} | {got['seconds']:.1f} | {got['peak_rss_mb']:,.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
