@@ -142,12 +142,12 @@ def _quiet_ray_data() -> None:
 
 
 def run_jobs(fn: Callable, jobs: Sequence[tuple], **options) -> list:
-    """``[fn(*job) for job in jobs]``: one after the other in this process (``in_process``), or one Ray task
-    each (``options``: Ray's task options; ``max_retries`` 3 unless given), their results in ``jobs``' order.
-    hardneg's own errors come back as they were raised (``get``)."""
-    if in_process():
+    """``[fn(*job) for job in jobs]``: one after the other in this process (``in_process``, or Ray not started
+    here), or one Ray task each (``options``: Ray's task options; ``max_retries`` 3 unless given), their results
+    in ``jobs``' order. hardneg's own errors come back as they were raised (``get``)."""
+    ray = sys.modules.get("ray")
+    if in_process() or ray is None or not ray.is_initialized():
         return [fn(*job) for job in jobs]
-    import ray
 
     task = ray.remote(fn).options(**{"max_retries": 3, **options})
     return get([task.remote(*job) for job in jobs])

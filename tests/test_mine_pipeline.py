@@ -233,10 +233,13 @@ def test_queries_are_checked_and_written_one_file_at_a_time(tmp_path):
     assert not (tmp_path / "other" / "inputs" / "queries").exists()
 
 
-def test_pairs_are_grouped_into_queries_file_by_file_in_buckets(tmp_path, real_pairs):
+def test_pairs_are_grouped_into_queries_file_by_file_in_buckets(ray_session, tmp_path, real_pairs):
     """Pairs over three files become the corpus (unique positives, then the extra corpus' new texts) a part per
-    file and the queries a part per anchor bucket: every anchor once with each of its positives once, in the order
-    they came, whatever the bucket count; a bad row in the last file removes everything written."""
+    file and the queries a part per anchor bucket (one bucket in this process, many as Ray tasks): every anchor
+    once with each of its positives once, in the order they came, whatever the bucket count; a bad row in the
+    last file removes everything written."""
+    import contextlib
+
     from hardneg.pipelines.inputs import _from_pairs, text_id
 
     pairs = [{"anchor": p["anchor"], "positive": p["positive"]} for p in real_pairs[:90]]
@@ -257,7 +260,8 @@ def test_pairs_are_grouped_into_queries_file_by_file_in_buckets(tmp_path, real_p
     for bucket_bytes, parts in ((2**30, 1), (4_000, None)):
         run = storage.resolve(str(tmp_path / f"run{bucket_bytes}"))
         corpus_dir, queries_dir, staging = (storage.prepare_output(run.join(name)) for name in ("corpus", "queries", "staging"))
-        made = _from_pairs(cfg, corpus_dir, queries_dir, staging, bucket_bytes=bucket_bytes)
+        with in_process(cfg) if parts == 1 else contextlib.nullcontext():
+            made = _from_pairs(cfg, corpus_dir, queries_dir, staging, bucket_bytes=bucket_bytes)
         queries = storage.read_table(queries_dir.url).to_pylist()
         assert {row["query"]: row["positive_ids"] for row in queries} == expected and len(queries) == len(expected)
         assert all(row["query_id"] == text_id(row["query"]) for row in queries)

@@ -41,6 +41,7 @@ from hardneg.config import CorpusConfig, RunConfig
 from hardneg.corpus import MAX_REPORTED, ValidatedCorpus, contains, hash_ids, refuse_float_ids, text_problems, validate_corpus
 from hardneg.errors import InputError
 from hardneg.images import image_problems
+from hardneg.ray_runtime import run_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -330,8 +331,9 @@ def _from_pairs(cfg: RunConfig, corpus_out: Optional[storage.Location] = None, q
     The corpus is written a part per file as its new texts arrive (one text is one item, as sentence-transformers
     de-duplicates its corpus); the pairs go to ``staging`` in buckets by anchor, and each bucket is grouped into
     queries (a unique anchor, its positives in the order they came) and written as one part of ``queries_out``;
-    ``staging`` is removed after. The driver holds one file (or one bucket: a share ``bucket_bytes`` of the pairs
-    files' bytes) plus 8 bytes a corpus text and 8 a query. A refusal removes what was written."""
+    ``staging`` is removed after. The driver holds one file plus 8 bytes a corpus text and 8 a query; a bucket (a
+    share ``bucket_bytes`` of the pairs files' bytes) is grouped by a task (``run_jobs``: on Ray when Ray runs
+    here). A refusal removes what was written."""
     q = cfg.queries
     if not q.path:
         raise InputError("queries.path is not set (the pairs file: columns anchor, positive)")
@@ -380,10 +382,10 @@ def _from_pairs(cfg: RunConfig, corpus_out: Optional[storage.Location] = None, q
                     parts += 1
         corpus_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
         per_anchor = most_positives = 0
-        if writes:
-            for b in range(buckets):
-                grouped, repeats, positives_most = _group_pairs(staging.join(f"bucket-{b:05d}"))
-                storage.write_parquet(grouped, queries_out.join(f"part-{b:05d}.parquet"))
+        if writes:  # a task per bucket (on Ray when it runs here)
+            jobs = [(staging.join(f"bucket-{b:05d}").url, queries_out.join(f"part-{b:05d}.parquet").url, storage.s3_options())
+                    for b in range(buckets)]
+            for repeats, positives_most in run_jobs(group_bucket, jobs, num_cpus=1):
                 per_anchor, most_positives = max(per_anchor, repeats), max(most_positives, positives_most)
             staging.fs.rm(staging.path, recursive=True)
     except InputError:
@@ -394,6 +396,15 @@ def _from_pairs(cfg: RunConfig, corpus_out: Optional[storage.Location] = None, q
     queries = np.unique(np.concatenate(anchors_seen)) if anchors_seen else np.zeros(0, np.uint64)
     logger.info("pairs: %d rows, %d unique queries, corpus %d texts", rows, len(queries), len(corpus_hashes))
     return PairsFiles(np.unique(corpus_hashes), len(corpus_hashes), queries, per_anchor, most_positives)
+
+
+def group_bucket(bucket_url: str, out_url: str, storage_options: dict) -> tuple[int, int]:
+    """Group one bucket of pairs into queries, written to ``out_url``; the most rows one anchor has and the most
+    distinct positives."""
+    storage.restore_options(storage_options)
+    grouped, repeats, positives_most = _group_pairs(storage.resolve(bucket_url))
+    storage.write_parquet(grouped, storage.resolve(out_url))
+    return repeats, positives_most
 
 
 def _group_pairs(bucket: storage.Location) -> tuple[pa.Table, int, int]:
