@@ -221,7 +221,7 @@ def test_queries_are_checked_and_written_one_file_at_a_time(tmp_path):
     written = tmp_path / "run" / "inputs" / "queries"
     assert sorted(name for name in os.listdir(written) if name.endswith(".parquet")) == ["part-00000.parquet", "part-00001.parquet"]
     assert (inputs.query_rows, inputs.max_positives) == (7, 3)
-    assert inputs.query_ids().to_pylist() == ["q0", "q1", "q4", "q5", "q6", "q7", "q8"]
+    assert storage.read_table(inputs.queries_url).column("query_id").to_pylist() == ["q0", "q1", "q4", "q5", "q6", "q7", "q8"]
     assert storage.read_table(inputs.queries_url).column("positive_ids").to_pylist()[1] == ["d10", "d17", "d24"]
 
     write_jsonl(folder / "c.jsonl", [{"query_id": "q9", "query": "new", "positive_ids": ["d9"]},

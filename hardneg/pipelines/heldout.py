@@ -21,7 +21,7 @@ nothing to retrieve: no place is held out and there is no evaluation.
 
 Example::
 
-    held = frozenset(heldout_ids(inputs.query_ids().to_pylist(), cfg.train))
+    held = heldout_ids_of(inputs.queries_url, cfg.train)
     evaluate_round(cfg, round_dir(cfg.run_dir, 1), held)["ndcg@10"]
     places, heldout_places = holdout_places(load_places(cfg.corpus), cfg.train)
     evaluate_places(cfg, round_dir(cfg.run_dir, 0), heldout_places)["recall@1"]
@@ -57,8 +57,31 @@ def heldout_ids(query_ids: list[str], train_cfg: TrainConfig) -> set[str]:
     if train_cfg.eval_fraction == 0 or len(query_ids) < 2:
         return set()
     count = max(1, round(train_cfg.eval_fraction * len(query_ids)))
-    ranked = sorted(query_ids, key=lambda qid: hashlib.blake2b(f"{train_cfg.seed}:{qid}".encode(), digest_size=8).digest())
+    ranked = sorted(query_ids, key=lambda qid: _rank_key(qid, train_cfg.seed))
     return set(ranked[:count])
+
+
+def _rank_key(query_id: str, seed: int) -> int:
+    """Where a query ranks in the split: 64 bits of blake2b of ``seed:query_id``, read big-endian (the bytes' order)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{query_id}".encode(), digest_size=8).digest(), "big")
+
+
+def heldout_ids_of(queries_url: str, train_cfg: TrainConfig) -> frozenset[str]:
+    """``heldout_ids`` of the query ids in ``queries_url`` (the committed ``inputs/queries``), read file by file:
+    the driver keeps each query's 8-byte rank key, finds the cut, and reads the ids again to keep those below it."""
+    files = storage.list_table_files(queries_url)
+
+    def ids_of(loc: storage.Location) -> list:
+        return storage.read_table_file(loc, ["query_id"]).column("query_id").to_pylist()
+
+    keys = [np.array([_rank_key(qid, train_cfg.seed) for qid in ids_of(loc)], np.uint64) for loc in files]
+    total = sum(len(k) for k in keys)
+    if train_cfg.eval_fraction == 0 or total < 2:
+        return frozenset()
+    count = max(1, round(train_cfg.eval_fraction * total))
+    cut = np.partition(np.concatenate(keys), count - 1)[count - 1]
+    return frozenset(qid for loc, k in zip(files, keys) if (k <= cut).any()
+                     for qid, below in zip(ids_of(loc), (k <= cut).tolist()) if below)
 
 
 def split_queries(queries: pa.Table, train_cfg: TrainConfig, id_column: str = "query_id") -> tuple[pa.Table, pa.Table]:

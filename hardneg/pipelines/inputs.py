@@ -77,10 +77,6 @@ class Inputs:
     pairs_per_anchor: int = 0
     query_modality: str = "text"
 
-    def query_ids(self) -> pa.Array:
-        """Every query id (strings), read from ``inputs/queries``' id column alone."""
-        return storage.read_table(self.queries_url, ["query_id"]).column("query_id").combine_chunks()
-
 
 def text_id(text: str) -> str:
     """A content id for a text: ``t`` + 16 hex digits of blake2b (what pairs input uses as corpus ids)."""

@@ -26,7 +26,7 @@ from hardneg.config import CorpusConfig, RunConfig, dump_config
 from hardneg.errors import ConfigError
 from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
 from hardneg.pipelines.geo import PlaceRound
-from hardneg.pipelines.heldout import evaluate_round, heldout_ids
+from hardneg.pipelines.heldout import evaluate_round, heldout_ids_of
 from hardneg.pipelines.index import index_or_reuse
 from hardneg.pipelines.inputs import prepare_inputs
 from hardneg.pipelines.mine import mine_stage
@@ -130,9 +130,8 @@ class SimilarityRound:
         started = time.perf_counter()
         self.prepared = prepare_inputs(self.cfg, storage.resolve(self.cfg.run_dir))
         stages["inputs"] = stage_timing(started, self.prepared.query_rows)
-        # The held-out queries by id: the split reads only the id column (the rows stay in inputs/queries).
-        self.heldout = (frozenset(heldout_ids(self.prepared.query_ids().to_pylist(), self.cfg.train)) if self.holdout
-                        else None)
+        # The held-out queries by id: the split reads only the id column, a file at a time (the rows stay in inputs/queries).
+        self.heldout = heldout_ids_of(self.prepared.queries_url, self.cfg.train) if self.holdout else None
 
     def embed(self, stages: dict) -> None:
         self.embeddings, self.query_embeddings = embed_stage(self.cfg, self.prepared, self.here)
