@@ -7,7 +7,10 @@
     RUN_DIR/source/, RUN_DIR/models/      what hardneg.mine_hard_negatives was given: pairs and corpus as Parquet,
                                           model objects saved by content hash (``hardneg.api``; models/ sits in
                                           cache_folder when the API chose the run directory)
-    RUN_DIR/inputs/{corpus,queries}/      prepared once, reused by every round
+    RUN_DIR/inputs/{corpus,queries}/      prepared once, reused by every round (a part per input file; pairs
+                                          input: queries a part per anchor bucket)
+    RUN_DIR/inputs/pairs-staging/         pairs input only, while it is prepared: its pairs bucketed by anchor
+                                          (removed once the queries are written; never committed)
     RUN_DIR/rounds/NNNNN/embeddings/      corpus embeddings (embed stage)
     RUN_DIR/rounds/NNNNN/query_embeddings/
     RUN_DIR/rounds/NNNNN/index/           the persisted index, one file a shard (``hardneg.pipelines.index``)
