@@ -141,13 +141,19 @@ def _quiet_ray_data() -> None:
     console.configure_ray_data()
 
 
+def runs_here() -> bool:
+    """Whether a stage's jobs run in this process: under ``in_process``, or when Ray is not started here."""
+    ray = sys.modules.get("ray")  # not imported: not running either
+    return in_process() or ray is None or not ray.is_initialized()
+
+
 def run_jobs(fn: Callable, jobs: Sequence[tuple], **options) -> list:
     """``[fn(*job) for job in jobs]``: one after the other in this process (``in_process``, or Ray not started
     here), or one Ray task each (``options``: Ray's task options; ``max_retries`` 3 unless given), their results
     in ``jobs``' order. hardneg's own errors come back as they were raised (``get``)."""
-    ray = sys.modules.get("ray")
-    if in_process() or ray is None or not ray.is_initialized():
+    if runs_here():
         return [fn(*job) for job in jobs]
+    import ray
 
     task = ray.remote(fn).options(**{"max_retries": 3, **options})
     return get([task.remote(*job) for job in jobs])

@@ -54,11 +54,15 @@ PLACE_CUTOFFS = (1, 5, 10)  # recall@k of the held-out places (and train.eval_k)
 
 def heldout_ids(query_ids: list[str], train_cfg: TrainConfig) -> set[str]:
     """The held-out query ids of a run (see the module docstring for the rule)."""
-    if train_cfg.eval_fraction == 0 or len(query_ids) < 2:
-        return set()
-    count = max(1, round(train_cfg.eval_fraction * len(query_ids)))
     ranked = sorted(query_ids, key=lambda qid: _rank_key(qid, train_cfg.seed))
-    return set(ranked[:count])
+    return set(ranked[:_heldout_count(len(query_ids), train_cfg)])
+
+
+def _heldout_count(total: int, train_cfg: TrainConfig) -> int:
+    """How many of ``total`` queries are held out: ``train.eval_fraction`` of them, at least one of two or more."""
+    if train_cfg.eval_fraction == 0 or total < 2:
+        return 0
+    return max(1, round(train_cfg.eval_fraction * total))
 
 
 def _rank_key(query_id: str, seed: int) -> int:
@@ -75,13 +79,12 @@ def heldout_ids_of(queries_url: str, train_cfg: TrainConfig) -> frozenset[str]:
         return storage.read_table_file(loc, ["query_id"]).column("query_id").to_pylist()
 
     keys = [np.array([_rank_key(qid, train_cfg.seed) for qid in ids_of(loc)], np.uint64) for loc in files]
-    total = sum(len(k) for k in keys)
-    if train_cfg.eval_fraction == 0 or total < 2:
+    count = _heldout_count(sum(len(k) for k in keys), train_cfg)
+    if not count:
         return frozenset()
-    count = max(1, round(train_cfg.eval_fraction * total))
     cut = np.partition(np.concatenate(keys), count - 1)[count - 1]
-    return frozenset(qid for loc, k in zip(files, keys) if (k <= cut).any()
-                     for qid, below in zip(ids_of(loc), (k <= cut).tolist()) if below)
+    below = [k <= cut for k in keys]
+    return frozenset(qid for loc, held in zip(files, below) if held.any() for qid, keep in zip(ids_of(loc), held.tolist()) if keep)
 
 
 def split_queries(queries: pa.Table, train_cfg: TrainConfig, id_column: str = "query_id") -> tuple[pa.Table, pa.Table]:

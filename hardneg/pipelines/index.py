@@ -18,7 +18,7 @@ import time
 
 from hardneg import storage
 from hardneg.config import IndexConfig
-from hardneg.ray_runtime import in_process, run_jobs
+from hardneg.ray_runtime import run_jobs, runs_here
 from hardneg.resources import cluster_resources, shard_resources
 from hardneg.search import embedding_files, index_manifest, shard_name, split_files, write_shard
 
@@ -35,13 +35,13 @@ def index_or_reuse(cfg: IndexConfig, embeddings_dir: str, out: storage.Location)
 
 def build_index_dir(cfg: IndexConfig, embeddings_dir: str, out: storage.Location) -> dict:
     """Build ``cfg.num_shards`` shards over the committed embeddings (one Ray task each, or one after the other
-    in this process: ``in_process``), write them, commit ``out``."""
+    in this process: ``runs_here``), write them, commit ``out``."""
     started = time.perf_counter()
     shards = split_files(embedding_files(embeddings_dir), cfg.num_shards) or [([], 0)]
     storage.prepare_output(out)
     names = [shard_name(shard, cfg.backend) for shard in range(len(shards))]
     jobs = [(files, cfg, out.join(name).url, storage.s3_options()) for (files, _), name in zip(shards, names)]
-    cpus, gpus = (1, 0) if in_process() else shard_resources(len(shards), cluster_resources(), cfg.device)
+    cpus, gpus = (1, 0) if runs_here() else shard_resources(len(shards), cluster_resources(), cfg.device)
     rows = run_jobs(write_shard, jobs, num_cpus=cpus, num_gpus=gpus)
     manifest = {
         "kind": "index", "backend": cfg.backend, "embeddings": storage.resolve(embeddings_dir).url, "rows": sum(rows),

@@ -80,7 +80,12 @@ class Inputs:
 
 def text_id(text: str) -> str:
     """A content id for a text: ``t`` + 16 hex digits of blake2b (what pairs input uses as corpus ids)."""
-    return "t" + hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+    return f"t{_digest(text):016x}"
+
+
+def _digest(text: str) -> int:
+    """64 bits of blake2b of the text: its ``text_id`` as a number."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
 
 def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
@@ -294,7 +299,7 @@ class PairsFiles:
 
 def _digests(texts: list) -> np.ndarray:
     """``text_id``'s 64 bits of each text, as uint64."""
-    return np.array([int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "big") for t in texts], np.uint64)
+    return np.array([_digest(text) for text in texts], np.uint64)
 
 
 def _ids(digests) -> list[str]:
