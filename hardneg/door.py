@@ -11,7 +11,7 @@ Checked, in order:
 2. the model directories: ``model.path`` (unless the round is geographic), ``mine.cross_encoder``,
    ``remine --checkpoint`` (``hardneg.model_dir.check_model_dir``);
 3. the options: a run directory made with other options is refused (``check_same_options``);
-4. the inputs, with the very checks the pipeline runs (``check_inputs``, ``load_places``,
+4. the inputs, with the very checks the pipeline runs (``check_inputs``, ``prepare_places``,
    ``validate_corpus``) but in this process: the corpus files are scanned on threads, not Ray tasks;
    a corpus of images needs a model with an image processor, one of texts a tokenizer (``check_model_reads``).
    Inputs a run directory already committed are only compared with their sources.
@@ -179,7 +179,7 @@ def _check_round(cfg: RunConfig, checkpoint: Optional[str] = None, training: boo
     """``check_round``'s checks, in this process."""
     from hardneg.pipelines.inputs import check_inputs
     from hardneg.pipelines.own_embeddings import check_own_embeddings
-    from hardneg.places import load_places
+    from hardneg.places import prepare_places
 
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set (the folder, local or s3://, that holds the rounds)")
@@ -193,9 +193,12 @@ def _check_round(cfg: RunConfig, checkpoint: Optional[str] = None, training: boo
     if not new_round:
         check_same_options(cfg)
     if cfg.mine.miner in ("geographic", "mixed"):
-        load_places(cfg.corpus)
-        if cfg.mine.miner == "mixed":
-            check_model_reads(cfg.model.path or default_model_path(), validate_corpus(cfg.corpus).modality)
+        places = prepare_places(cfg.corpus, texts=cfg.mine.miner == "mixed")
+        if cfg.mine.miner == "mixed" or training:  # the model embeds (or trains on) both views
+            model = checkpoint or cfg.model.path or default_model_path()
+            check_model_reads(model, places.values)
+            if places.view_values and places.view_values != places.values:
+                check_model_reads(model, places.view_values, holder="the places' second views (corpus.view_image_column)")
     else:
         ids = check_inputs(cfg, storage.resolve(cfg.run_dir), want_ids=bool(own))
         if ids is not None and not embeds_nothing:  # the model embeds the queries, and the corpus unless its vectors are given

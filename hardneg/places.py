@@ -6,55 +6,65 @@ its negatives. A file that has the column must fill it in every row.
 
 A file with no ``text`` column but an ``image`` one (``corpus.image_column``) is a corpus of images:
 both views are images (path, URL or bytes), each opened and verified at the door, and the table
-carries ``image`` instead of ``text`` (``place_values``). All files of a corpus agree.
+carries ``image`` instead of ``text`` (``place_values``). A text corpus whose second view is images
+(``corpus.view_image_column`` instead of ``view``: a name or caption against a photo, for a dual
+text+image model) carries them as ``view`` too (``view_values``). All files of a corpus agree.
 
 Rules, each failure named by file, row and column: the id, lat and lon columns exist; ids are
 strings or integers (not floats), not null and unique across files; lat and lon are numbers, not null or NaN, lat in [-90, 90],
 lon in [-180, 180]. With ``corpus.drop_invalid`` the bad rows are dropped and counted instead.
+The corpus is read one file at a time (``prepare_places``): each file's valid places are written before
+the next is read, and the driver keeps 8 bytes an id.
 A corpus of 100 rows or more whose every coordinate lies within [-pi, pi] is probably in
 radians: a WARNING says so (the values are still read as degrees).
 
 Example::
 
-    places = load_places(CorpusConfig(path="cities.jsonl"))
-    places.table.column_names   # ['id', 'lat', 'lon', 'text', 'group']
+    prepare_places(CorpusConfig(path="cities.jsonl"))   # the door's check: PlaceFiles(rows=..., dropped=...)
+    prepare_places(cfg, storage.prepare_output(storage.resolve("runs/g/rounds/00000/places")), rows_per_file=4096)
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from hardneg import storage
 from hardneg.config import CorpusConfig
-from hardneg.corpus import MAX_REPORTED, refuse_float_ids
+from hardneg.corpus import MAX_REPORTED, SeenHashes, hash_ids, refuse_float_ids, text_problems
 from hardneg.errors import InputError
 from hardneg.images import image_problems
 
 logger = logging.getLogger(__name__)
 
 RADIANS_MIN_ROWS = 100
-
-
-@dataclass
-class Places:
-    """The valid rows of a places corpus: ``id`` (string), ``lat``, ``lon`` (float64), ``text`` (or ``image``, paths or
-    bytes), ``group`` (string, nullable) and, for a cross-view corpus, ``view`` (string, or images)."""
-
-    table: pa.Table
-    num_rows: int
-    dropped: dict = field(default_factory=dict)
+VIEW_KEY = b"hardneg.view"  # schema metadata: b"image" when a text corpus's second views are images
 
 
 def place_values(table: pa.Table) -> pa.ChunkedArray:
     """A places table's first view: its ``image`` column in a corpus of images, else its ``text``."""
-    return table.column("image" if "image" in table.column_names else "text")
+    return table.column(value_name(table))
+
+
+def view_values(table: pa.Table | pa.Schema) -> Optional[str]:
+    """What a places table's (or schema's) second view holds, ``"text"`` or ``"image"`` (None: not cross-view): a
+    corpus of images has image views; a text corpus has text views unless they came from
+    ``corpus.view_image_column`` (marked in the schema's metadata, which the ``places/`` parts keep)."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    if "view" not in schema.names:
+        return None
+    return "image" if value_name(schema) == "image" or (schema.metadata or {}).get(VIEW_KEY) == b"image" else "text"
+
+
+def value_name(table: pa.Table | pa.Schema) -> str:
+    """The first view's column of a places table (or schema): ``image`` in a corpus of images, else ``text``."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    return "image" if "image" in schema.names else "text"
 
 
 def coordinate_problems(values: pa.ChunkedArray | pa.Array, column: str, limit: float) -> list[tuple[int, str, str]]:
@@ -78,62 +88,125 @@ def coordinate_problems(values: pa.ChunkedArray | pa.Array, column: str, limit: 
     return problems
 
 
-def warn_if_radians(lat: np.ndarray, lon: np.ndarray, source: str) -> bool:
-    """Log a WARNING (and return True) when a corpus of >= 100 rows has every |lat|, |lon| <= pi."""
-    if len(lat) >= RADIANS_MIN_ROWS and np.all(np.abs(lat) <= np.pi) and np.all(np.abs(lon) <= np.pi):
-        logger.warning("%s: all %d coordinates lie within [-pi, pi]: they look like radians, but lat/lon are read as "
-                       "degrees; convert with numpy.degrees if they are radians", source, len(lat))
-        return True
-    return False
+@dataclass
+class PlaceFiles:
+    """What ``prepare_places`` checked (and wrote): the places kept, the rows dropped (``corpus.drop_invalid``),
+    the first view's kind (``"text"`` or ``"image"``) and the second's (``view_values``; None: not cross-view)."""
+
+    rows: int
+    dropped: dict
+    values: str
+    view_values: Optional[str]
+
+    @property
+    def cross_view(self) -> bool:
+        return self.view_values is not None
 
 
-def load_places(cfg: CorpusConfig, path: Optional[str] = None) -> Places:
-    """Read and validate every file of the places corpus at ``path`` (``cfg.path`` when None).
+def prepare_places(cfg: CorpusConfig, out: Optional[storage.Location] = None, rows_per_file: int = 4096,
+                   texts: bool = False) -> PlaceFiles:
+    """Check the places corpus (``cfg.path``) one file at a time and write its valid places into ``out`` (a
+    prepared folder; None: write nothing, the door's check) in parts of at most ``rows_per_file`` rows, in
+    file order: ``id``, the first view (``text`` or ``image``), ``view`` (cross-view), ``lat``, ``lon`` and
+    ``group_code`` (``group_codes``). One file is in memory at a time, plus 8 bytes an id (repeats are
+    found by the ids' 64-bit hashes); a refusal leaves ``out`` removed. ``texts``: the views are also
+    embedded as texts (the mixed miner), so an empty or null text is a bad row too, as the corpus rules say.
 
     Raises:
         InputError: naming file, row and column of up to ten bad rows.
     """
-    path = path or cfg.path
+    path = cfg.path
     if not path:
         raise InputError("corpus.path is not set (a places corpus: columns id, lat, lon)")
-    tables, problems, owners = [], [], []
-    for loc in storage.list_table_files(path):
-        table, file_problems = _read_file(loc, cfg)
-        problems += [(loc.url, row, column, what) for row, column, what in file_problems]
-        tables.append(table)
-        owners.append((loc.url, table.num_rows))
-    imaged = [loc for (loc, _), table in zip(owners, tables) if "image" in table.column_names]
-    if imaged and len(imaged) < len(tables):
-        bare = next(loc for (loc, _), table in zip(owners, tables) if "image" not in table.column_names)
-        raise InputError(f"{bare}: a {cfg.text_column!r} column (corpus.text_column), but {imaged[0]} has {cfg.image_column!r} "
+    problems, seen, first = [], SeenHashes(), None
+    rows = read = parts = 0
+    biggest = np.zeros(2)  # the largest |lat| and |lon| kept: the radians warning's test
+    try:
+        for loc in storage.list_table_files(path):
+            table, file_problems = _read_file(loc, cfg)
+            _same_views(first, (loc.url, table), cfg)
+            first = first or (loc.url, table.schema)
+            if texts:
+                for column in [c for c in ("text", "view") if c in table.column_names and value_name(table) == "text"
+                               and (c == "text" or view_values(table) == "text")]:
+                    file_problems += [(int(row), cfg.text_column if column == "text" else cfg.view_column, what)
+                                      for row, what in enumerate(text_problems(table.column(column))) if what]
+            ids = table.column("id")
+            named = np.flatnonzero(pc.is_valid(ids).to_numpy(zero_copy_only=False))
+            repeated = np.setdiff1d(named, named[seen.first_new(hash_ids(ids.take(pa.array(named))))])
+            file_problems += [(int(row), cfg.id_column, f"duplicate id {ids[int(row)].as_py()!r}") for row in repeated]
+            problems += [(loc.url, row, column, what) for row, column, what in sorted(file_problems)]
+            read += table.num_rows
+            if problems and not cfg.drop_invalid:
+                continue  # keep checking, to name every bad row; nothing more is written
+            keep = np.ones(table.num_rows, bool)
+            keep[[row for row, _, _ in file_problems]] = False
+            table = table.filter(pa.array(keep)) if not keep.all() else table
+            if len(file_problems):
+                logger.warning("%s: dropping %d invalid row(s) of %d", loc.url, int((~keep).sum()), len(keep))
+            if table.num_rows:
+                biggest = np.maximum(biggest, [np.abs(table.column(c).to_numpy()).max() for c in ("lat", "lon")])
+            for start in range(0, table.num_rows, rows_per_file) if out is not None else ():
+                storage.write_parquet(_place_part(table.slice(start, rows_per_file)), out.join(f"part-{parts:06d}.parquet"))
+                parts += 1
+            rows += table.num_rows
+        if problems and not cfg.drop_invalid:
+            lines = [f"{url}: row {row}, column {column}: {what}" for url, row, column, what in problems]
+            more = f"\n  ... and {len(lines) - MAX_REPORTED} more" if len(lines) > MAX_REPORTED else ""
+            raise InputError(f"invalid places corpus ({len(lines)} problem(s)); nothing was written:\n  "
+                             + "\n  ".join(lines[:MAX_REPORTED]) + more
+                             + "\nFix the rows, or pass --drop-invalid (corpus.drop_invalid: true) to drop and count them.")
+        if rows == 0:
+            raise InputError(f"{path}: the places corpus has no valid rows")
+    except InputError:
+        if out is not None and out.fs.exists(out.path):
+            out.fs.rm(out.path, recursive=True)
+        raise
+    if rows >= RADIANS_MIN_ROWS and np.all(biggest <= np.pi):
+        logger.warning("%s: all %d coordinates lie within [-pi, pi]: they look like radians, but lat/lon are read as "
+                       "degrees; convert with numpy.degrees if they are radians", path, rows)
+    return PlaceFiles(rows, {"invalid": read - rows}, value_name(first[1]), view_values(first[1]))
+
+
+def group_codes(groups: Optional[pa.ChunkedArray | pa.Array], num_rows: int) -> np.ndarray:
+    """int64 code per row for ``group`` values (``-1``: no group): 63 bits of the value's hash, so a file's codes
+    agree with every other file's without a dictionary of all the groups."""
+    if groups is None:
+        return np.full(num_rows, -1, dtype=np.int64)
+    codes = (hash_ids(groups.fill_null("")) >> np.uint64(1)).astype(np.int64)
+    return np.where(pc.is_null(groups).to_numpy(zero_copy_only=False), -1, codes)
+
+
+def _same_views(first: Optional[tuple[str, pa.Schema]], this: tuple[str, pa.Table], cfg: CorpusConfig) -> None:
+    """Refuse a file whose views differ from the first file's: texts against images, or with against without ``view``."""
+    if first is None:
+        return
+    (first_url, schema), (url, table) = first, this
+    if value_name(schema) != value_name(table):
+        imaged, bare = (first_url, url) if value_name(schema) == "image" else (url, first_url)
+        raise InputError(f"{bare}: a {cfg.text_column!r} column (corpus.text_column), but {imaged} has {cfg.image_column!r} "
                          "instead (corpus.image_column): a places corpus is texts or images, in every file")
-    viewed = [loc for (loc, _), table in zip(owners, tables) if "view" in table.column_names]
-    if viewed and len(viewed) < len(tables):
-        bare = [loc for (loc, _), table in zip(owners, tables) if "view" not in table.column_names]
-        raise InputError(f"{bare[0]}: no {cfg.view_column!r} column (corpus.view_column), but {viewed[0]} has one: "
+    if ("view" in schema.names) != ("view" in table.column_names):
+        viewed, bare = (first_url, url) if "view" in schema.names else (url, first_url)
+        raise InputError(f"{bare}: no {cfg.view_column!r} column (corpus.view_column), but {viewed} has one: "
                          "a cross-view corpus needs both views in every file")
-    table = pa.concat_tables(tables, promote_options="default")
-    problems += _duplicates(table.column("id"), owners, cfg.id_column)
-    bad = sorted({_global_row(owners, url, row) for url, row, _, _ in problems})
-    if problems and not cfg.drop_invalid:
-        lines = [f"{url}: row {row}, column {column}: {what}" for url, row, column, what in sorted(problems)]
-        more = f"\n  ... and {len(lines) - MAX_REPORTED} more" if len(lines) > MAX_REPORTED else ""
-        raise InputError(f"invalid places corpus ({len(lines)} problem(s)); nothing was written:\n  "
-                         + "\n  ".join(lines[:MAX_REPORTED]) + more
-                         + "\nFix the rows, or pass --drop-invalid (corpus.drop_invalid: true) to drop and count them.")
-    if bad:
-        keep = np.ones(table.num_rows, bool)
-        keep[bad] = False
-        logger.warning("dropping %d invalid row(s) of %d", len(bad), table.num_rows)
-        table = table.filter(pa.array(keep))
-    if table.num_rows == 0:
-        raise InputError(f"{path}: the places corpus has no valid rows")
-    warn_if_radians(table.column("lat").to_numpy(), table.column("lon").to_numpy(), path)
-    return Places(table, table.num_rows + len(bad), {"invalid": len(bad)})
+    if view_values(schema) != view_values(table):
+        raise InputError(f"{url}: its second views are {view_values(table)}s, but {first_url}'s are {view_values(schema)}s "
+                         f"(corpus.view_column holds texts, corpus.view_image_column images): one kind in every file")
+
+
+def _place_part(table: pa.Table) -> pa.Table:
+    """A file's valid places as ``places/`` holds them."""
+    columns = {"id": table.column("id"), value_name(table): place_values(table)}
+    if "view" in table.column_names:
+        columns["view"] = table.column("view")
+    columns.update(lat=table.column("lat"), lon=table.column("lon"), group_code=pa.array(group_codes(table.column("group"), table.num_rows)))
+    return pa.table(columns).replace_schema_metadata(table.schema.metadata)
 
 
 def _read_file(loc: storage.Location, cfg: CorpusConfig) -> tuple[pa.Table, list[tuple[int, str, str]]]:
-    wanted = [cfg.id_column, cfg.lat_column, cfg.lon_column, cfg.text_column, cfg.group_column, cfg.view_column, cfg.image_column]
+    wanted = [cfg.id_column, cfg.lat_column, cfg.lon_column, cfg.text_column, cfg.group_column, cfg.view_column, cfg.image_column,
+              cfg.view_image_column]
     raw = storage.read_table_file(loc, wanted)
     missing = [c for c in wanted[:3] if c not in raw.column_names]
     if missing:
@@ -159,36 +232,20 @@ def _read_file(loc: storage.Location, cfg: CorpusConfig) -> tuple[pa.Table, list
             raw.column(source).cast(pa.string()) if present else pa.nulls(raw.num_rows, pa.string())
     if images:
         problems += _image_problems(raw.column(cfg.image_column), cfg.image_column)
-    if cfg.view_column in raw.column_names:
-        views = raw.column(cfg.view_column)
+    view_column = cfg.view_column if cfg.view_column in raw.column_names else \
+        cfg.view_image_column if cfg.view_image_column in raw.column_names and not images else None
+    view_images = images or view_column == cfg.view_image_column
+    if view_column:
+        views = raw.column(view_column)
         missing = pc.is_null(views).to_numpy(zero_copy_only=False)
-        problems += [(int(row), cfg.view_column, "missing view (a cross-view place needs both views)") for row in np.flatnonzero(missing)]
-        if images:
-            problems += [problem for problem in _image_problems(views, cfg.view_column) if not missing[problem[0]]]
-        columns["view"] = views if images else views.cast(pa.string())
-    return pa.table(columns), problems
+        problems += [(int(row), view_column, "missing view (a cross-view place needs both views)") for row in np.flatnonzero(missing)]
+        if view_images:
+            problems += [problem for problem in _image_problems(views, view_column) if not missing[problem[0]]]
+        columns["view"] = views if view_images else views.cast(pa.string())
+    table = pa.table(columns)
+    return (table.replace_schema_metadata({VIEW_KEY: b"image"}) if view_column and view_images else table), problems
 
 
 def _image_problems(values: pa.ChunkedArray, column: str) -> list[tuple[int, str, str]]:
     issue = image_problems(values)
     return [(int(row), column, issue[row]) for row in np.flatnonzero(issue != "")]
-
-
-def _duplicates(ids: pa.ChunkedArray, owners: list[tuple[str, int]], id_column: str) -> list[tuple[str, int, str, str]]:
-    values = pd.Series(ids.to_numpy(zero_copy_only=False))
-    repeated = np.flatnonzero(values.duplicated().to_numpy() & values.notna().to_numpy())
-    starts = np.cumsum([0] + [rows for _, rows in owners])
-    out = []
-    for row in repeated:
-        file_index = int(np.searchsorted(starts, row, side="right") - 1)
-        out.append((owners[file_index][0], int(row - starts[file_index]), id_column, f"duplicate id {values[row]!r}"))
-    return out
-
-
-def _global_row(owners: list[tuple[str, int]], url: str, row: int) -> int:
-    start = 0
-    for owner, rows in owners:
-        if owner == url:
-            return start + row
-        start += rows
-    raise ValueError(url)

@@ -11,6 +11,10 @@
                                           input: queries a part per anchor bucket)
     RUN_DIR/inputs/pairs-staging/         pairs input only, while it is prepared: its pairs bucketed by anchor
                                           (removed once the queries are written; never committed)
+    RUN_DIR/rounds/NNNNN/places/          a round over places: its places, checked and written a corpus file at a
+                                          time (``place_shards.write_places``), parts of index.query_batch_size rows
+    RUN_DIR/rounds/NNNNN/places-staging/  the training loop's round over places, while its places are split into
+                                          places/ and heldout/places/ (never committed)
     RUN_DIR/rounds/NNNNN/embeddings/      corpus embeddings (embed stage)
     RUN_DIR/rounds/NNNNN/query_embeddings/
     RUN_DIR/rounds/NNNNN/index/           the persisted index, one file a shard (``hardneg.pipelines.index``)

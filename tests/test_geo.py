@@ -9,7 +9,8 @@ import pytest
 from hardneg.config import CorpusConfig, MineConfig
 from hardneg.errors import InputError
 from hardneg.miners import GEO_REMOVED, haversine_km, mine_geographic, unit_vectors
-from hardneg.places import coordinate_problems, load_places
+from hardneg import storage
+from hardneg.places import coordinate_problems, prepare_places
 from hardneg.search import KDTreeIndex, exact_search
 from conftest import write_jsonl
 
@@ -148,7 +149,7 @@ def test_coordinate_problems_name_row_and_column():
 def test_bad_places_fail_naming_file_row_and_column(tmp_path, rows, expected):
     path = write_jsonl(tmp_path / "places.jsonl", rows)
     with pytest.raises(InputError) as err:
-        load_places(CorpusConfig(path=path))
+        prepare_places(CorpusConfig(path=path))
     assert expected in str(err.value) and "places.jsonl" in str(err.value)
 
 
@@ -158,20 +159,21 @@ def test_nan_in_parquet_and_drop_invalid(tmp_path):
     path = str(tmp_path / "p.parquet")
     pq.write_table(pa.table({"id": ["a", "b", "c"], "lat": [1.0, float("nan"), 3.0], "lon": [1.0, 2.0, 3.0]}), path)
     with pytest.raises(InputError, match=r"p.parquet: row 1, column lat: lat is NaN"):
-        load_places(CorpusConfig(path=path))
-    places = load_places(CorpusConfig(path=path, drop_invalid=True))
-    assert places.table.column("id").to_pylist() == ["a", "c"] and places.dropped == {"invalid": 1}
+        prepare_places(CorpusConfig(path=path))
+    out = storage.prepare_output(storage.resolve(str(tmp_path / "places")))
+    places = prepare_places(CorpusConfig(path=path, drop_invalid=True), out)
+    assert storage.read_table(out.url).column("id").to_pylist() == ["a", "c"] and places.dropped == {"invalid": 1}
 
 
 def test_radians_look_alike_logs_a_warning(tmp_path, caplog):
     rng = np.random.default_rng(0)
     rows = [{"id": i, "lat": float(a), "lon": float(b)} for i, (a, b) in enumerate(rng.uniform(-1.5, 1.5, (120, 2)))]
     with caplog.at_level(logging.WARNING, logger="hardneg.places"):
-        load_places(CorpusConfig(path=write_jsonl(tmp_path / "rad.jsonl", rows)))
+        prepare_places(CorpusConfig(path=write_jsonl(tmp_path / "rad.jsonl", rows)))
     assert "look like radians" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="hardneg.places"):
-        load_places(CorpusConfig(path=write_jsonl(tmp_path / "small.jsonl", rows[:50])))
+        prepare_places(CorpusConfig(path=write_jsonl(tmp_path / "small.jsonl", rows[:50])))
     assert "radians" not in caplog.text
 
 

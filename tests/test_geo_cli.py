@@ -12,7 +12,7 @@ from hardneg import storage
 from hardneg.cli import main
 from hardneg.config import MineConfig
 from hardneg.miners import mine_geographic
-from hardneg.pipelines.inputs import group_codes
+from hardneg.places import group_codes
 from hardneg.trainers.batches import read_batches
 from conftest import crossview_cities, write_jsonl
 
@@ -185,7 +185,7 @@ def test_a_cross_view_corpus_gives_rows_with_the_own_view_as_positive_and_other_
 
 def test_a_cross_view_place_without_its_second_view_is_refused_naming_file_and_row(tmp_path):
     from hardneg.errors import InputError
-    from hardneg.places import load_places
+    from hardneg.places import prepare_places
     from hardneg.config import CorpusConfig
 
     rows = crossview_cities(5)
@@ -194,8 +194,47 @@ def test_a_cross_view_place_without_its_second_view_is_refused_naming_file_and_r
     folder.mkdir()
     write_jsonl(folder / "a.jsonl", rows)
     with pytest.raises(InputError, match=r"a\.jsonl: row 3, column view: missing view"):
-        load_places(CorpusConfig(path=str(folder)))
+        prepare_places(CorpusConfig(path=str(folder)))
     rows[3]["view"] = "x"
     write_jsonl(folder / "b.jsonl", [{key: value for key, value in row.items() if key != "view"} for row in rows])
     with pytest.raises(InputError, match=r"b\.jsonl: no 'view' column \(corpus.view_column\), but .*a\.jsonl has one"):
-        load_places(CorpusConfig(path=str(folder)))
+        prepare_places(CorpusConfig(path=str(folder)))
+
+
+def test_places_are_checked_and_written_one_file_at_a_time_and_split_by_the_held_out_rule(tmp_path):
+    """The places stage writes each corpus file's valid places before it reads the next (parts of at most
+    ``index.query_batch_size`` rows); in the training loop the held-out places (the rank rule, the same as
+    ``heldout_ids``) go to ``heldout/places`` and never into ``places/``; a group spread over two files keeps one
+    code; a repeated id in a later file is refused naming it, and nothing is left behind."""
+    from hardneg.config import RunConfig
+    from hardneg.errors import InputError
+    from hardneg.pipelines.heldout import heldout_ids
+    from hardneg.pipelines.place_shards import place_files, write_places
+
+    rows = crossview_cities(50)
+    for i, row in enumerate(rows):
+        row["group"] = "odd" if i % 2 else None  # one group in both files
+    folder = tmp_path / "places"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", rows[:30])
+    write_jsonl(folder / "b.jsonl", rows[30:])
+    cfg = RunConfig(corpus={"path": str(folder)}, index={"query_batch_size": 8}, train={"eval_fraction": 0.2, "seed": 3})
+    here = storage.resolve(str(tmp_path / "round"))
+    manifest = write_places(cfg, here, holdout=True)
+    held = heldout_ids([str(r["id"]) for r in rows], cfg.train)
+    assert len(held) == 10 and manifest["heldout"] == 10 and manifest["rows"] == 40 and manifest["corpus"] == 50
+    train = storage.read_table(here.join("places").url)
+    heldout = storage.read_table(here.join("heldout", "places").url)
+    assert set(heldout.column("id").to_pylist()) == held
+    assert train.column("id").to_pylist() == [str(r["id"]) for r in rows if str(r["id"]) not in held]  # file order kept
+    assert all(rows_ <= 8 for _, rows_ in place_files(here)) and not here.join("places-staging").fs.exists(here.join("places-staging").path)
+    codes = {code for code, row in zip(train.column("group_code").to_pylist(), [r for r in rows if str(r["id"]) not in held])
+             if row["group"]}
+    assert len(codes) == 1 and min(codes) >= 0
+    assert write_places(cfg, here, holdout=True) == manifest  # committed: read back, not redone
+
+    write_jsonl(folder / "c.jsonl", [dict(rows[0], lat=1.0)])
+    again = storage.resolve(str(tmp_path / "again"))
+    with pytest.raises(InputError, match=rf"c\.jsonl: row 0, column id: duplicate id '{rows[0]['id']}'"):
+        write_places(cfg, again, holdout=True)
+    assert not os.path.exists(tmp_path / "again" / "places-staging") and not os.path.exists(tmp_path / "again" / "places")

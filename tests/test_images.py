@@ -17,7 +17,7 @@ from hardneg.config import CorpusConfig, parse_config
 from hardneg.encoder import Encoder
 from hardneg.errors import InputError
 from hardneg.images import open_image
-from hardneg.places import load_places
+from hardneg.places import prepare_places
 from hardneg.rundir import round_dir
 from hardneg.search import read_embeddings
 from conftest import in_process, write_jsonl
@@ -224,7 +224,7 @@ def test_an_unreadable_image_is_refused_at_the_door_naming_file_row_and_column(v
     views[2]["view"] = str(tmp_path / "broken.png")
     places_file = write_jsonl(tmp_path / "places.jsonl", views)
     with pytest.raises(InputError, match=r"places.jsonl: row 2, column view: .*broken.png: cannot decode"):
-        load_places(CorpusConfig(path=places_file))
+        prepare_places(CorpusConfig(path=places_file))
     assert main(["mine", places_file, str(tmp_path / "run"), "--miner", "geographic", "--min-km", "0.5"]) == 2
     assert "row 2, column view" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
@@ -434,3 +434,86 @@ def test_query_files_that_ask_in_two_ways_and_a_cross_encoder_over_image_queries
     write_jsonl(tmp_path / "images" / "a.jsonl", [{"query_id": "q0", "query_image": rows[0]["view"], "positive_ids": [rows[0]["id"]]}])
     refused(ConfigError, "images", r"mine.cross_encoder: a cross-encoder scores text pairs; these queries are images",
             mine={"cross_encoder": tiny_model_path})
+
+
+@pytest.fixture
+def captioned(places, tmp_path):
+    """The tiles as a text -> image cross-view corpus (``corpus.view_image_column``): a caption per place, its tile."""
+    _, rows = places
+    captioned = [{"id": row["id"], "text": f"photo {row['id'][0]} tile {row['id'][2:].replace('_', ' ')}", "view_image": row["image"],
+                  "lat": row["lat"], "lon": row["lon"]} for row in rows]
+    return write_jsonl(tmp_path / "captioned.jsonl", captioned), {row["id"]: row for row in captioned}
+
+
+def test_a_text_to_image_cross_view_round_ranks_each_caption_against_the_other_places_images_with_a_dual_model(
+        ray_session, clip_path, captioned, tmp_path):
+    """One text view and one image view: the dual model embeds the captions with its text tower and the tiles
+    with its vision tower, and the similarity half ranks a caption against the other places' tiles."""
+    from hardneg.miners import haversine_km
+    from hardneg.pipelines.loop import row_views
+    from hardneg.pipelines.run import run_round
+
+    corpus, by_id = captioned
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"path": clip_path}, "corpus": {"path": corpus},
+                        "mine": {"miner": "mixed", "geo_negatives": 0, "num_negatives": 4, "min_km": 0.5}, "embed": {"batch_size": 16}})
+    with in_process(cfg):  # the towers are the point (the ViT loop test runs a mixed round on Ray)
+        manifest = run_round(cfg)
+    assert row_views(cfg, manifest) == ("text", "image") and manifest["figures"]["similarity_of"] == "first view -> other places' view"
+    encoder, here = Encoder.load(clip_path), round_dir(cfg.run_dir, 0)
+    ids, texts = read_embeddings(here.join("embeddings").url)
+    np.testing.assert_allclose(texts, encoder.encode([by_id[i]["text"] for i in ids]), atol=1e-5)
+    view_ids, views = read_embeddings(here.join("view_embeddings").url)
+    np.testing.assert_allclose(views, encoder.encode_images([by_id[i]["view_image"] for i in view_ids]), atol=1e-5)
+    text_of, view_of = dict(zip(ids, texts)), dict(zip(view_ids, views))
+    mined = storage.read_table(here.join("mined").url).to_pylist()
+    assert len(mined) == len(by_id)
+    for row in mined:
+        assert row["query"] == by_id[row["query_id"]]["text"] and row["positive"] == by_id[row["query_id"]]["view_image"]
+        assert row["negatives"] == [by_id[i]["view_image"] for i in row["negative_ids"]] and len(row["negative_ids"]) == 4
+        allowed = sorted((float(text_of[row["query_id"]] @ view_of[i]), i) for i in by_id if i != row["query_id"]
+                         and haversine_km(by_id[i]["lat"], by_id[i]["lon"], by_id[row["query_id"]]["lat"], by_id[row["query_id"]]["lon"]) >= 0.5)
+        assert row["negative_ids"] == [i for _, i in allowed[::-1][:4]]  # the top four by text -> image score
+        np.testing.assert_allclose(row["negative_scores"], [score for score, _ in allowed[::-1][:4]], atol=1e-5)
+
+    rows = list(by_id.values())
+    folder = tmp_path / "two_kinds"
+    folder.mkdir()
+    write_jsonl(folder / "0.jsonl", rows[:2])
+    write_jsonl(folder / "1.jsonl", [{key: value for key, value in rows[2].items() if key != "view_image"} | {"view": "a text view"}])
+    with pytest.raises(InputError, match=r"1\.jsonl: its second views are texts, but .*0\.jsonl's are images"):
+        prepare_places(CorpusConfig(path=str(folder)))
+
+
+@pytest.mark.slow  # a Ray Train fit and Ray Data runs: about 140 s on a 2-core box
+def test_a_text_to_image_cross_view_corpus_trains_a_dual_model_and_re_mines_with_its_checkpoint(ray_session, clip_path, captioned, tmp_path):
+    """GPS batches, one training step of the dual model (captions through its text tower, tiles through its vision
+    tower), then a DSS round mined with the checkpoint; the held-out places are evaluated caption -> tile."""
+    from hardneg.pipelines.loop import row_views, train_loop
+    from hardneg.pipelines.remine import remine, run_state
+
+    corpus, by_id = captioned
+    cfg = parse_config({
+        "run_dir": str(tmp_path / "run"), "model": {"path": clip_path}, "corpus": {"path": corpus},
+        "mine": {"miner": "geographic", "num_negatives": 6, "min_km": 0.5, "max_km": 50, "batches": True, "composed_batch_size": 8},
+        "embed": {"batch_size": 16},
+        "train": {"epochs": 2, "remine_every": 1, "gps_epochs": 1, "batch_size": 8, "max_steps_per_epoch": 1,
+                  "symmetric": True, "learning_rate": 1e-2, "negatives_per_row": 0},
+    })
+    [block] = train_loop(cfg, max_blocks=1)
+    gps = run_state(cfg.run_dir).rounds[0].manifest
+    assert row_views(cfg, gps) == ("text", "image") and block.metrics["steps"] == 1
+    assert gps["figures"]["eval"]["views"] == "text -> image" and gps["figures"]["eval"]["queries"] == gps["heldout"]["places"]
+    status, dss = remine(cfg)
+    assert status == "done" and dss["miner"] == "mixed" and dss["encoder"] == block.id
+    checkpoint = Encoder.load(block.path)
+    base = Encoder.load(clip_path)
+    here = round_dir(cfg.run_dir, 1)
+    ids, texts = read_embeddings(here.join("embeddings").url)
+    np.testing.assert_allclose(texts, checkpoint.encode([by_id[i]["text"] for i in ids]), atol=1e-5)  # the trained text tower
+    assert np.abs(texts - base.encode([by_id[i]["text"] for i in ids])).max() > 1e-4
+    view_ids, views = read_embeddings(here.join("view_embeddings").url)
+    np.testing.assert_allclose(views, checkpoint.encode_images([by_id[i]["view_image"] for i in view_ids]), atol=1e-5)
+    assert np.abs(views - base.encode_images([by_id[i]["view_image"] for i in view_ids])).max() > 1e-4  # ... and vision tower
+    mined = storage.read_table(here.join("mined").url).to_pylist()
+    assert len(mined) == len(by_id) - gps["heldout"]["places"]
+    assert all(row["positive"] == by_id[row["query_id"]]["view_image"] for row in mined)

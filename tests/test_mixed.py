@@ -12,7 +12,7 @@ from hardneg import storage
 from hardneg.cli import main
 from hardneg.config import MineConfig, load_config
 from hardneg.miners import drop_same_place, haversine_km, mine_geographic
-from hardneg.pipelines.inputs import group_codes
+from hardneg.places import group_codes
 from hardneg.pipelines.run import round_dir, run_round
 from hardneg.search import read_embeddings
 from hardneg.summary import round_summary
@@ -219,10 +219,15 @@ def test_a_place_shard_whose_embeddings_lack_one_of_its_places_names_the_folder_
     from hardneg.config import IndexConfig
     from hardneg.errors import StorageError
     from hardneg.pipelines.embed import embedding_array
-    from hardneg.pipelines.place_shards import PlaceShard, write_places
+    from hardneg.config import RunConfig
+    from hardneg.pipelines.place_shards import PlaceShard, place_files, write_places
 
-    table = pa.table({"id": ["a", "b", "c"], "text": ["x", "y", "z"], "lat": [0.0, 1.0, 2.0], "lon": [0.0, 1.0, 2.0]})
-    files = write_places(table, np.full(3, -1, np.int64), storage.resolve(str(tmp_path / "places")), rows_per_file=2)
+    corpus = write_jsonl(tmp_path / "places.jsonl", [{"id": name, "text": name * 2, "lat": float(i), "lon": float(i)}
+                                                     for i, name in enumerate("abc")])
+    here = storage.resolve(str(tmp_path / "round"))
+    write_places(RunConfig(corpus={"path": corpus}, index={"query_batch_size": 2}), here)
+    files = place_files(here)
+    assert [rows for _, rows in files] == [2, 1]
     embeddings = storage.prepare_output(storage.resolve(str(tmp_path / "embeddings")))
     storage.write_parquet(pa.table({"id": ["a", "c"], "embedding": embedding_array(np.eye(2, dtype=np.float32), "float32")}),
                           embeddings.join("part-00000.parquet"))

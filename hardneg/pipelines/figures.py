@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 from hardneg.miners import GeoResult
-from hardneg.places import Places
 
 SOURCES = ("geographic", "similarity")
 
@@ -25,18 +24,18 @@ def count_figures(counts: np.ndarray, rows: int, num_negatives: int) -> dict:
     }
 
 
-def geo_figures(result: GeoResult, rows: int, places: Places) -> dict:
+def geo_figures(result: GeoResult, rows: int, dropped: dict) -> dict:
     """Negatives per query, short and uncertified queries, removals by rule, the km distribution."""
     counts = result.counts
     km = result.negative_km[~np.isnan(result.negative_km)]
     return {
         **count_figures(counts, rows, result.negative_rows.shape[1]), "removed": result.removed, "uncertified_queries": result.uncertified, "candidates_per_query": result.depth,
-        "negative_km": distribution(km), "dropped_places": places.dropped,
+        "negative_km": distribution(km), "dropped_places": dropped,
     }
 
 
 def mixed_figures(merged: np.ndarray, km: np.ndarray, scores: np.ndarray, from_geo: np.ndarray, geo: dict,
-                  similarity_removed: dict, rows: int, places: Places, depth: int, recall) -> dict:
+                  similarity_removed: dict, rows: int, dropped: dict, depth: int, recall) -> dict:
     """Negatives per query and per source, km and score distributions (all and per source), removals per miner.
     ``geo``: the geographic half's ``removed``, ``short``, ``uncertified`` and ``depth``."""
     present = merged >= 0
@@ -50,7 +49,7 @@ def mixed_figures(merged: np.ndarray, km: np.ndarray, scores: np.ndarray, from_g
         "negative_scores": distribution(scores[present]), "by_source": by_source,
         "removed": {"geographic": geo["removed"], "similarity": similarity_removed},
         "uncertified_queries": geo["uncertified"], "candidates_per_query": {"geographic": geo["depth"], "similarity": depth},
-        "recall": recall, "dropped_places": places.dropped,
+        "recall": recall, "dropped_places": dropped,
     }
 
 

@@ -39,16 +39,14 @@ import time
 from typing import Optional
 
 import numpy as np
-import pyarrow as pa
 
 from hardneg import storage
 from hardneg.config import RunConfig
 from hardneg.miners import GeoResult
 from hardneg.pipelines.figures import geo_figures, mixed_figures
-from hardneg.pipelines.heldout import evaluate_places_stage, heldout_record, holdout_places
-from hardneg.pipelines.inputs import group_codes
+from hardneg.pipelines.heldout import evaluate_places_stage, heldout_record
+from hardneg.pipelines.place_shards import place_arrays, place_files, write_places
 from hardneg.pipelines.write import batch_stage, kept_rows
-from hardneg.places import load_places
 from hardneg.rundir import RoundManifest, stage_timing
 
 logger = logging.getLogger(__name__)
@@ -73,26 +71,22 @@ class PlaceRound:
 
     def inputs(self, stages: dict) -> None:
         started = time.perf_counter()
-        self.every_place = load_places(self.cfg.corpus)
-        self.places, self.heldout = holdout_places(self.every_place, self.cfg.train) if self.holdout else (self.every_place, None)
-        self.table = self.places.table
-        stages["inputs"] = stage_timing(started, self.every_place.table.num_rows)
+        self.places = write_places(self.cfg, self.here, self.holdout)
+        stages["inputs"] = stage_timing(started, self.places["corpus"])
 
     def embed(self, stages: dict) -> None:
         if self.mixed:
             from hardneg.pipelines.mixed import embed_places
 
-            self.table, self.embeddings, self.similarity = embed_places(self.cfg, self.here, self.places, stages)
+            self.embeddings, self.similarity = embed_places(self.cfg, self.here, self.places["view_values"], stages)
 
     def index(self, stages: dict) -> None:
         """Nothing: the mine stage's ``PlaceShard``s build their indexes over their own places."""
 
     def mine(self, stages: dict) -> dict:
-        cfg, places = self.cfg, self.places
-        self.lat, self.lon, self.groups = place_arrays(self.table)
+        cfg, dropped = self.cfg, self.places["dropped"]
         mined_dir = self.here.join("mined")
-        arrays, stats, mine_stages = mine_places(cfg, self.here, self.table, self.groups, mined_dir, self.round_index, self.encoder,
-                                                 self.similarity)
+        arrays, stats, mine_stages = mine_places(cfg, self.here, mined_dir, self.round_index, self.encoder, self.similarity)
         stages.update(mine_stages)
         self.pool = negative_rows = arrays["negative_rows"]
         counts = (negative_rows >= 0).sum(axis=1)
@@ -100,14 +94,14 @@ class PlaceRound:
         if self.mixed:
             recall = stats["recall"]
             figures = mixed_figures(negative_rows, arrays["negative_km"], arrays["negative_scores"], arrays["from_geo"], stats["geo"],
-                                    stats["similarity_removed"], int(keep.sum()), places, stats["similarity_depth"],
+                                    stats["similarity_removed"], int(keep.sum()), dropped, stats["similarity_depth"],
                                     {"k": stats["similarity_depth"], "queries": recall["queries"],
                                      "recall": round(recall["hits"] / recall["queries"], 4)} if recall["queries"] else None)
             figures["similarity_of"] = "first view -> other places' view" if self.similarity["second"] else "place -> place"
         else:
             result = GeoResult(negative_rows, arrays["negative_km"], counts, stats["removed"], int((counts < cfg.mine.num_negatives).sum()),
                                stats["uncertified"], stats["depth"])
-            figures = geo_figures(result, int(keep.sum()), places)
+            figures = geo_figures(result, int(keep.sum()), dropped)
         if not storage.is_committed(mined_dir):
             storage.commit(mined_dir, {"kind": "mined", "miner": cfg.mine.miner, "round": self.round_index, "encoder": self.encoder,
                                        "figures": figures, "rows": int(keep.sum()), "parts": len(storage.list_table_files(mined_dir.url))})
@@ -117,26 +111,21 @@ class PlaceRound:
         outputs = {"mined": self.here.join("mined").url}
         if self.cfg.mine.batches:
             started = time.perf_counter()
-            outputs["batches"] = batch_stage(self.cfg, self.here, self.pool, self.keep, (self.groups, self.lat, self.lon),
-                                             self.round_index, figures)
+            outputs["batches"] = batch_stage(self.cfg, self.here, self.pool, self.keep, place_arrays(self.here), self.round_index, figures)
             stages["batches"] = stage_timing(started, len(self.keep))
         return outputs
 
     def evaluate(self, figures: dict, stages: dict) -> None:
-        evaluate_places_stage(self.cfg, self.here, self.heldout, figures, stages, self.model_path)
+        evaluate_places_stage(self.cfg, self.here, self.places["heldout"], figures, stages, self.model_path)
 
     def manifest(self, stages: dict, figures: dict, outputs: dict) -> RoundManifest:
         return RoundManifest(
             miner=self.cfg.mine.miner, round=self.round_index, encoder=self.encoder, model=self.embeddings.get("model"),
             model_hash=self.embeddings.get("model_hash"), inputs={"corpus": self.cfg.corpus.path}, config=self.cfg.model_dump(mode="json"),
-            counts={"corpus": self.every_place.table.num_rows, "queries": self.table.num_rows, "rows": int(self.keep.sum())},
-            stages=stages, figures=figures, outputs=outputs, heldout=heldout_record(self.cfg.train, self.heldout),
+            counts={"corpus": self.places["corpus"], "queries": self.places["rows"], "rows": int(self.keep.sum())},
+            stages=stages, figures=figures, outputs=outputs,
+            heldout=heldout_record(self.cfg.train, self.places["heldout"] if self.holdout else None),
         )
-
-
-def place_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``lat``, ``lon`` (degrees) and int64 group codes (``-1``: none) of a ``Places.table``."""
-    return table.column("lat").to_numpy(), table.column("lon").to_numpy(), group_codes(table.column("group"), table.num_rows)
 
 
 def geo_index_config(cfg: RunConfig):
@@ -149,32 +138,30 @@ def geo_index_config(cfg: RunConfig):
     return cfg.index.model_copy(update=update)
 
 
-def mine_places(cfg: RunConfig, here: storage.Location, table: pa.Table, groups: np.ndarray,
-                mined_dir: Optional[storage.Location] = None, round_index: int = 0, encoder: str = "base",
-                similarity: Optional[dict] = None) -> tuple[dict, dict, dict]:
+def mine_places(cfg: RunConfig, here: storage.Location, mined_dir: Optional[storage.Location] = None, round_index: int = 0,
+                encoder: str = "base", similarity: Optional[dict] = None) -> tuple[dict, dict, dict]:
     """The round's miner (``cfg.mine``: geographic, or mixed with ``similarity``, ``embed_places``' shard argument)
-    over every place of ``table`` (``groups``: its group codes, ``place_arrays``) as the mine stage runs it;
+    over every place of the round's committed ``here/places/`` (``write_places``) as the mine stage runs it;
     returns the tasks' arrays concatenated in place order, their figures summed (``add_stats``), and the
-    ``places`` and ``mine`` stage timings.
+    ``mine`` stage timing.
 
-    The places are committed to ``here/places/`` in files of ``index.query_batch_size`` rows, one task each;
-    ``index.num_shards`` ``PlaceShard``s hold them and their index (in process, or Ray actors). Each task
-    writes its rows into ``mined_dir`` (prepared here; nothing is written when None or already committed).
+    One task per file of ``places/``; ``index.num_shards`` ``PlaceShard``s hold the places and their index (in
+    process, or Ray actors). Each task writes its rows into ``mined_dir`` (prepared here; nothing is written
+    when None or already committed).
     """
     from hardneg.pipelines.mine import MinePlan, run_tasks
-    from hardneg.pipelines.place_shards import shard_ranges, write_places
+    from hardneg.pipelines.place_shards import shard_ranges
 
     started = time.perf_counter()
     index_cfg = geo_index_config(cfg)
-    files = write_places(table, groups, here.join("places"), cfg.index.query_batch_size)
-    shards = shard_ranges(table.num_rows, cfg.index.num_shards)
-    stages = {"places": stage_timing(started, table.num_rows)}
-    started = time.perf_counter()
+    files = place_files(here)
+    total = sum(rows for _, rows in files)
+    shards = shard_ranges(total, cfg.index.num_shards)
     writing = mined_dir is not None and not storage.is_committed(mined_dir)
     if writing:
         storage.prepare_output(mined_dir)
     plan = MinePlan(cfg=cfg.model_copy(update={"index": index_cfg}), params=cfg.mine,
-                    depth=min(cfg.mine.candidate_depth() + 1, table.num_rows),  # mixed: + 1, the place itself comes back first
+                    depth=min(cfg.mine.candidate_depth() + 1, total),  # mixed: + 1, the place itself comes back first
                     queries_dir="", out_dir=mined_dir.url if writing else None, files=[[f] for f in files], heldout=frozenset(),
                     round_index=round_index, encoder=encoder, starts=[shard["offset"] for shard in shards], shard_kwargs=None,
                     storage_options=storage.s3_options(), miner=cfg.mine.miner,
@@ -191,8 +178,7 @@ def mine_places(cfg: RunConfig, here: storage.Location, table: pa.Table, groups:
     arrays = {name: np.concatenate(parts) for name, parts in pieces.items()}
     if similarity:
         stats["similarity_depth"] = plan.depth
-    stages["mine"] = stage_timing(started, table.num_rows)
-    return arrays, stats, stages
+    return arrays, stats, {"mine": stage_timing(started, total)}
 
 
 def add_stats(total: dict, stats: dict) -> None:

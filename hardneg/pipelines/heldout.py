@@ -12,7 +12,8 @@ backend the figure measures the encoder alone; with an approximate one it includ
 ``rounds/NNNNN/eval/MANIFEST.json`` holds ``recall@{eval_k}``, ``ndcg@10`` and the query count.
 
 A round over places (geographic or mixed miner) of a cross-view corpus (a ``view`` column) holds its
-places out (``holdout_places``): they are no anchor, no negative and in no batch. ``evaluate_places``
+places out (``split_places``, as ``place_shards.write_places`` writes the round's places: the held-out ones go
+to ``rounds/NNNNN/heldout/places/``): they are no anchor, no negative and in no batch. ``evaluate_places``
 embeds both views of the held-out places with the round's encoder (a GPS round has no model of its own:
 the encoder its block trains from) through the embed stage (``rounds/NNNNN/heldout/``), and a Ray task
 retrieves each place's ``view`` by its first view among the held-out places alone: recall@1, @5, @10
@@ -23,13 +24,12 @@ Example::
 
     held = heldout_ids_of(inputs.queries_url, cfg.train)
     evaluate_round(cfg, round_dir(cfg.run_dir, 1), held)["ndcg@10"]
-    places, heldout_places = holdout_places(load_places(cfg.corpus), cfg.train)
-    evaluate_places(cfg, round_dir(cfg.run_dir, 0), heldout_places)["recall@1"]
+    write_places(cfg, round_dir(cfg.run_dir, 0), holdout=True)["heldout"]   # the held-out places' count
+    evaluate_places(cfg, round_dir(cfg.run_dir, 0))["recall@1"]
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import time
 from typing import Optional
@@ -42,8 +42,6 @@ import pyarrow.compute as pc
 from hardneg import storage
 from hardneg.config import RunConfig, TrainConfig
 from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
-from hardneg.pipelines.write import write_parts
-from hardneg.places import Places
 from hardneg.ray_runtime import run_jobs
 from hardneg.rundir import stage_timing
 from hardneg.search import embedding_files, open_index, read_embeddings
@@ -70,21 +68,27 @@ def _rank_key(query_id: str, seed: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{query_id}".encode(), digest_size=8).digest(), "big")
 
 
-def heldout_ids_of(queries_url: str, train_cfg: TrainConfig) -> frozenset[str]:
-    """``heldout_ids`` of the query ids in ``queries_url`` (the committed ``inputs/queries``), read file by file:
-    the driver keeps each query's 8-byte rank key, finds the cut, and reads the ids again to keep those below it."""
+def heldout_ids_of(queries_url: str, train_cfg: TrainConfig, column: str = "query_id") -> frozenset[str]:
+    """``heldout_ids`` of the ids (``column``) in ``queries_url`` (the committed ``inputs/queries``, or a round's
+    ``places/`` with ``id``), read file by file: the driver keeps each id's 8-byte rank key, finds the cut, and
+    reads the ids again to keep those below it."""
     files = storage.list_table_files(queries_url)
-
-    def ids_of(loc: storage.Location) -> list:
-        return storage.read_table_file(loc, ["query_id"]).column("query_id").to_pylist()
-
-    keys = [np.array([_rank_key(qid, train_cfg.seed) for qid in ids_of(loc)], np.uint64) for loc in files]
-    count = _heldout_count(sum(len(k) for k in keys), train_cfg)
-    if not count:
+    keys, cut = _rank_cut(files, column, train_cfg)
+    if cut is None:
         return frozenset()
-    cut = np.partition(np.concatenate(keys), count - 1)[count - 1]
-    below = [k <= cut for k in keys]
-    return frozenset(qid for loc, held in zip(files, below) if held.any() for qid, keep in zip(ids_of(loc), held.tolist()) if keep)
+    return frozenset(qid for loc, key in zip(files, keys) if (key <= cut).any()
+                     for qid, keep in zip(_ids_of(loc, column), (key <= cut).tolist()) if keep)
+
+
+def _ids_of(loc: storage.Location, column: str) -> list:
+    return storage.read_table_file(loc, [column]).column(column).to_pylist()
+
+
+def _rank_cut(files: list[storage.Location], column: str, train_cfg: TrainConfig) -> tuple[list[np.ndarray], Optional[int]]:
+    """The rank keys of each file's ids, and the largest key held out (None: none is)."""
+    keys = [np.array([_rank_key(qid, train_cfg.seed) for qid in _ids_of(loc, column)], np.uint64) for loc in files]
+    count = _heldout_count(sum(len(k) for k in keys), train_cfg)
+    return keys, (np.partition(np.concatenate(keys), count - 1)[count - 1] if count else None)
 
 
 def split_queries(queries: pa.Table, train_cfg: TrainConfig, id_column: str = "query_id") -> tuple[pa.Table, pa.Table]:
@@ -140,56 +144,64 @@ def _evaluate(cfg: RunConfig, here_url: str, heldout_ids: frozenset[str], storag
 # ---- places ----------------------------------------------------------------------------------
 
 
-def holdout_places(places: Places, train_cfg: TrainConfig) -> tuple[Places, Optional[pa.Table]]:
-    """The places that mine and train, and the held-out rows of ``places.table`` (None: a corpus without a
-    ``view`` column, nothing to evaluate, so every place trains)."""
-    if "view" not in places.table.column_names:
-        return places, None
-    train, heldout = split_queries(places.table, train_cfg, "id")
-    return dataclasses.replace(places, table=train), heldout
+def split_places(staging: storage.Location, train_out: Optional[storage.Location], heldout_out: storage.Location,
+                 train_cfg: Optional[TrainConfig]) -> tuple[int, int]:
+    """Split the places parts in ``staging`` by the held-out rule (``id``; ``train_cfg`` None: none is held out)
+    into ``train_out`` (None: not written) and ``heldout_out``, part by part under the same names; returns the
+    two counts."""
+    files = storage.list_table_files(staging.url)
+    keys, cut = _rank_cut(files, "id", train_cfg) if train_cfg is not None else ([], None)
+    counts = [0, 0]
+    for number, loc in enumerate(files):
+        part = storage.read_table_file(loc)
+        held = keys[number] <= cut if cut is not None else np.zeros(part.num_rows, bool)
+        for side, (out, mask) in enumerate(((train_out, ~held), (heldout_out, held))):
+            if out is not None and mask.any():
+                storage.write_parquet(part.filter(pa.array(mask)), out.join(loc.path.rsplit("/", 1)[-1]))
+            counts[side] += int(mask.sum())
+    return counts[0], counts[1]
 
 
-def heldout_record(train_cfg: TrainConfig, heldout: Optional[pa.Table]) -> Optional[dict]:
-    """The round manifest's ``heldout`` entry of a round over places."""
+def heldout_record(train_cfg: TrainConfig, heldout: Optional[int]) -> Optional[dict]:
+    """The round manifest's ``heldout`` entry of a round over places (``heldout``: the held-out count, None: no split)."""
     if heldout is None:
         return None
-    return {"fraction": train_cfg.eval_fraction, "seed": train_cfg.seed, "places": heldout.num_rows}
+    return {"fraction": train_cfg.eval_fraction, "seed": train_cfg.seed, "places": heldout}
 
 
-def evaluate_places_stage(cfg: RunConfig, here: storage.Location, heldout: Optional[pa.Table], figures: dict, stages: dict,
+def evaluate_places_stage(cfg: RunConfig, here: storage.Location, heldout: Optional[int], figures: dict, stages: dict,
                           model_path: Optional[str] = None) -> None:
     """``evaluate_places`` as a round's stage: ``figures["eval"]`` and ``stages["eval"]`` (nothing without held-out places)."""
-    if heldout is None or heldout.num_rows == 0:
+    if not heldout:
         return
     started = time.perf_counter()
-    figures["eval"] = evaluate_places(cfg, here, heldout, model_path)
-    stages["eval"] = stage_timing(started, heldout.num_rows)
+    figures["eval"] = evaluate_places(cfg, here, model_path)
+    stages["eval"] = stage_timing(started, heldout)
 
 
-def place_view_targets(cfg: RunConfig, here: storage.Location, heldout: pa.Table) -> list[EmbedTarget]:
-    """The embed stage's targets for both views of the held-out places (``heldout/text_embeddings``, the first
-    view with the query prompt; ``heldout/view_embeddings``, with the corpus prompt); the places are written
-    (once) to ``heldout/places/`` for the embed stage to read. Their own embed run: the places' ids are strings
+def place_view_targets(cfg: RunConfig, here: storage.Location) -> list[EmbedTarget]:
+    """The embed stage's targets for both views of the held-out places in ``heldout/places/`` (committed by
+    ``place_shards.write_places``): ``heldout/text_embeddings``, the first view with the query prompt, and
+    ``heldout/view_embeddings``, with the corpus prompt. Their own embed run: the places' ids are strings
     here, and one Ray Data run cannot mix them with a corpus file's integer ids."""
     folder = here.join("heldout")
     places_dir = folder.join("places")
-    images = "image" in heldout.column_names
-    if not storage.is_committed(places_dir):
-        storage.prepare_output(places_dir)
-        write_parts(heldout.select(["id", "image" if images else "text", "view"]), places_dir)
-        storage.commit(places_dir, {"kind": "heldout-places", "rows": heldout.num_rows})
+    about = storage.read_manifest(places_dir)
     # A place the miner took is evaluated if it can be embedded: one whose first view is missing is dropped, not fatal.
     base = {"path": places_dir.url, "id_column": "id", "drop_invalid": True}
     first = cfg.corpus.model_copy(update={**base, "text_column": "text", "image_column": "image"})
-    # The view column is the image column of a corpus of images, else its text column (the other names no column).
-    second = cfg.corpus.model_copy(update={**base, **({"text_column": "text", "image_column": "view"} if images else
+    # The view column is the image column when the views are images, else the text column; the text column of
+    # image views names a column the parts lack (a corpus of images has no "text", a text one no "image").
+    absent = "image" if about["values"] == "text" else "text"
+    second = cfg.corpus.model_copy(update={**base, **({"text_column": absent, "image_column": "view"} if about["view_values"] == "image" else
                                                       {"text_column": "view", "image_column": "image"})})
     return [EmbedTarget(folder.join("text_embeddings").url, first, prefix=cfg.model.query_prompt),
             EmbedTarget(folder.join("view_embeddings").url, second, prefix=cfg.model.corpus_prompt, view=True)]
 
 
-def evaluate_places(cfg: RunConfig, here: storage.Location, heldout: pa.Table, model_path: Optional[str] = None) -> dict:
-    """Recall@1/5/10 (and @``train.eval_k``) of first view -> ``view`` retrieval among the held-out places, with the
+def evaluate_places(cfg: RunConfig, here: storage.Location, model_path: Optional[str] = None) -> dict:
+    """Recall@1/5/10 (and @``train.eval_k``) of first view -> ``view`` retrieval among the held-out places
+    (``here/heldout/places/``), with the
     encoder at ``model_path`` (``cfg.model.path`` when None); committed once as ``here/eval/`` (a committed
     evaluation is read back, not redone)."""
     out = here.join("eval")
@@ -198,8 +210,9 @@ def evaluate_places(cfg: RunConfig, here: storage.Location, heldout: pa.Table, m
     started = time.perf_counter()
     if model_path is not None:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path})})
-    text, _ = embed_or_reuse(cfg, place_view_targets(cfg, here, heldout))
-    about = {"model": text["model"], "views": f"{'image' if 'image' in heldout.column_names else 'text'} -> view",
+    text, _ = embed_or_reuse(cfg, place_view_targets(cfg, here))
+    held = storage.read_manifest(here.join("heldout", "places"))
+    about = {"model": text["model"], "views": f"{held['values']} -> {held['view_values']}",
              "embed_seconds": time.perf_counter() - started}
     return run_jobs(_evaluate_places, [(cfg.train, here.url, about, storage.s3_options())])[0]
 

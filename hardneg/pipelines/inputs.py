@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from hardneg import storage
 from hardneg.config import CorpusConfig, RunConfig
-from hardneg.corpus import MAX_REPORTED, ValidatedCorpus, contains, hash_ids, refuse_float_ids, text_problems, validate_corpus
+from hardneg.corpus import MAX_REPORTED, SeenHashes, ValidatedCorpus, contains, hash_ids, refuse_float_ids, text_problems, validate_corpus
 from hardneg.errors import InputError
 from hardneg.images import image_problems
 from hardneg.ray_runtime import run_jobs
@@ -307,23 +307,6 @@ def _ids(digests) -> list[str]:
     return [f"t{d:016x}" for d in (digests.tolist() if isinstance(digests, np.ndarray) else digests)]
 
 
-class _Seen:
-    """The digests of the texts kept so far: sorted chunks, one per file, merged when there are many (8 bytes a text)."""
-
-    def __init__(self):
-        self.chunks: list[np.ndarray] = []
-
-    def first_new(self, digests: np.ndarray) -> np.ndarray:
-        """Rows whose digest is neither seen nor on an earlier row (the first of each new text), now seen."""
-        first = np.flatnonzero(~pd.Index(digests).duplicated())
-        for chunk in self.chunks:
-            first = first[~contains(chunk, digests[first])]
-        self.chunks.append(np.sort(digests[first]))
-        if len(self.chunks) > 16:
-            self.chunks = [np.sort(np.concatenate(self.chunks))]
-        return first
-
-
 def _from_pairs(cfg: RunConfig, corpus_out: Optional[storage.Location] = None, queries_out: Optional[storage.Location] = None,
                 staging: Optional[storage.Location] = None, bucket_bytes: int = PAIRS_BUCKET_BYTES) -> PairsFiles:
     """Check the pairs (plus the optional extra corpus) one file at a time and, given the three prepared folders,
@@ -342,7 +325,7 @@ def _from_pairs(cfg: RunConfig, corpus_out: Optional[storage.Location] = None, q
     total = sum(int(info.get("size") or 0) for _, info in storage.table_file_infos([q.path]))
     buckets = max(1, -(-total // bucket_bytes))
     writes = corpus_out is not None
-    errors, seen, hashes, anchors_seen = [], _Seen(), [], []
+    errors, seen, hashes, anchors_seen = [], SeenHashes(), [], []
     parts = rows = 0
     try:
         for number, loc in enumerate(files):
@@ -563,11 +546,3 @@ def _valid_rows(loc: storage.Location, drop: np.ndarray, columns: list[str]) -> 
         keep[drop] = False
         table = table.filter(pa.array(keep))
     return table
-
-
-def group_codes(groups: Optional[pa.ChunkedArray], num_rows: int) -> np.ndarray:
-    """int64 code per row for ``group`` values (``-1``: no group)."""
-    if groups is None:
-        return np.full(num_rows, -1, dtype=np.int64)
-    codes = pc.dictionary_encode(groups.combine_chunks()).indices.fill_null(-1)
-    return codes.to_numpy(zero_copy_only=False).astype(np.int64)

@@ -32,11 +32,11 @@ from hardneg import faults, storage
 from hardneg.config import RunConfig
 from hardneg.encoder import default_model_path
 from hardneg.errors import ConfigError
-from hardneg.pipelines.heldout import evaluate_places, heldout_ids, holdout_places
+from hardneg.pipelines.heldout import evaluate_places, heldout_ids_of
+from hardneg.pipelines.place_shards import write_places
 from hardneg.pipelines.remine import (RUN_NAME, CheckpointInfo, block_epochs, checkpoint_info, checkpoints_dir, record_block, remine,
                                       run_state)
 from hardneg.pipelines.run import run_round
-from hardneg.places import load_places
 from hardneg.rundir import round_dir
 
 logger = logging.getLogger(__name__)
@@ -104,11 +104,10 @@ def _evaluate_last_checkpoint(cfg: RunConfig, block: int, checkpoint_path: str) 
     (``hardneg remine`` does that, and evaluates)."""
     if cfg.mine.miner == "similarity" or not cfg.train.eval_fraction:
         return None
-    _, heldout = holdout_places(load_places(cfg.corpus), cfg.train)
-    if heldout is None or not heldout.num_rows:
-        return None
     here = checkpoints_dir(cfg.run_dir).join("eval", f"block-{block:05d}")
-    return evaluate_places(cfg, here, heldout, model_path=checkpoint_path)
+    if not write_places(cfg, here, holdout=True, train=False)["rows"]:
+        return None
+    return evaluate_places(cfg, here, model_path=checkpoint_path)
 
 
 def row_views(cfg: RunConfig, manifest: dict) -> tuple[str, str]:
@@ -120,8 +119,9 @@ def row_views(cfg: RunConfig, manifest: dict) -> tuple[str, str]:
         return tuple(storage.read_manifest(here.join(name)).get("modality", "text") if storage.is_committed(here.join(name)) else "text"
                      for name in ("query_embeddings", "embeddings"))
     places = here.join("places")
-    values = storage.read_manifest(places).get("values", "text") if storage.is_committed(places) else "text"
-    return values, values
+    about = storage.read_manifest(places) if storage.is_committed(places) else {}
+    values = about.get("values", "text")
+    return values, about.get("view_values") or values
 
 
 def round_dataset(cfg: RunConfig, manifest: dict):
@@ -134,24 +134,18 @@ def round_dataset(cfg: RunConfig, manifest: dict):
     source = here.join("batches") if storage.is_committed(here.join("batches")) else here.join("mined")
     ds = ray.data.read_parquet(source.url, filesystem=source.arrow_fs(), file_extensions=["parquet"])
     if manifest.get("heldout") is None and cfg.train.eval_fraction:
-        held = _heldout_of_unsplit_round(cfg, manifest["miner"])
+        held = _heldout_of_unsplit_round(cfg, here, manifest["miner"])
         if held:
             ds = ds.filter(lambda row: row["query_id"] not in held)
     return ds
 
 
-def _heldout_of_unsplit_round(cfg: RunConfig, miner: str) -> set[str]:
+def _heldout_of_unsplit_round(cfg: RunConfig, here: storage.Location, miner: str) -> frozenset[str]:
     """The held-out ids of the round's queries, or of its places (none when the corpus has no ``view`` column)."""
     if miner == "similarity":
-        ids = storage.read_table(storage.resolve(cfg.run_dir).join("inputs", "queries").url, ["query_id"]).column("query_id")
-    else:
-        from hardneg.places import load_places
-
-        table = load_places(cfg.corpus).table
-        if "view" not in table.column_names:
-            return set()
-        ids = table.column("id")
-    return heldout_ids(ids.to_pylist(), cfg.train)
+        return heldout_ids_of(storage.resolve(cfg.run_dir).join("inputs", "queries").url, cfg.train)
+    places = here.join("places")  # a round without the split has every place
+    return heldout_ids_of(places.url, cfg.train, "id") if storage.read_manifest(places)["cross_view"] else frozenset()
 
 
 def _newest_round(cfg: RunConfig, pending):

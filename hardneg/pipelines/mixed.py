@@ -5,9 +5,9 @@ a mixed round gives both for the same anchors, the places themselves. The round 
 (``hardneg.pipelines.geo.PlaceRound``) runs it:
 
 1. ``embed_places``: the places corpus (``id``, ``text``, ``lat``, ``lon``, optional ``group``), validated as
-   places and as text, is embedded with the round's encoder into ``rounds/NNNNN/embeddings/`` (committed,
-   reused when the round resumes); a place whose text was dropped (``corpus.drop_invalid``) is no anchor
-   and no candidate (``dropped_places["invalid_text"]``);
+   places and as text (``place_shards.write_places``: a place whose text is bad is refused, or dropped and
+   counted in ``dropped_places["invalid"]`` with ``corpus.drop_invalid``), is embedded with the round's
+   encoder into ``rounds/NNNNN/embeddings/`` (committed, reused when the round resumes);
 2. the mine stage (``hardneg.pipelines.mine.run_tasks``, one task per file of ``rounds/NNNNN/places/``):
    each ``PlaceShard`` holds its places' coordinates with their k-d tree and, read from the embeddings
    folder, their vectors with a similarity index (``index.*``) in place-row order. ``mine_mixed_file``
@@ -49,10 +49,9 @@ Example::
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 
 from hardneg import storage
 from hardneg.config import CorpusConfig, RunConfig
@@ -61,47 +60,37 @@ from hardneg.miners import FILTERS, GEO_REMOVED, GeoResult, drop_same_place, hav
 from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
 from hardneg.pipelines.figures import SOURCES
 from hardneg.pipelines.place_shards import geo_stats, geographic_half, pack, task_places, write_place_rows
-from hardneg.places import Places
 from hardneg.rundir import timing
-from hardneg.search import embedding_files, recall_at_k
+from hardneg.search import recall_at_k
 
 
-def embed_places(cfg: RunConfig, here: storage.Location, places: Places, stages: dict) -> tuple[pa.Table, dict, dict]:
-    """Embed the places' views (``embeddings/``, and ``view_embeddings/`` in a cross-view corpus); returns the
-    places that have every view embedded, the embeddings' manifest, and the ``PlaceShard``s' ``similarity``
-    argument. Only ids are read here: the shards read the vectors."""
+def embed_places(cfg: RunConfig, here: storage.Location, view_values: Optional[str], stages: dict) -> tuple[dict, dict]:
+    """Embed the places' views (``embeddings/``, and ``view_embeddings/`` in a cross-view corpus: ``view_values``,
+    what its second views are, ``"text"`` or ``"image"``); returns the embeddings' manifest and the
+    ``PlaceShard``s' ``similarity`` argument (the shards read the vectors). The places stage checked the views
+    as the corpus rules do, so every place of ``places/`` has its vectors."""
     corpus = validate_corpus(cfg.corpus)
     embeddings_dir, view_dir = here.join("embeddings"), here.join("view_embeddings")
-    cross_view = "view" in places.table.column_names
+    cross_view = view_values is not None
     targets = [EmbedTarget(embeddings_dir.url, cfg.corpus, corpus, prefix=cfg.model.query_prompt if cross_view else "")]
     if cross_view:  # candidates are the places' second views: a place needs both embedded
-        targets.append(EmbedTarget(view_dir.url, _view_corpus(cfg.corpus, corpus.modality), prefix=cfg.model.corpus_prompt, view=True))
+        targets.append(EmbedTarget(view_dir.url, _view_corpus(cfg.corpus, corpus.modality, view_values), prefix=cfg.model.corpus_prompt,
+                                   view=True))
     embedded = embed_or_reuse(cfg, targets)
     stages["embed"] = timing(max(e["seconds"] for e in embedded), sum(e["rows"] for e in embedded))
-    ids = places.table.column("id").to_numpy(zero_copy_only=False)
-    have = np.logical_and.reduce([embedded_ids(ids, target.output) for target in targets])
-    table = places.table
-    if not have.all():
-        places.dropped["invalid_text"] = int((~have).sum())
-        table = table.filter(pa.array(have))
     similarity = {"first": embeddings_dir.url, "second": view_dir.url if cross_view else None, "cfg": cfg.index}
-    return table, embedded[0], similarity
+    return embedded[0], similarity
 
 
-def embedded_ids(ids: np.ndarray, embeddings_dir: str) -> np.ndarray:
-    """Which of ``ids`` have a vector in a committed embeddings folder (its ids read one file at a time)."""
-    want, have = pd.Index(ids), np.zeros(len(ids), bool)
-    for url, _ in embedding_files(embeddings_dir):
-        at = want.get_indexer(storage.read_table_file(storage.resolve(url), ["id"]).column("id").cast(pa.string()).to_numpy(zero_copy_only=False))
-        have[at[at >= 0]] = True
-    return have
-
-
-def _view_corpus(corpus_cfg: CorpusConfig, modality: str) -> CorpusConfig:
+def _view_corpus(corpus_cfg: CorpusConfig, modality: str, view_values: str) -> CorpusConfig:
     """The corpus read for its second views: ``corpus.view_column`` as the text (or, in a corpus of images, the
-    image) column, so the embed stage embeds it as it embeds the first."""
-    column = {"image_column": corpus_cfg.view_column} if modality == "image" else {"text_column": corpus_cfg.view_column}
-    return corpus_cfg.model_copy(update=column)
+    image) column, so the embed stage embeds it as it embeds the first; a text corpus's image views
+    (``corpus.view_image_column``) as its image column, with a text column its files lack (``view_column``)."""
+    if modality == "image":
+        return corpus_cfg.model_copy(update={"image_column": corpus_cfg.view_column})
+    if view_values == "image":
+        return corpus_cfg.model_copy(update={"image_column": corpus_cfg.view_image_column, "text_column": corpus_cfg.view_column})
+    return corpus_cfg.model_copy(update={"text_column": corpus_cfg.view_column})
 
 
 def mine_mixed_file(plan, shards, scorer, task: int) -> dict:

@@ -1,19 +1,20 @@
 """The places as the mine stage sees them: the round's ``places/`` folder, ``PlaceShard``s over it, and the
 geographic miner's task (``mine_place_file``).
 
-A geographic round writes its places once (``write_places``: ``id``, the first view, ``view`` in a
-cross-view corpus, ``lat``, ``lon``, ``group_code``) in files of ``index.query_batch_size`` rows, the mine
-stage's tasks. Each ``PlaceShard`` reads a contiguous range of the places (from the files that hold them) and
-holds their search index over 3-D unit vectors (``hardneg.miners.unit_vectors``) plus what the miner and the
-written rows look up by row: coordinates, group codes, ids and values. A task reads its own file,
-runs ``geographic_negatives`` with the candidates' coordinates served by the shards, writes its rows
-and returns its negatives' rows and km: the driver keeps that ``(places, num_negatives)`` pool for the
+A round over places writes its places once, checked and written one corpus file at a time (``write_places``:
+``id``, the first view, ``view`` in a cross-view corpus, ``lat``, ``lon``, ``group_code``) in parts of at most
+``index.query_batch_size`` rows, the mine stage's tasks. Each ``PlaceShard`` reads a contiguous range of the
+places (from the files that hold them) and holds their search index over 3-D unit vectors
+(``hardneg.miners.unit_vectors``) plus what the miner and the written rows look up by row: coordinates, group
+codes, ids and values. A task reads its own file, runs ``geographic_negatives`` with the candidates'
+coordinates served by the shards, writes its rows and returns its negatives' rows and km: the driver keeps that ``(places, num_negatives)`` pool for the
 batch stage and the figures (docs/scaling.md: what stays global).
 
 Example::
 
-    files = write_places(places.table, groups, storage.resolve("runs/g/rounds/00000/places"), rows_per_file=4096)
-    shard = PlaceShard(files, {"offset": 0, "rows": n}, IndexConfig(backend="kdtree"), {})
+    here = storage.resolve("runs/g/rounds/00000")
+    n = write_places(cfg, here)["rows"]
+    shard = PlaceShard(place_files(here), {"offset": 0, "rows": n}, IndexConfig(backend="kdtree"), {})
 """
 
 from __future__ import annotations
@@ -27,37 +28,58 @@ import pandas as pd
 import pyarrow as pa
 
 from hardneg import storage
-from hardneg.config import IndexConfig
+from hardneg.config import IndexConfig, RunConfig
 from hardneg.errors import StorageError
 from hardneg.miners import GEO_REMOVED, geographic_negatives, hash_texts, unit_vectors
 from hardneg.miners.geo import FLOAT32_SCORE_ERROR
-from hardneg.places import place_values
+from hardneg.places import prepare_places, value_name
 from hardneg.search import build_index, embedding_files, read_embeddings
 from hardneg.search.sharded import ShardActor
 
 
-def write_places(table: pa.Table, groups: np.ndarray, out: storage.Location, rows_per_file: int) -> list[tuple[str, int]]:
-    """Commit the places of a round (a ``Places.table``, and its group codes: ``geo.place_arrays``) as files of
-    ``rows_per_file`` rows; returns ``[(url, rows), ...]`` (``embedding_files``: any committed folder of Parquet
-    files reads so). A committed folder is kept (a resumed round)."""
-    if not storage.is_committed(out):
-        storage.prepare_output(out)
-        columns = {"id": table.column("id"), value_name(table): place_values(table)}
-        if "view" in table.column_names:
-            columns["view"] = table.column("view")
-        columns.update(lat=table.column("lat"), lon=table.column("lon"), group_code=pa.array(groups, pa.int64()))
-        places = pa.table(columns)
-        files = max(1, -(-places.num_rows // rows_per_file))
-        for part in range(files):
-            storage.write_parquet(places.slice(part * rows_per_file, rows_per_file), out.join(f"part-{part * rows_per_file:012d}.parquet"))
-        storage.commit(out, {"kind": "places", "rows": places.num_rows, "rows_per_file": rows_per_file,
-                             "cross_view": "view" in columns, "values": "image" if value_name(table) == "image" else "text"})
-    return embedding_files(out.url)
+def write_places(cfg: RunConfig, here: storage.Location, holdout: bool = False, train: bool = True) -> dict:
+    """The places stage: check the places corpus file by file and commit its valid places as ``here/places/``
+    (parts of at most ``index.query_batch_size`` rows, the mine stage's tasks; ``prepare_places``); returns
+    its manifest (read back when committed: a resumed round). ``holdout``: a cross-view corpus's held-out
+    places (``heldout.split_places``) go to ``here/heldout/places/`` instead, through ``here/places-staging/``
+    (removed after); with ``train`` False only they are written, and ``heldout/places``' manifest is returned.
+    A mixed round's views are checked as texts too (``texts``): they are embedded."""
+    from hardneg.pipelines.heldout import split_places
+
+    places_dir, heldout_dir = here.join("places"), here.join("heldout", "places")
+    done = places_dir if train else heldout_dir
+    if storage.is_committed(done):
+        return storage.read_manifest(done)
+    rows_per_file, texts = cfg.index.query_batch_size, cfg.mine.miner == "mixed"
+    staging = here.join("places-staging") if holdout else places_dir
+    files = prepare_places(cfg.corpus, storage.prepare_output(staging), rows_per_file, texts)
+    about = {"rows_per_file": rows_per_file, "cross_view": files.cross_view, "values": files.values, "view_values": files.view_values}
+    heldout = None
+    if holdout:
+        if heldout_dir.fs.exists(heldout_dir.path):  # an earlier try's, committed before it died: split again
+            heldout_dir.fs.rm(heldout_dir.path, recursive=True)
+        _, heldout = split_places(staging, storage.prepare_output(places_dir) if train else None,
+                                           storage.prepare_output(heldout_dir), cfg.train if files.cross_view else None)
+        storage.commit(heldout_dir, {"kind": "heldout-places", "rows": heldout, **about})
+        staging.fs.rm(staging.path, recursive=True)
+        if not train:
+            return storage.read_manifest(heldout_dir)
+    manifest = {"kind": "places", "rows": files.rows - (heldout or 0), "corpus": files.rows, "dropped": files.dropped,
+                "heldout": heldout if files.cross_view else None, **about}
+    storage.commit(places_dir, manifest)
+    return manifest
 
 
-def value_name(table: pa.Table) -> str:
-    """The first view's column: ``image`` in a corpus of images, else ``text``."""
-    return "image" if "image" in table.column_names else "text"
+def place_files(here: storage.Location) -> list[tuple[str, int]]:
+    """``[(url, rows), ...]`` of a round's committed ``places/``, in row order."""
+    return embedding_files(here.join("places").url)
+
+
+def place_arrays(here: storage.Location) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group codes, ``lat`` and ``lon`` (degrees) of every place of a round's ``places/``, in row order: what the
+    batch stage composes from (``write.batch_stage``; docs/scaling.md: what stays global)."""
+    table = pa.concat_tables([storage.read_table_file(storage.resolve(url), ["group_code", "lat", "lon"]) for url, _ in place_files(here)])
+    return tuple(table.column(name).to_numpy() for name in ("group_code", "lat", "lon"))
 
 
 def read_places(url: str) -> pa.Table:
