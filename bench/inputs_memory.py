@@ -27,55 +27,61 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def build(size: int, work: str) -> str:
-    """A folder of pairs Parquet files with ``size`` rows (kept in ``work/pairs-SIZE``)."""
-    import pyarrow as pa
+def _build(name: str, size: int, work: str, table_of) -> str:
+    """A folder ``work/NAME-SIZE`` of Parquet files of 100,000 rows, ``table_of(rows)`` each (kept between runs)."""
     import pyarrow.parquet as pq
+
+    sys.path.insert(0, HERE)
+    folder = os.path.join(work, f"{name}-{size}")
+    if os.path.exists(os.path.join(folder, "done")):
+        return folder
+    os.makedirs(folder, exist_ok=True)
+    for number, start in enumerate(range(0, size, 100_000)):
+        pq.write_table(table_of(range(start, min(size, start + 100_000))), os.path.join(folder, f"part-{number:05d}.parquet"))
+    open(os.path.join(folder, "done"), "w").close()
+    return folder
+
+
+def build(size: int, work: str) -> str:
+    """Pairs: real docstring (summary, body) pairs with a copy number; every 10th anchor has a second positive."""
+    import pyarrow as pa
 
     sys.path.insert(0, HERE)
     from corpora import docstring_pairs
 
-    folder = os.path.join(work, f"pairs-{size}")
-    if os.path.exists(os.path.join(folder, "done")):
-        return folder
-    os.makedirs(folder, exist_ok=True)
     base = docstring_pairs()
-    for number, start in enumerate(range(0, size, 100_000)):
-        rows = range(start, min(size, start + 100_000))
+
+    def table_of(rows: range):
         anchors = [f"{base[i % len(base)]['anchor']} [copy {i // len(base)}]" for i in rows]
         positives = [f"{base[i % len(base)]['positive']} [copy {i // len(base)}]" for i in rows]
         anchors += anchors[::10]  # a second positive for every 10th anchor
         positives += [f"{text} [second]" for text in positives[::10]]
-        pq.write_table(pa.table({"anchor": anchors, "positive": positives}), os.path.join(folder, f"part-{number:05d}.parquet"))
-    open(os.path.join(folder, "done"), "w").close()
-    return folder
+        return pa.table({"anchor": anchors, "positive": positives})
+
+    return _build("pairs", size, work, table_of)
 
 
 def build_places(size: int, work: str) -> str:
-    """A folder of places Parquet files with ``size`` rows (kept in ``work/places-SIZE``)."""
+    """Places: real cross-view cities with a copy number in id and names, shifted a copy's 0.001 degree east."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     sys.path.insert(0, HERE)
     from corpora import crossview_cities
 
-    folder = os.path.join(work, f"places-{size}")
-    if os.path.exists(os.path.join(folder, "done")):
-        return folder
-    os.makedirs(folder, exist_ok=True)
     base = crossview_cities()
-    for number, start in enumerate(range(0, size, 100_000)):
-        rows = [(i // len(base), base[i % len(base)]) for i in range(start, min(size, start + 100_000))]
-        pq.write_table(pa.table({
-            "id": [f"{city['id']}-{copy}" for copy, city in rows],
-            "lat": [city["lat"] for _, city in rows],
-            "lon": [(city["lon"] + 180 + copy * 0.001) % 360 - 180 for copy, city in rows],
-            "text": [f"{city['text']} {copy}" for copy, city in rows],
-            "view": [f"{city['view']} {copy}" for copy, city in rows],
-            "group": [str(city["id"] % 200) if i % 2 else None for i, (_, city) in enumerate(rows)],
-        }), os.path.join(folder, f"part-{number:05d}.parquet"))
-    open(os.path.join(folder, "done"), "w").close()
-    return folder
+
+    def table_of(rows: range):
+        cities = [(i // len(base), base[i % len(base)]) for i in rows]
+        return pa.table({
+            "id": [f"{city['id']}-{copy}" for copy, city in cities],
+            "lat": [city["lat"] for _, city in cities],
+            "lon": [(city["lon"] + 180 + copy * 0.001) % 360 - 180 for copy, city in cities],
+            "text": [f"{city['text']} {copy}" for copy, city in cities],
+            "view": [f"{city['view']} {copy}" for copy, city in cities],
+            "group": [str(city["id"] % 200) if i % 2 else None for i, (_, city) in enumerate(cities)],
+        })
+
+    return _build("places", size, work, table_of)
 
 
 def places_alone(places: str) -> dict:

@@ -68,6 +68,11 @@ class QueriesConfig(Section):
     format: Literal["pairs", "queries"] = "pairs"
     anchor_column: str = "anchor"
     positive_column: str = "positive"
+    anchor_image_column: str = Field("anchor_image", description="queries.format=pairs: a file with this column and no "
+                                     "anchor_column asks with images (paths, URLs or bytes), embedded by a vision or dual model.")
+    positive_image_column: str = Field("positive_image", description="queries.format=pairs: a file with this column and no "
+                                       "positive_column has images as positives, so the corpus is images (an image is one item "
+                                       "by its path, URL or bytes, as a text is by its text).")
     query_id_column: str = "query_id"
     query_column: str = "query"
     query_image_column: str = Field("query_image", description="queries.format=queries: a file with this column and no "

@@ -517,3 +517,59 @@ def test_a_text_to_image_cross_view_corpus_trains_a_dual_model_and_re_mines_with
     mined = storage.read_table(here.join("mined").url).to_pylist()
     assert len(mined) == len(by_id) - gps["heldout"]["places"]
     assert all(row["positive"] == by_id[row["query_id"]]["view_image"] for row in mined)
+
+
+def test_pairs_of_texts_and_images_mine_either_way_with_a_dual_model_and_mixed_kinds_are_refused(ray_session, clip_path, places, tmp_path):
+    """Pairs input with images (``queries.anchor_image_column`` / ``queries.positive_image_column``): captions
+    whose positives are images (paths) make a corpus of images, each image one item as a text is; images (bytes)
+    whose positives are captions ask with images. Either way the negatives are what the other tower ranks highest."""
+    from hardneg.door import check_round
+    from hardneg.pipelines.inputs import text_id
+    from hardneg.pipelines.run import run_round
+
+    _, rows = places
+    tiles = rows[:16]
+    captions = [f"photograph {row['id'][0]}, tile {row['id'][2:]}" for row in tiles]
+    encoder = Encoder.load(clip_path)
+    images, texts = encoder.encode_images([row["image"] for row in tiles]), encoder.encode(captions)
+
+    pairs = write_jsonl(tmp_path / "text_image.jsonl", [{"anchor": c, "positive_image": row["image"]} for c, row in zip(captions, tiles)])
+    cfg = parse_config({"run_dir": str(tmp_path / "t2i"), "model": {"path": clip_path}, "queries": {"path": pairs},
+                        "mine": {"num_negatives": 3}})
+    check_round(cfg)
+    with in_process(cfg):
+        manifest = run_round(cfg)
+    mined = storage.read_table(manifest["outputs"]["mined"]).to_pylist()
+    assert len(mined) == 16 and storage.read_manifest(round_dir(cfg.run_dir, 0).join("embeddings"))["modality"] == "image"
+    for row, text in zip(sorted(mined, key=lambda r: captions.index(r["query"])), texts):
+        i = captions.index(row["query"])
+        assert row["positive"] == tiles[i]["image"] and row["positive_id"] == text_id(tiles[i]["image"])
+        ranked = [j for j in np.argsort(-(images @ text), kind="stable") if j != i]
+        assert row["negatives"] == [tiles[j]["image"] for j in ranked[:3]]
+
+    png = [open(row["image"], "rb").read() for row in tiles]
+    parquet = str(tmp_path / "image_text.parquet")
+    pq.write_table(pa.table({"anchor_image": png, "positive": captions}), parquet)
+    cfg = parse_config({"run_dir": str(tmp_path / "i2t"), "model": {"path": clip_path}, "queries": {"path": parquet},
+                        "mine": {"num_negatives": 3}})
+    check_round(cfg)
+    with in_process(cfg):
+        manifest = run_round(cfg)
+    mined = storage.read_table(manifest["outputs"]["mined"]).to_pylist()
+    assert len(mined) == 16
+    for row in mined:
+        i = png.index(row["query"])  # the query is the image's own bytes
+        ranked = [j for j in np.argsort(-(texts @ images[i]), kind="stable") if j != i]
+        assert row["positive"] == captions[i] and row["negatives"] == [captions[j] for j in ranked[:3]]
+
+    folder = tmp_path / "two_kinds"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [{"anchor": "a", "positive_image": tiles[0]["image"]}])
+    write_jsonl(folder / "b.jsonl", [{"anchor": "b", "positive": "a caption"}])
+    with pytest.raises(InputError, match=r"a\.jsonl gives the positives as paths and .*b\.jsonl as texts"):
+        check_round(parse_config({"run_dir": str(tmp_path / "mixed"), "model": {"path": clip_path}, "queries": {"path": str(folder)}}))
+    extra = write_jsonl(tmp_path / "extra.jsonl", [{"id": "x", "text": "more text"}])
+    with pytest.raises(InputError, match=r"extra corpus holds texts, but the pairs' positives are images"):
+        check_round(parse_config({"run_dir": str(tmp_path / "extra"), "model": {"path": clip_path}, "queries": {"path": pairs},
+                                  "corpus": {"path": extra}}))
+    assert not (tmp_path / "mixed").exists() and not (tmp_path / "extra").exists()

@@ -78,14 +78,15 @@ class Inputs:
     query_modality: str = "text"
 
 
-def text_id(text: str) -> str:
-    """A content id for a text: ``t`` + 16 hex digits of blake2b (what pairs input uses as corpus ids)."""
+def text_id(text: str | bytes) -> str:
+    """A content id for a text (or an image's path or bytes): ``t`` + 16 hex digits of blake2b (what pairs input
+    uses as corpus ids)."""
     return f"t{_digest(text):016x}"
 
 
-def _digest(text: str) -> int:
-    """64 bits of blake2b of the text: its ``text_id`` as a number."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+def _digest(text: str | bytes) -> int:
+    """64 bits of blake2b of the text (or an image's bytes): its ``text_id`` as a number."""
+    return int.from_bytes(hashlib.blake2b(text if isinstance(text, bytes) else text.encode("utf-8"), digest_size=8).digest(), "big")
 
 
 def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
@@ -110,7 +111,8 @@ def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
             storage.commit(corpus_dir, {"kind": "corpus", "source": cfg.queries.path, "extra_corpus": cfg.corpus.path,
                                         "rows": made.corpus_rows})
             storage.commit(queries_dir, {"kind": "queries", "source": cfg.queries.path, "sources": sources, "rows": len(made.query_digests),
-                                         "pairs_per_anchor": made.pairs_per_anchor, "max_positives": made.max_positives})
+                                         "pairs_per_anchor": made.pairs_per_anchor, "max_positives": made.max_positives,
+                                         "query_modality": made.query_modality})
         corpus_cfg = CorpusConfig(path=corpus_dir.url, id_column="id", text_column="text", group_column="group")
         validated = validate_corpus(corpus_cfg)
     else:
@@ -176,7 +178,7 @@ def check_inputs(cfg: RunConfig, run_dir: storage.Location, want_ids: bool = Fal
         query_modality = storage.read_manifest(queries_dir).get("query_modality", "text")
     elif cfg.queries.format == "pairs":
         made = _from_pairs(cfg)
-        hashes, modality, query_ids, query_modality = made.corpus_hashes, "text", made.query_ids, "text"
+        hashes, modality, query_ids, query_modality = made.corpus_hashes, made.modality, made.query_ids, made.query_modality
         ids = lambda: pairs_corpus_ids(cfg, hashes)  # noqa: E731
     elif not cfg.corpus.path:
         raise InputError("queries.format=queries needs corpus.path (the corpus the positive_ids refer to)")
@@ -193,7 +195,8 @@ def pairs_corpus_ids(cfg: RunConfig, corpus_hashes: np.ndarray) -> pa.Array:
     ``corpus_hashes``), read again file by file; only to name ids a user's own embeddings lack or add."""
     q, arrays = cfg.queries, []
     for loc in storage.list_table_files(q.path):
-        positives = storage.read_table_file(loc, [q.positive_column]).column(q.positive_column).to_pylist()
+        table = storage.read_table_file(loc, [q.positive_column, q.positive_image_column])
+        positives = table.column(0).to_pylist()  # the positives' one column: texts, or images
         arrays.append(pa.array([text_id(text) for text in dict.fromkeys(positives)], pa.string()))
     if cfg.corpus.path:
         arrays.append(corpus_ids(validate_corpus(cfg.corpus), cfg.corpus))
@@ -285,6 +288,7 @@ class PairsFiles:
         query_digests: sorted unique 64-bit digests of the anchors (a query id is ``t`` + their 16 hex digits).
         pairs_per_anchor: the most input rows one anchor has, repeated pairs counted.
         max_positives: the most distinct positives one anchor has.
+        modality, query_modality: what the positives (the corpus) and the anchors are, ``"text"`` or ``"image"``.
     """
 
     corpus_hashes: np.ndarray
@@ -292,6 +296,8 @@ class PairsFiles:
     query_digests: np.ndarray
     pairs_per_anchor: int
     max_positives: int
+    modality: str = "text"
+    query_modality: str = "text"
 
     def query_ids(self) -> pa.Array:
         return pa.array(_ids(self.query_digests), pa.string())
@@ -325,49 +331,62 @@ def _from_pairs(cfg: RunConfig, corpus_out: Optional[storage.Location] = None, q
     total = sum(int(info.get("size") or 0) for _, info in storage.table_file_infos([q.path]))
     buckets = max(1, -(-total // bucket_bytes))
     writes = corpus_out is not None
-    errors, seen, hashes, anchors_seen = [], SeenHashes(), [], []
+    errors, seen, hashes, anchors_seen, kinds = [], SeenHashes(), [], [], {}
     parts = rows = 0
     try:
         for number, loc in enumerate(files):
-            table = _read_checked_file(loc, [q.anchor_column, q.positive_column], "queries.format=pairs")
-            errors += _text_errors(loc, table, [q.anchor_column, q.positive_column])
+            table = _read_checked_file(loc, [q.anchor_column, q.positive_column], "queries.format=pairs",
+                                       {q.anchor_column: q.anchor_image_column, q.positive_column: q.positive_image_column})
+            columns = [q.anchor_column if q.anchor_column in table.column_names else q.anchor_image_column,
+                       q.positive_column if q.positive_column in table.column_names else q.positive_image_column]
+            for column in columns:
+                images = column in (q.anchor_image_column, q.positive_image_column)
+                errors += _text_errors(loc, table, [column], image_problems if images else text_problems)
+                kinds.setdefault(column == columns[0], {}).setdefault(_value_type(table.column(column), images), loc.url)
             if errors:
                 continue
-            anchors, positives = table.column(q.anchor_column).to_pylist(), table.column(q.positive_column).to_pylist()
+            anchor_values, positive_values = (_as_given(table.column(column)) for column in columns)
+            anchors, positives = anchor_values.to_pylist(), positive_values.to_pylist()
             anchor_digests, positive_digests = _digests(anchors), _digests(positives)
             new = seen.first_new(positive_digests)
             ids = pa.array(_ids(positive_digests[new]), pa.string())
             hashes.append(hash_ids(ids))
             anchors_seen.append(pd.unique(anchor_digests))
             if writes:
-                storage.write_parquet(pa.table({"id": ids, "text": pa.array([positives[r] for r in new.tolist()], pa.string())}),
+                positive_name = "image" if columns[1] == q.positive_image_column else "text"
+                storage.write_parquet(pa.table({"id": ids, positive_name: positive_values.take(pa.array(new, pa.int64()))}),
                                       corpus_out.join(f"part-{parts:05d}.parquet"))
                 order = np.arange(rows, rows + len(anchors), dtype=np.int64)
                 bucket = (anchor_digests % np.uint64(buckets)).astype(np.int64)
-                pairs = pa.table({"order": order, "anchor_digest": anchor_digests, "anchor": pa.array(anchors, pa.string()),
+                pairs = pa.table({"order": order, "anchor_digest": anchor_digests, "anchor": anchor_values,
                                   "positive_digest": positive_digests})
                 for b in np.unique(bucket).tolist():
                     storage.write_parquet(pairs.filter(pa.array(bucket == b)), staging.join(f"bucket-{b:05d}", f"file-{number:05d}.parquet"))
             parts, rows = parts + 1, rows + len(anchors)
         _raise_if(errors, "pairs")
-        if cfg.corpus.path:  # the extra corpus: its rows whose text is new, in file order
+        modality, query_modality = (_kind_of(kinds.get(side, {}), q.path, what) for side, what in
+                                    ((False, "positives"), (True, "anchors")))
+        if cfg.corpus.path:  # the extra corpus: its rows whose text (or image) is new, in file order
             extra = validate_corpus(cfg.corpus)
+            if extra.modality != modality:
+                raise InputError(f"{cfg.corpus.path}: the extra corpus holds {extra.modality}s, but the pairs' positives are "
+                                 f"{modality}s (queries.positive_column or queries.positive_image_column): one corpus, one kind")
+            value = extra.value_column(cfg.corpus)
             for loc, drop in zip(extra.files, extra.drop_rows):
-                table = _valid_rows(loc, drop, [cfg.corpus.id_column, cfg.corpus.text_column])
-                texts = table.column(cfg.corpus.text_column).cast(pa.string()).to_pylist()
-                digests = _digests(texts)
-                new = seen.first_new(digests)
-                kept = table.take(pa.array(new, pa.int64()))
-                ids = kept.column(cfg.corpus.id_column).cast(pa.string())
+                table = _valid_rows(loc, drop, [cfg.corpus.id_column, value])
+                values = _as_given(table.column(value))
+                new = seen.first_new(_digests(values.to_pylist()))
+                ids = table.column(cfg.corpus.id_column).cast(pa.string()).take(pa.array(new, pa.int64()))
                 hashes.append(hash_ids(ids))
                 if writes:
-                    storage.write_parquet(pa.table({"id": ids, "text": kept.column(cfg.corpus.text_column).cast(pa.string())}),
+                    storage.write_parquet(pa.table({"id": ids, "image" if modality == "image" else "text": values.take(pa.array(new, pa.int64()))}),
                                           corpus_out.join(f"part-{parts:05d}.parquet"))
                     parts += 1
         corpus_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
         per_anchor = most_positives = 0
         if writes:  # a task per bucket (on Ray when it runs here)
-            jobs = [(staging.join(f"bucket-{b:05d}").url, queries_out.join(f"part-{b:05d}.parquet").url, storage.s3_options())
+            query_type = pa.binary() if "binary" in kinds.get(True, {}) else pa.string()
+            jobs = [(staging.join(f"bucket-{b:05d}").url, queries_out.join(f"part-{b:05d}.parquet").url, storage.s3_options(), query_type)
                     for b in range(buckets)]
             for repeats, positives_most in run_jobs(group_bucket, jobs, num_cpus=1):
                 per_anchor, most_positives = max(per_anchor, repeats), max(most_positives, positives_most)
@@ -379,24 +398,44 @@ def _from_pairs(cfg: RunConfig, corpus_out: Optional[storage.Location] = None, q
         raise
     queries = np.unique(np.concatenate(anchors_seen)) if anchors_seen else np.zeros(0, np.uint64)
     logger.info("pairs: %d rows, %d unique queries, corpus %d texts", rows, len(queries), len(corpus_hashes))
-    return PairsFiles(np.unique(corpus_hashes), len(corpus_hashes), queries, per_anchor, most_positives)
+    return PairsFiles(np.unique(corpus_hashes), len(corpus_hashes), queries, per_anchor, most_positives, modality, query_modality)
 
 
-def group_bucket(bucket_url: str, out_url: str, storage_options: dict) -> tuple[int, int]:
+def _as_given(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Texts and image paths as strings, images given as bytes as binary."""
+    return values.cast(pa.binary() if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type) else pa.string())
+
+
+def _value_type(values: pa.ChunkedArray, images: bool) -> str:
+    """How a pairs column gives its values: ``"text"``, or images as ``"binary"`` (bytes) or ``"path"``."""
+    return "text" if not images else "binary" if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type) else "path"
+
+
+def _kind_of(types: dict[str, str], path: str, what: str) -> str:
+    """``"text"`` or ``"image"``: what every pairs file gives as ``what`` (``types``: each way seen -> a file), or a
+    refusal naming two files that disagree."""
+    if len(types) > 1:
+        (first, first_url), (second, second_url) = list(types.items())[:2]
+        raise InputError(f"{path}: {first_url} gives the {what} as {first}s and {second_url} as {second}s; give them one way "
+                         "in every file (texts, or images as paths or as bytes)")
+    return "text" if set(types) <= {"text"} else "image"
+
+
+def group_bucket(bucket_url: str, out_url: str, storage_options: dict, query_type: pa.DataType = pa.string()) -> tuple[int, int]:
     """Group one bucket of pairs into queries, written to ``out_url``; the most rows one anchor has and the most
-    distinct positives."""
+    distinct positives. ``query_type``: the anchors' Arrow type (texts and image paths: string; images: binary)."""
     storage.restore_options(storage_options)
-    grouped, repeats, positives_most = _group_pairs(storage.resolve(bucket_url))
+    grouped, repeats, positives_most = _group_pairs(storage.resolve(bucket_url), query_type)
     storage.write_parquet(grouped, storage.resolve(out_url))
     return repeats, positives_most
 
 
-def _group_pairs(bucket: storage.Location) -> tuple[pa.Table, int, int]:
+def _group_pairs(bucket: storage.Location, query_type: pa.DataType = pa.string()) -> tuple[pa.Table, int, int]:
     """One bucket's pairs as queries (``query_id``, ``query``, ``positive_ids``; anchors and each anchor's positives
     in the order they came), the most rows one anchor has and the most distinct positives."""
     files = storage.list_table_files(bucket.url) if bucket.fs.exists(bucket.path) else []
     if not files:
-        return QUERIES_SCHEMA.empty_table(), 0, 0
+        return queries_schema(query_type).empty_table(), 0, 0
     pairs = pa.concat_tables([storage.read_table_file(loc) for loc in files])
     pairs = pairs.take(pc.sort_indices(pairs.column("order")))
     anchor_digests = pairs.column("anchor_digest").to_numpy()
@@ -414,7 +453,7 @@ def _group_pairs(bucket: storage.Location) -> tuple[pa.Table, int, int]:
         "query_id": _ids(list(positives_of)),
         "query": [text_of[a] for a in positives_of],
         "positive_ids": [_ids(p) for p in positives_of.values()],
-    }, schema=QUERIES_SCHEMA)
+    }, schema=queries_schema(query_type))
     return table, max(counts.values()), max(len(p) for p in positives_of.values())
 
 
