@@ -126,15 +126,7 @@ def prepare_places(cfg: CorpusConfig, out: Optional[storage.Location] = None, ro
             table, file_problems = _read_file(loc, cfg)
             _same_views(first, (loc.url, table), cfg)
             first = first or (loc.url, table.schema)
-            if texts:
-                for column in [c for c in ("text", "view") if c in table.column_names and value_name(table) == "text"
-                               and (c == "text" or view_values(table) == "text")]:
-                    file_problems += [(int(row), cfg.text_column if column == "text" else cfg.view_column, what)
-                                      for row, what in enumerate(text_problems(table.column(column))) if what]
-            ids = table.column("id")
-            named = np.flatnonzero(pc.is_valid(ids).to_numpy(zero_copy_only=False))
-            repeated = np.setdiff1d(named, named[seen.first_new(hash_ids(ids.take(pa.array(named))))])
-            file_problems += [(int(row), cfg.id_column, f"duplicate id {ids[int(row)].as_py()!r}") for row in repeated]
+            file_problems += _text_and_repeat_problems(table, cfg, seen, texts)
             problems += [(loc.url, row, column, what) for row, column, what in sorted(file_problems)]
             read += table.num_rows
             if problems and not cfg.drop_invalid:
@@ -166,6 +158,21 @@ def prepare_places(cfg: CorpusConfig, out: Optional[storage.Location] = None, ro
         logger.warning("%s: all %d coordinates lie within [-pi, pi]: they look like radians, but lat/lon are read as "
                        "degrees; convert with numpy.degrees if they are radians", path, rows)
     return PlaceFiles(rows, {"invalid": read - rows}, value_name(first[1]), view_values(first[1]))
+
+
+def _text_and_repeat_problems(table: pa.Table, cfg: CorpusConfig, seen: SeenHashes, texts: bool) -> list[tuple[int, str, str]]:
+    """A file's ids seen before (in it or an earlier file: ``seen``, now holding its ids) and, with ``texts``,
+    its empty or null texts (both views when they are texts)."""
+    problems = []
+    if texts:
+        for column in [c for c in ("text", "view") if c in table.column_names and value_name(table) == "text"
+                       and (c == "text" or view_values(table) == "text")]:
+            problems += [(int(row), cfg.text_column if column == "text" else cfg.view_column, what)
+                         for row, what in enumerate(text_problems(table.column(column))) if what]
+    ids = table.column("id")
+    named = np.flatnonzero(pc.is_valid(ids).to_numpy(zero_copy_only=False))
+    repeated = np.setdiff1d(named, named[seen.first_new(hash_ids(ids.take(pa.array(named))))])
+    return problems + [(int(row), cfg.id_column, f"duplicate id {ids[int(row)].as_py()!r}") for row in repeated]
 
 
 def group_codes(groups: Optional[pa.ChunkedArray | pa.Array], num_rows: int) -> np.ndarray:

@@ -331,7 +331,8 @@ def _from_pairs(cfg: RunConfig, corpus_out: Optional[storage.Location] = None, q
     total = sum(int(info.get("size") or 0) for _, info in storage.table_file_infos([q.path]))
     buckets = max(1, -(-total // bucket_bytes))
     writes = corpus_out is not None
-    errors, seen, hashes, anchors_seen, kinds = [], SeenHashes(), [], [], {}
+    errors, seen, hashes, anchors_seen = [], SeenHashes(), [], []
+    kinds: dict[str, dict[str, str]] = {"anchors": {}, "positives": {}}  # how each side is given (text, path, binary) -> a file
     parts = rows = 0
     try:
         for number, loc in enumerate(files):
@@ -339,10 +340,10 @@ def _from_pairs(cfg: RunConfig, corpus_out: Optional[storage.Location] = None, q
                                        {q.anchor_column: q.anchor_image_column, q.positive_column: q.positive_image_column})
             columns = [q.anchor_column if q.anchor_column in table.column_names else q.anchor_image_column,
                        q.positive_column if q.positive_column in table.column_names else q.positive_image_column]
-            for column in columns:
+            for side, column in zip(kinds, columns):
                 images = column in (q.anchor_image_column, q.positive_image_column)
                 errors += _text_errors(loc, table, [column], image_problems if images else text_problems)
-                kinds.setdefault(column == columns[0], {}).setdefault(_value_type(table.column(column), images), loc.url)
+                kinds[side].setdefault(_value_type(table.column(column), images), loc.url)
             if errors:
                 continue
             anchor_values, positive_values = (_as_given(table.column(column)) for column in columns)
@@ -364,8 +365,7 @@ def _from_pairs(cfg: RunConfig, corpus_out: Optional[storage.Location] = None, q
                     storage.write_parquet(pairs.filter(pa.array(bucket == b)), staging.join(f"bucket-{b:05d}", f"file-{number:05d}.parquet"))
             parts, rows = parts + 1, rows + len(anchors)
         _raise_if(errors, "pairs")
-        modality, query_modality = (_kind_of(kinds.get(side, {}), q.path, what) for side, what in
-                                    ((False, "positives"), (True, "anchors")))
+        query_modality, modality = (_kind_of(kinds[side], q.path, side) for side in kinds)
         if cfg.corpus.path:  # the extra corpus: its rows whose text (or image) is new, in file order
             extra = validate_corpus(cfg.corpus)
             if extra.modality != modality:
@@ -385,7 +385,7 @@ def _from_pairs(cfg: RunConfig, corpus_out: Optional[storage.Location] = None, q
         corpus_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
         per_anchor = most_positives = 0
         if writes:  # a task per bucket (on Ray when it runs here)
-            query_type = pa.binary() if "binary" in kinds.get(True, {}) else pa.string()
+            query_type = pa.binary() if "binary" in kinds["anchors"] else pa.string()
             jobs = [(staging.join(f"bucket-{b:05d}").url, queries_out.join(f"part-{b:05d}.parquet").url, storage.s3_options(), query_type)
                     for b in range(buckets)]
             for repeats, positives_most in run_jobs(group_bucket, jobs, num_cpus=1):
@@ -403,12 +403,16 @@ def _from_pairs(cfg: RunConfig, corpus_out: Optional[storage.Location] = None, q
 
 def _as_given(values: pa.ChunkedArray) -> pa.ChunkedArray:
     """Texts and image paths as strings, images given as bytes as binary."""
-    return values.cast(pa.binary() if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type) else pa.string())
+    return values.cast(pa.binary() if _is_bytes(values.type) else pa.string())
+
+
+def _is_bytes(type_: pa.DataType) -> bool:
+    return pa.types.is_binary(type_) or pa.types.is_large_binary(type_)
 
 
 def _value_type(values: pa.ChunkedArray, images: bool) -> str:
     """How a pairs column gives its values: ``"text"``, or images as ``"binary"`` (bytes) or ``"path"``."""
-    return "text" if not images else "binary" if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type) else "path"
+    return "text" if not images else "binary" if _is_bytes(values.type) else "path"
 
 
 def _kind_of(types: dict[str, str], path: str, what: str) -> str:
