@@ -91,14 +91,6 @@ def _rank_cut(files: list[storage.Location], column: str, train_cfg: TrainConfig
     return keys, (np.partition(np.concatenate(keys), count - 1)[count - 1] if count else None)
 
 
-def split_queries(queries: pa.Table, train_cfg: TrainConfig, id_column: str = "query_id") -> tuple[pa.Table, pa.Table]:
-    """``(train, held_out)`` rows of a prepared queries table (``query_id``, ``query``, ``positive_ids``), or of
-    any table with string ids in ``id_column`` (a places table: ``id``)."""
-    held = heldout_ids(queries.column(id_column).to_pylist(), train_cfg)
-    mask = pc.is_in(queries.column(id_column), value_set=pa.array(sorted(held), pa.string()))
-    return queries.filter(pc.invert(mask)), queries.filter(mask)
-
-
 def evaluate_round(cfg: RunConfig, here: storage.Location, heldout: frozenset[str]) -> dict:
     """Recall@``train.eval_k`` and nDCG@10 of the held-out queries (their ids) with this round's embeddings;
     committed once as ``here/eval/`` (a committed evaluation is read back, not redone)."""
