@@ -21,7 +21,7 @@ radians: a WARNING says so (the values are still read as degrees).
 Example::
 
     prepare_places(CorpusConfig(path="cities.jsonl"))   # the door's check: PlaceFiles(rows=..., dropped=...)
-    prepare_places(cfg, storage.prepare_output(storage.resolve("runs/g/rounds/00000/places")), rows_per_file=4096)
+    prepare_places(cfg.corpus, storage.prepare_output(storage.resolve("runs/g/rounds/00000/places")), rows_per_file=4096)
 """
 
 from __future__ import annotations

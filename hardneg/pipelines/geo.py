@@ -124,7 +124,7 @@ class PlaceRound:
             model_hash=self.embeddings.get("model_hash"), inputs={"corpus": self.cfg.corpus.path}, config=self.cfg.model_dump(mode="json"),
             counts={"corpus": self.places["corpus"], "queries": self.places["rows"], "rows": int(self.keep.sum())},
             stages=stages, figures=figures, outputs=outputs,
-            heldout=heldout_record(self.cfg.train, self.places["heldout"] if self.holdout else None),
+            heldout=heldout_record(self.cfg.train, self.places["heldout"]),  # None unless this round split a cross-view corpus
         )
 
 

@@ -76,8 +76,9 @@ def heldout_ids_of(queries_url: str, train_cfg: TrainConfig, column: str = "quer
     keys, cut = _rank_cut(files, column, train_cfg)
     if cut is None:
         return frozenset()
-    return frozenset(qid for loc, key in zip(files, keys) if (key <= cut).any()
-                     for qid, keep in zip(_ids_of(loc, column), (key <= cut).tolist()) if keep)
+    below = [key <= cut for key in keys]
+    return frozenset(qid for loc, held in zip(files, below) if held.any()
+                     for qid, keep in zip(_ids_of(loc, column), held.tolist()) if keep)
 
 
 def _ids_of(loc: storage.Location, column: str) -> list:

@@ -7,8 +7,8 @@ A round over places writes its places once, checked and written one corpus file 
 places (from the files that hold them) and holds their search index over 3-D unit vectors
 (``hardneg.miners.unit_vectors``) plus what the miner and the written rows look up by row: coordinates, group
 codes, ids and values. A task reads its own file, runs ``geographic_negatives`` with the candidates'
-coordinates served by the shards, writes its rows and returns its negatives' rows and km: the driver keeps that ``(places, num_negatives)`` pool for the
-batch stage and the figures (docs/scaling.md: what stays global).
+coordinates served by the shards, writes its rows and returns its negatives' rows and km: the driver keeps
+that ``(places, num_negatives)`` pool for the batch stage and the figures (docs/scaling.md: what stays global).
 
 Example::
 
@@ -59,11 +59,12 @@ def write_places(cfg: RunConfig, here: storage.Location, holdout: bool = False, 
         if heldout_dir.fs.exists(heldout_dir.path):  # an earlier try's, committed before it died: split again
             heldout_dir.fs.rm(heldout_dir.path, recursive=True)
         _, heldout = split_places(staging, storage.prepare_output(places_dir) if train else None,
-                                           storage.prepare_output(heldout_dir), cfg.train if files.cross_view else None)
-        storage.commit(heldout_dir, {"kind": "heldout-places", "rows": heldout, **about})
+                                  storage.prepare_output(heldout_dir), cfg.train if files.cross_view else None)
+        held = {"kind": "heldout-places", "rows": heldout, **about}
+        storage.commit(heldout_dir, held)
         staging.fs.rm(staging.path, recursive=True)
         if not train:
-            return storage.read_manifest(heldout_dir)
+            return held
     manifest = {"kind": "places", "rows": files.rows - (heldout or 0), "corpus": files.rows, "dropped": files.dropped,
                 "heldout": heldout if files.cross_view else None, **about}
     storage.commit(places_dir, manifest)
