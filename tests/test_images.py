@@ -484,6 +484,19 @@ def test_a_text_to_image_cross_view_round_ranks_each_caption_against_the_other_p
         prepare_places(CorpusConfig(path=str(folder)))
 
 
+def test_a_text_to_image_cross_view_corpus_needs_a_model_that_reads_its_image_views(tiny_model_path, captioned, tmp_path):
+    """A text model reads the captions but not the tiles: the door refuses it for a mixed round, naming the views."""
+    from hardneg.door import check_round
+    from hardneg.errors import ConfigError
+
+    corpus, _ = captioned
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"path": tiny_model_path}, "corpus": {"path": corpus},
+                        "mine": {"miner": "mixed", "geo_negatives": 0, "num_negatives": 4, "min_km": 0.5}})
+    with pytest.raises(ConfigError, match=r"the places' second views \(corpus.view_image_column\) holds images, but the model has no image"):
+        check_round(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow  # a Ray Train fit and Ray Data runs: about 140 s on a 2-core box
 def test_a_text_to_image_cross_view_corpus_trains_a_dual_model_and_re_mines_with_its_checkpoint(ray_session, clip_path, captioned, tmp_path):
     """GPS batches, one training step of the dual model (captions through its text tower, tiles through its vision
