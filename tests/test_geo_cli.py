@@ -12,6 +12,7 @@ from hardneg import storage
 from hardneg.cli import main
 from hardneg.config import MineConfig
 from hardneg.miners import mine_geographic
+from hardneg.pipelines.figures import distribution
 from hardneg.places import group_codes
 from hardneg.trainers.batches import read_batches
 from conftest import crossview_cities, write_jsonl
@@ -33,7 +34,8 @@ def corpus(tmp_path_factory):
 def test_mine_geographic_writes_a_committed_round(ray_session, corpus, tmp_path, capsys):
     path, rows = corpus
     out = str(tmp_path / "run")
-    assert main(["mine", path, out, *ARGS]) == 0
+    args = [*ARGS, "--query-batch-size", "700"]  # three files of places: three mine tasks
+    assert main(["mine", path, out, *args]) == 0
     summary = capsys.readouterr().out
     assert "geographic miner, no model" in summary and "negative distance" in summary
     round_dir = os.path.join(out, "rounds", "00000")
@@ -53,9 +55,16 @@ def test_mine_geographic_writes_a_committed_round(ray_session, corpus, tmp_path,
         assert mined["negatives"][i] == [rows[j]["text"] for j in reference.negative_rows[i] if j >= 0]
         km = mined["negative_km"][i]
         assert km == sorted(km) and all(5 <= d <= 400 for d in km)
-    assert manifest["figures"]["removed"]["group"] > 0 and manifest["figures"]["negative_km"]["p50"] > 5
+    figures = manifest["figures"]
+    assert figures["removed"]["group"] > 0 and figures["negative_km"]["p50"] > 5
+    # The figures are the tasks' tallies merged (three files of places here): they describe the rows written.
+    all_km = np.concatenate([np.asarray(km, np.float64) for km in mined["negative_km"]])
+    assert figures["negative_km"] == distribution(all_km) and figures["negatives"] == len(all_km)
+    found = [len(n) for n in mined["negative_ids"]]
+    assert figures["short_queries"] == sum(n < 3 for n in found) and figures["queries_without_negatives"] == found.count(0)
 
-    assert main(["mine", path, out, *ARGS]) == 0  # a committed round is a no-op
+    assert len(os.listdir(os.path.join(round_dir, "places"))) == 4  # three parts and the manifest
+    assert main(["mine", path, out, *args]) == 0  # a committed round is a no-op
 
 
 def test_batches_arrive_whole_on_one_of_two_ranks(ray_session, corpus, tmp_path, capsys):

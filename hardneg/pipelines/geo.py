@@ -12,8 +12,10 @@ process, or as Ray actors), and each task mines one file's places and writes the
 - mixed (``hardneg.pipelines.mixed``): the places' views are embedded first, and the shards also hold
   their vectors and a similarity index (``index.*``); the geographic half always uses the k-d tree.
 
-The driver keeps each place's negatives (rows and km, 8 + 4 bytes a negative; a mixed round adds scores
-and source), which the batch stage and the figures need whole (docs/scaling.md: what stays global).
+Each task sends back its figures (``hardneg.pipelines.figures.Tally``: a histogram, sums and bounded samples),
+so without ``mine.batches`` the driver holds nothing that grows with the places. With it, the driver keeps
+each place's negatives' rows (8 bytes a negative) and the places' coordinates and group codes, which the
+batch walk needs whole (docs/scaling.md: what stays global).
 
 Output, one row per place (``rounds/NNNNN/mined/``): ``query_id``, ``query`` (text or null),
 ``negative_ids``, ``negatives`` (texts or nulls), ``negative_km``, ``round``, ``encoder`` (a mixed round
@@ -42,8 +44,7 @@ import numpy as np
 
 from hardneg import storage
 from hardneg.config import RunConfig
-from hardneg.miners import GeoResult
-from hardneg.pipelines.figures import geo_figures, mixed_figures
+from hardneg.pipelines.figures import Tally, geo_figures, mixed_figures
 from hardneg.pipelines.heldout import evaluate_places_stage, heldout_record
 from hardneg.pipelines.place_shards import place_arrays, place_files, write_places
 from hardneg.pipelines.write import batch_stage, kept_rows
@@ -84,35 +85,22 @@ class PlaceRound:
         """Nothing: the mine stage's ``PlaceShard``s build their indexes over their own places."""
 
     def mine(self, stages: dict) -> dict:
-        cfg, dropped = self.cfg, self.places["dropped"]
         mined_dir = self.here.join("mined")
-        arrays, stats, mine_stages = mine_places(cfg, self.here, mined_dir, self.round_index, self.encoder, self.similarity)
+        figures, self.pool, mine_stages = mine_places(self.cfg, self.here, self.places["dropped"], mined_dir, self.round_index, self.encoder,
+                                                      self.similarity)
         stages.update(mine_stages)
-        self.pool = negative_rows = arrays["negative_rows"]
-        counts = (negative_rows >= 0).sum(axis=1)
-        self.keep = keep = kept_rows(cfg, counts)
-        if self.mixed:
-            recall = stats["recall"]
-            figures = mixed_figures(negative_rows, arrays["negative_km"], arrays["negative_scores"], arrays["from_geo"], stats["geo"],
-                                    stats["similarity_removed"], int(keep.sum()), dropped, stats["similarity_depth"],
-                                    {"k": stats["similarity_depth"], "queries": recall["queries"],
-                                     "recall": round(recall["hits"] / recall["queries"], 4)} if recall["queries"] else None)
-            figures["similarity_of"] = "first view -> other places' view" if self.similarity["second"] else "place -> place"
-        else:
-            result = GeoResult(negative_rows, arrays["negative_km"], counts, stats["removed"], int((counts < cfg.mine.num_negatives).sum()),
-                               stats["uncertified"], stats["depth"])
-            figures = geo_figures(result, int(keep.sum()), dropped)
         if not storage.is_committed(mined_dir):
-            storage.commit(mined_dir, {"kind": "mined", "miner": cfg.mine.miner, "round": self.round_index, "encoder": self.encoder,
-                                       "figures": figures, "rows": int(keep.sum()), "parts": len(storage.list_table_files(mined_dir.url))})
+            storage.commit(mined_dir, {"kind": "mined", "miner": self.cfg.mine.miner, "round": self.round_index, "encoder": self.encoder,
+                                       "figures": figures, "rows": figures["rows"], "parts": len(storage.list_table_files(mined_dir.url))})
         return figures
 
     def write(self, figures: dict, stages: dict) -> dict:
         outputs = {"mined": self.here.join("mined").url}
         if self.cfg.mine.batches:
             started = time.perf_counter()
-            outputs["batches"] = batch_stage(self.cfg, self.here, self.pool, self.keep, place_arrays(self.here), self.round_index, figures)
-            stages["batches"] = stage_timing(started, len(self.keep))
+            keep = kept_rows(self.cfg, (self.pool >= 0).sum(axis=1))
+            outputs["batches"] = batch_stage(self.cfg, self.here, self.pool, keep, place_arrays(self.here), self.round_index, figures)
+            stages["batches"] = stage_timing(started, len(keep))
         return outputs
 
     def evaluate(self, figures: dict, stages: dict) -> None:
@@ -122,7 +110,7 @@ class PlaceRound:
         return RoundManifest(
             miner=self.cfg.mine.miner, round=self.round_index, encoder=self.encoder, model=self.embeddings.get("model"),
             model_hash=self.embeddings.get("model_hash"), inputs={"corpus": self.cfg.corpus.path}, config=self.cfg.model_dump(mode="json"),
-            counts={"corpus": self.places["corpus"], "queries": self.places["rows"], "rows": int(self.keep.sum())},
+            counts={"corpus": self.places["corpus"], "queries": self.places["rows"], "rows": figures["rows"]},
             stages=stages, figures=figures, outputs=outputs,
             heldout=heldout_record(self.cfg.train, self.places["heldout"]),  # None unless this round split a cross-view corpus
         )
@@ -138,12 +126,13 @@ def geo_index_config(cfg: RunConfig):
     return cfg.index.model_copy(update=update)
 
 
-def mine_places(cfg: RunConfig, here: storage.Location, mined_dir: Optional[storage.Location] = None, round_index: int = 0,
-                encoder: str = "base", similarity: Optional[dict] = None) -> tuple[dict, dict, dict]:
+def mine_places(cfg: RunConfig, here: storage.Location, dropped: dict, mined_dir: Optional[storage.Location] = None,
+                round_index: int = 0, encoder: str = "base", similarity: Optional[dict] = None) -> tuple[dict, Optional[np.ndarray], dict]:
     """The round's miner (``cfg.mine``: geographic, or mixed with ``similarity``, ``embed_places``' shard argument)
     over every place of the round's committed ``here/places/`` (``write_places``) as the mine stage runs it;
-    returns the tasks' arrays concatenated in place order, their figures summed (``add_stats``), and the
-    ``mine`` stage timing.
+    returns the round's figures (the tasks' ``Tally`` results merged; ``dropped``: the places stage's
+    dropped places), the pool (every place's negatives' rows in place order, for the batch stage; None
+    without ``mine.batches``) and the ``mine`` stage timing.
 
     One task per file of ``places/``; ``index.num_shards`` ``PlaceShard``s hold the places and their index (in
     process, or Ray actors). Each task writes its rows into ``mined_dir`` (prepared here; nothing is written
@@ -168,25 +157,15 @@ def mine_places(cfg: RunConfig, here: storage.Location, mined_dir: Optional[stor
                     similarity=similarity["cfg"] if similarity else None)
     kwargs = [{"files": files, "shard": shard, "cfg": index_cfg, "storage_options": storage.s3_options(),
                "similarity": similarity} for shard in shards]
-    pieces: dict[str, list] = {}
-    stats: dict = {}
+    tally, pool = Tally(cfg.mine.num_negatives), [None] * len(files)
     for row in run_tasks(plan, kwargs):
-        with np.load(io.BytesIO(row["arrays"]), allow_pickle=False) as arrays:
-            for name in arrays.files:
-                pieces.setdefault(name, [None] * len(files))[row["task"]] = arrays[name]
-        add_stats(stats, json.loads(row["stats"]))
-    arrays = {name: np.concatenate(parts) for name, parts in pieces.items()}
+        if row["arrays"]:
+            with np.load(io.BytesIO(row["arrays"]), allow_pickle=False) as arrays:
+                pool[row["task"]] = arrays["negative_rows"]
+        tally.add(**json.loads(row["stats"]))
     if similarity:
-        stats["similarity_depth"] = plan.depth
-    return arrays, stats, {"mine": stage_timing(started, total)}
-
-
-def add_stats(total: dict, stats: dict) -> None:
-    """Sum a task's figures into ``total``, nested dicts too; a ``depth`` keeps the largest."""
-    for name, value in stats.items():
-        if isinstance(value, dict):
-            add_stats(total.setdefault(name, {}), value)
-        elif name == "depth":
-            total[name] = max(total.get(name, 0), value)
-        else:
-            total[name] = total.get(name, 0) + value
+        figures = mixed_figures(tally, dropped, plan.depth)
+        figures["similarity_of"] = "first view -> other places' view" if similarity["second"] else "place -> place"
+    else:
+        figures = geo_figures(tally, dropped)
+    return figures, np.concatenate(pool) if cfg.mine.batches else None, {"mine": stage_timing(started, total)}

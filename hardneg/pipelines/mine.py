@@ -43,9 +43,9 @@ from hardneg import storage
 from hardneg.config import IndexConfig, MineConfig, RunConfig
 from hardneg.corpus import ValidatedCorpus
 from hardneg.errors import StorageError
-from hardneg.miners import FILTERS, Ragged, hash_texts, mine_similarity
+from hardneg.miners import Ragged, hash_texts, mine_similarity
 from hardneg.pipelines.corpus_shards import CorpusShard, ShardSet, corpus_shard_kwargs, open_shards
-from hardneg.pipelines.figures import count_figures, distribution
+from hardneg.pipelines.figures import Tally, per_query_histogram, similarity_figures
 from hardneg.pipelines.write import kept_rows
 from hardneg.ray_runtime import in_process, run_jobs
 from hardneg.rundir import timing
@@ -61,9 +61,6 @@ def mined_schema(values: pa.DataType = pa.string(), query: pa.DataType = pa.stri
         ("positive_score", pa.float32()), ("negative_ids", pa.list_(pa.string())), ("negatives", pa.list_(values)),
         ("negative_scores", pa.list_(pa.float32())), ("round", pa.int32()), ("encoder", pa.string()),
     ])
-
-SAMPLE = 20_000  # scores of each kind kept for the figures' quantiles (exact below that many)
-
 
 @dataclass(frozen=True)
 class MinePlan:
@@ -206,9 +203,9 @@ def mine_batch(plan: MinePlan, shards: ShardSet, scorer, queries: pa.Table, vect
     same_text = (text_hash[np.maximum(local_negatives, 0)] == text_hash[positive_local][:, None]) & (local_negatives >= 0)
     negatives = np.where(result.negative_rows >= 0, known[np.maximum(result.negative_rows, 0)], -1)
     table = pair_rows(plan, shards, queries, negatives, result.negative_scores, result.counts, pair_query, positive_rows, pair_scores)
-    per_query = np.bincount(result.counts, minlength=plan.params.num_negatives + 1)
-    return table, {"per_query": per_query, "rows": table.num_rows, "removed": result.removed, "same_text": int(same_text.sum()),
-                   "positive_scores": pair_scores, "negative_scores": result.negative_scores[~np.isnan(result.negative_scores)]}
+    return table, {"per_query": per_query_histogram(result.counts, plan.params.num_negatives), "rows": table.num_rows,
+                   "sums": {"removed": result.removed, "same_text": int(same_text.sum())},
+                   "samples": {"positive_scores": pair_scores, "negative_scores": result.negative_scores[~np.isnan(result.negative_scores)]}}
 
 
 def forbidden_hashes(query_texts: list, positive_hashes: np.ndarray, offsets: np.ndarray) -> Ragged:
@@ -249,61 +246,6 @@ def pair_rows(plan: MinePlan, shards: ShardSet, queries: pa.Table, negatives: np
     }, schema=mined_schema(texts.type, queries.schema.field("query").type))
 
 
-class Tally:
-    """The figures of many batches (or files): sums, a histogram of negatives per query, and a uniform
-    sample of at most ``SAMPLE`` scores of each kind (the ``SAMPLE`` lowest random keys: a merge of
-    samples is a sample of the union, whatever order they arrive in)."""
-
-    def __init__(self, num_negatives: int):
-        self.per_query = np.zeros(num_negatives + 1, np.int64)
-        self.rows = self.same_text = 0
-        self.removed = dict.fromkeys(FILTERS, 0)
-        self.samples: dict[str, list[np.ndarray]] = {"positive_scores": [], "negative_scores": []}
-
-    def add(self, per_query, rows: int, removed: dict, same_text: int, positive_scores, negative_scores, keys=None) -> None:
-        """One batch's figures (``keys`` None: its scores get sample keys in ``result``), or a ``result`` merged in."""
-        self.per_query += np.asarray(per_query, np.int64)
-        self.rows += rows
-        self.same_text += same_text
-        for name, count in removed.items():
-            self.removed[name] += count
-        for name, values in (("positive_scores", positive_scores), ("negative_scores", negative_scores)):
-            values = np.asarray(values, np.float32)
-            self.samples[name].append(np.stack([np.full(len(values), np.nan) if keys is None else np.asarray(keys[name]), values]))
-            if keys is not None and sum(piece.shape[1] for piece in self.samples[name]) > 4 * SAMPLE:
-                self.samples[name] = [self._lowest(np.concatenate(self.samples[name], axis=1))]
-
-    @staticmethod
-    def _lowest(both: np.ndarray) -> np.ndarray:
-        """The ``SAMPLE`` (key, value) columns of lowest key."""
-        return both[:, np.argsort(both[0], kind="stable")[:SAMPLE]]
-
-    def result(self, seed: int) -> dict:
-        """A JSON-able dict that ``add(**merged)`` takes back (the sample keys drawn now, seeded)."""
-        rng = np.random.default_rng(seed)
-        out = {"per_query": self.per_query.tolist(), "rows": self.rows, "removed": self.removed,
-               "same_text": self.same_text, "keys": {}}
-        for name, pieces in self.samples.items():
-            both = np.concatenate(pieces, axis=1) if pieces else np.zeros((2, 0))
-            fresh = np.isnan(both[0])
-            both[0, fresh] = rng.random(int(fresh.sum()))
-            both = self._lowest(both)
-            out["keys"][name], out[name] = both[0].tolist(), both[1].tolist()
-        return out
-
-    def figures(self) -> dict:
-        """Counts, score distributions, removals and the false-negative check, as ``similarity_figures`` gave them."""
-        counts = np.repeat(np.arange(len(self.per_query)), self.per_query)
-        scores = {name: self._lowest(np.concatenate(pieces, axis=1))[1] if pieces else np.zeros(0) for name, pieces in self.samples.items()}
-        return {
-            **count_figures(counts, self.rows, len(self.per_query) - 1),
-            "positive_scores": distribution(scores["positive_scores"]),
-            "negative_scores": distribution(scores["negative_scores"]),
-            "removed": self.removed,
-            "negatives_equal_to_positive_text": int(self.same_text),
-        }
-
-
 def query_files(query_embeddings_dir: str) -> list[list[tuple[str, int]]]:
     """The mine stage's tasks: one per query-embedding file with rows."""
     return [[(url, rows)] for url, rows in embedding_files(query_embeddings_dir) if rows]
@@ -342,7 +284,7 @@ def mine_stage(cfg: RunConfig, corpus: ValidatedCorpus, corpus_cfg, here: storag
         job = (cfg, index_dir, embeddings_dir, here.join("query_embeddings").url, depth, storage.s3_options())
         recall = run_jobs(search_recall_task, [job])[0]
         stages["recall_check"] = timing(time.perf_counter() - started, recall["queries"])
-    figures = {**tally.figures(), "candidates_per_query": depth, "recall": recall,
+    figures = {**similarity_figures(tally), "candidates_per_query": depth, "recall": recall,
                "scored_by": "cross-encoder " + cfg.mine.cross_encoder if cfg.mine.cross_encoder else "bi-encoder"}
     if cfg.mine.cross_encoder:
         figures["cross_encoder_actors"] = scorer_actors  # 0: loaded by each MineActor (or in process)

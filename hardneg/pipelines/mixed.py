@@ -20,8 +20,8 @@ a mixed round gives both for the same anchors, the places themselves. The round 
      same-group and same-text places excluded;
    - ``merge_negatives``: the geographic ones first, then similarity ones not already taken;
 
-   and writes its rows; the driver keeps each place's merged negatives (rows, km, scores, source) for the
-   batch stage and the figures, as a geographic round keeps its pool.
+   and writes its rows and sends its figures (``hardneg.pipelines.figures.Tally``); with ``mine.batches`` the
+   driver keeps each place's merged negatives' rows for the batch stage, as a geographic round keeps its pool.
 
 A cross-view corpus (a ``view`` column, Sample4Geo's ground and aerial views) ranks as Sample4Geo's
 dynamic similarity sampling does: each place's first view (with ``model.query_prompt``) against the
@@ -48,7 +48,6 @@ Example::
 
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 import numpy as np
@@ -58,8 +57,8 @@ from hardneg.config import CorpusConfig, RunConfig
 from hardneg.corpus import validate_corpus
 from hardneg.miners import FILTERS, GEO_REMOVED, GeoResult, drop_same_place, haversine_km, merge_negatives, mine_similarity
 from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
-from hardneg.pipelines.figures import SOURCES
-from hardneg.pipelines.place_shards import geo_stats, geographic_half, pack, task_places, write_place_rows
+from hardneg.pipelines.figures import SOURCES, Tally, per_query_histogram
+from hardneg.pipelines.place_shards import geo_stats, geographic_half, pool_arrays, task_places, write_place_rows
 from hardneg.rundir import timing
 from hardneg.search import recall_at_k
 
@@ -95,10 +94,9 @@ def _view_corpus(corpus_cfg: CorpusConfig, modality: str, view_values: str) -> C
 
 def mine_mixed_file(plan, shards, scorer, task: int) -> dict:
     """The mixed miner over the places of one file of the round's ``places/``: their rows written (unless
-    ``plan.out_dir`` is None), and their figures with the merged negatives (``arrays``: rows, km, scores,
-    ``from_geo``) for the driver's pool."""
+    ``plan.out_dir`` is None); returns their figures (``Tally.result``: counts, per source too, and samples of
+    km and scores) and, with ``mine.batches``, the merged negatives' rows for the batch stage (``pool_arrays``)."""
     start, table = task_places(plan, task)
-    started = time.perf_counter()
     mine, n = plan.params, table.num_rows
     anchors = np.arange(start, start + n, dtype=np.int64)
     if mine.geo_negatives:
@@ -131,10 +129,15 @@ def mine_mixed_file(plan, shards, scorer, task: int) -> dict:
     from_geo = present & (merged[:, :, None] == geo.negative_rows[:, None, :]).any(axis=2)
     keep = write_place_rows(plan, shards, task, start, table, merged, per_place, negative_km=km, negative_scores=negative_scores,
                             negative_source=np.where(from_geo, SOURCES[0], SOURCES[1]))
-    stats = {"rows": int(keep.sum()), "geo": geo_stats(geo),
-             "similarity_removed": {"same_place": same_place, **{name: similar.removed[name] for name in FILTERS}},
-             "recall": _recall(plan, shards, first, found, start), "seconds": time.perf_counter() - started}
-    return {**stats, "arrays": pack(negative_rows=merged, negative_km=km, negative_scores=negative_scores, from_geo=from_geo)}
+    samples, by_source = {"negative_km": km[present], "negative_scores": negative_scores[present]}, {}
+    for name, mask in zip(SOURCES, (present & from_geo, present & ~from_geo)):
+        samples[f"{name}.negative_km"], samples[f"{name}.negative_scores"] = km[mask], negative_scores[mask]
+        by_source[name] = int(mask.sum())
+    sums = {"geo": geo_stats(geo), "by_source": by_source, "recall": _recall(plan, shards, first, found, start),
+            "similarity_removed": {"same_place": same_place, **{name: similar.removed[name] for name in FILTERS}}}
+    tally = Tally(mine.num_negatives)
+    tally.add(per_query_histogram(per_place, mine.num_negatives), int(keep.sum()), sums=sums, samples=samples)
+    return {**tally.result(seed=mine.seed + start), **pool_arrays(plan, merged)}
 
 
 def _recall(plan, shards, first: np.ndarray, found: np.ndarray, start: int) -> dict:

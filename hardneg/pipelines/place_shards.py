@@ -7,8 +7,9 @@ A round over places writes its places once, checked and written one corpus file 
 places (from the files that hold them) and holds their search index over 3-D unit vectors
 (``hardneg.miners.unit_vectors``) plus what the miner and the written rows look up by row: coordinates, group
 codes, ids and values. A task reads its own file, runs ``geographic_negatives`` with the candidates'
-coordinates served by the shards, writes its rows and returns its negatives' rows and km: the driver keeps
-that ``(places, num_negatives)`` pool for the batch stage and the figures (docs/scaling.md: what stays global).
+coordinates served by the shards, writes its rows and returns its figures (``Tally.result``: bounded
+whatever the file's size); with ``mine.batches`` it also returns its negatives' rows, which the driver
+keeps as the ``(places, num_negatives)`` pool the batch stage walks (docs/scaling.md: what stays global).
 
 Example::
 
@@ -20,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import io
-import time
 from typing import Optional
 
 import numpy as np
@@ -32,6 +32,7 @@ from hardneg.config import IndexConfig, RunConfig
 from hardneg.errors import StorageError
 from hardneg.miners import GEO_REMOVED, geographic_negatives, hash_texts, unit_vectors
 from hardneg.miners.geo import FLOAT32_SCORE_ERROR
+from hardneg.pipelines.figures import Tally, per_query_histogram
 from hardneg.places import prepare_places, value_name
 from hardneg.search import build_index, embedding_files, read_embeddings
 from hardneg.search.sharded import ShardActor
@@ -199,14 +200,26 @@ class ShardSearch:
 
 def mine_place_file(plan, shards, scorer, task: int) -> dict:
     """The geographic miner over the places of one file of the round's ``places/``: their rows written to
-    ``plan.out_dir`` (unless None: the round's mined table is committed already), and their figures with the
-    negatives' rows and km (``arrays``) for the driver's pool."""
+    ``plan.out_dir`` (unless None: the round's mined table is committed already); returns their figures
+    (``Tally.result``) and, for the batch stage (``mine.batches``), their negatives' rows (``pool_arrays``)."""
     start, table = task_places(plan, task)
-    started = time.perf_counter()
     result = geographic_half(plan, shards, table, start, plan.params)
     keep = write_place_rows(plan, shards, task, start, table, result.negative_rows, result.counts, negative_km=result.negative_km)
-    return {"rows": int(keep.sum()), **geo_stats(result), "seconds": time.perf_counter() - started,
-            "arrays": pack(negative_rows=result.negative_rows, negative_km=result.negative_km)}
+    tally = Tally(plan.params.num_negatives)
+    tally.add(per_query_histogram(result.counts, plan.params.num_negatives), int(keep.sum()), sums=geo_stats(result),
+              samples={"negative_km": result.negative_km[~np.isnan(result.negative_km)]})
+    return {**tally.result(seed=plan.params.seed + start), **pool_arrays(plan, result.negative_rows)}
+
+
+def pool_arrays(plan, negative_rows: np.ndarray) -> dict:
+    """What a task sends back for the batch stage: its places' negatives' rows (``np.savez`` bytes, 8 bytes a
+    negative), only when the round composes batches (``mine.batches``: the walk over the pool is global,
+    docs/scaling.md); nothing otherwise."""
+    if not plan.cfg.mine.batches:
+        return {}
+    out = io.BytesIO()
+    np.savez(out, negative_rows=negative_rows)
+    return {"arrays": out.getvalue()}
 
 
 def task_places(plan, task: int) -> tuple[int, pa.Table]:
@@ -227,7 +240,7 @@ def geographic_half(plan, shards, table: pa.Table, start: int, params):
 
 
 def geo_stats(result) -> dict:
-    """A ``GeoResult``'s figures as a task sends them (summed over tasks by ``add_stats``; ``depth``: the largest)."""
+    """A ``GeoResult``'s counts as a task sends them (summed over tasks by ``add_sums``; ``depth``: the largest)."""
     return {"removed": {name: result.removed[name] for name in GEO_REMOVED}, "short": result.short_queries,
             "uncertified": result.uncertified, "depth": result.depth}
 
@@ -247,10 +260,3 @@ def write_place_rows(plan, shards, task: int, start: int, table: pa.Table, negat
         mined = places_table(table, negative_rows, plan.round_index, plan.encoder, negatives=negatives, **lists)
         storage.write_parquet(mined.filter(pa.array(keep)), storage.resolve(plan.out_dir).join(f"part-{start:012d}.parquet"))
     return keep
-
-
-def pack(**arrays: np.ndarray) -> bytes:
-    """Named arrays as ``np.savez`` bytes: what a task sends back for the driver's pool."""
-    out = io.BytesIO()
-    np.savez(out, **arrays)
-    return out.getvalue()
