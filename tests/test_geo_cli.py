@@ -247,3 +247,15 @@ def test_places_are_checked_and_written_one_file_at_a_time_and_split_by_the_held
     with pytest.raises(InputError, match=rf"c\.jsonl: row 0, column id: duplicate id '{rows[0]['id']}'"):
         write_places(cfg, again, holdout=True)
     assert not os.path.exists(tmp_path / "again" / "places-staging") and not os.path.exists(tmp_path / "again" / "places")
+
+    # A corpus with one view holds nothing out: the loop's round keeps every place, staged parts moved, not copied.
+    folder.joinpath("c.jsonl").unlink()
+    one_view = tmp_path / "one-view"
+    one_view.mkdir()
+    write_jsonl(one_view / "a.jsonl", [{key: value for key, value in row.items() if key != "view"} for row in rows])
+    single = storage.resolve(str(tmp_path / "single"))
+    manifest = write_places(cfg.model_copy(update={"corpus": cfg.corpus.model_copy(update={"path": str(one_view)})}), single, holdout=True)
+    assert manifest["rows"] == manifest["corpus"] == 50 and manifest["heldout"] is None and not manifest["cross_view"]
+    assert storage.read_table(single.join("places").url).column("id").to_pylist() == [str(r["id"]) for r in rows]
+    assert storage.read_manifest(single.join("heldout", "places"))["rows"] == 0
+    assert sorted(os.listdir(tmp_path / "single")) == ["heldout", "places"]

@@ -138,12 +138,11 @@ def _evaluate(cfg: RunConfig, here_url: str, heldout_ids: frozenset[str], storag
 
 
 def split_places(staging: storage.Location, train_out: Optional[storage.Location], heldout_out: storage.Location,
-                 train_cfg: Optional[TrainConfig]) -> tuple[int, int]:
-    """Split the places parts in ``staging`` by the held-out rule (``id``; ``train_cfg`` None: none is held out)
-    into ``train_out`` (None: not written) and ``heldout_out``, part by part under the same names; returns the
-    two counts."""
+                 train_cfg: TrainConfig) -> tuple[int, int]:
+    """Split the places parts in ``staging`` by the held-out rule (``id``) into ``train_out`` (None: not
+    written) and ``heldout_out``, part by part under the same names; returns the two counts."""
     files = storage.list_table_files(staging.url)
-    keys, cut = _rank_cut(files, "id", train_cfg) if train_cfg is not None else ([], None)
+    keys, cut = _rank_cut(files, "id", train_cfg)
     counts = [0, 0]
     for number, loc in enumerate(files):
         part = storage.read_table_file(loc)

@@ -43,7 +43,8 @@ def write_places(cfg: RunConfig, here: storage.Location, holdout: bool = False, 
     (parts of at most ``index.query_batch_size`` rows, the mine stage's tasks; ``prepare_places``); returns
     its manifest (read back when committed: a resumed round). ``holdout``: a cross-view corpus's held-out
     places (``heldout.split_places``) go to ``here/heldout/places/`` instead, through ``here/places-staging/``
-    (removed after); with ``train`` False only they are written, and ``heldout/places``' manifest is returned.
+    (removed after; a corpus that is not cross-view has none, and its staged parts are moved to ``places/``);
+    with ``train`` False only they are written, and ``heldout/places``' manifest is returned.
     A mixed round's views are checked as texts too (``texts``): they are embedded."""
     from hardneg.pipelines.heldout import split_places
 
@@ -59,11 +60,20 @@ def write_places(cfg: RunConfig, here: storage.Location, holdout: bool = False, 
     if holdout:
         if heldout_dir.fs.exists(heldout_dir.path):  # an earlier try's, committed before it died: split again
             heldout_dir.fs.rm(heldout_dir.path, recursive=True)
-        _, heldout = split_places(staging, storage.prepare_output(places_dir) if train else None,
-                                  storage.prepare_output(heldout_dir), cfg.train if files.cross_view else None)
+        if files.cross_view:
+            _, heldout = split_places(staging, storage.prepare_output(places_dir) if train else None,
+                                      storage.prepare_output(heldout_dir), cfg.train)
+        else:  # nothing to hold out (no second view to find): the staged parts are the places
+            heldout = 0
+            storage.prepare_output(heldout_dir)
+            if train:
+                if places_dir.fs.exists(places_dir.path):  # an earlier try's parts, never committed
+                    places_dir.fs.rm(places_dir.path, recursive=True)
+                staging.fs.mv(staging.path, places_dir.path, recursive=True)
         held = {"kind": "heldout-places", "rows": heldout, **about}
         storage.commit(heldout_dir, held)
-        staging.fs.rm(staging.path, recursive=True)
+        if staging.fs.exists(staging.path):
+            staging.fs.rm(staging.path, recursive=True)
         if not train:
             return held
     manifest = {"kind": "places", "rows": files.rows - (heldout or 0), "corpus": files.rows, "dropped": files.dropped,
