@@ -99,15 +99,17 @@ def test_first_negatives_are_the_geographic_miners_the_rest_the_most_similar_all
     assert "mixed miner" in round_summary(manifest)
 
 
-def test_a_resumed_round_reuses_its_embeddings(mixed_run):
+def test_a_resumed_round_reuses_its_embeddings_and_its_index(mixed_run):
     cfg, manifest = mixed_run
     here = round_dir(cfg.run_dir, 0)
     embedded = os.path.getmtime(os.path.join(here.path, "embeddings", "MANIFEST.json"))
+    indexed = os.path.getmtime(os.path.join(here.path, "index", "MANIFEST.json"))
     before = storage.read_table(here.join("mined").url)
     for folder in ("", "mined"):  # as if the crash came before mined/ was committed
         os.remove(os.path.join(here.path, folder, "MANIFEST.json"))
     again = run_round(cfg)
     assert os.path.getmtime(os.path.join(here.path, "embeddings", "MANIFEST.json")) == embedded
+    assert os.path.getmtime(os.path.join(here.path, "index", "MANIFEST.json")) == indexed
     assert storage.read_table(here.join("mined").url).equals(before)
     assert again["figures"] == manifest["figures"]
 
@@ -143,7 +145,13 @@ def test_two_place_shards_on_ray_with_a_faiss_index_give_the_same_round(mixed_ru
         assert sharded[column] == single[column], column
     np.testing.assert_allclose(np.concatenate(sharded["negative_scores"]), np.concatenate(single["negative_scores"]), atol=1e-5)
     assert len([f for f in os.listdir(os.path.join(out, "rounds", "00000", "mined")) if f.endswith(".parquet")]) == -(-len(rows) // 64)
-    figures = json.load(open(os.path.join(out, "rounds", "00000", "MANIFEST.json")))["figures"]
+    # The index stage committed the similarity index once, one faiss shard per PlaceShard, in place-row order.
+    index = storage.read_manifest(os.path.join(out, "rounds", "00000", "index"))
+    assert [(s["file"], s["offset"], s["rows"]) for s in index["shards"]] == [("shard-00000.faiss", 0, len(rows) // 2),
+                                                                             ("shard-00001.faiss", len(rows) // 2, len(rows) - len(rows) // 2)]
+    round_manifest = json.load(open(os.path.join(out, "rounds", "00000", "MANIFEST.json")))
+    figures = round_manifest["figures"]
+    assert round_manifest["stages"]["index"]["rows"] == len(rows)
     assert figures["recall"] == {"k": manifest["figures"]["candidates_per_query"]["similarity"], "queries": len(rows), "recall": 1.0}
     # (the geographic half's removal counts depend on how its searches widen, batch by batch; its answers do not)
     assert figures["removed"]["similarity"] == manifest["figures"]["removed"]["similarity"] and manifest["figures"]["recall"] is None
@@ -213,27 +221,39 @@ def test_a_cross_view_round_ranks_each_places_first_view_against_the_others_seco
     assert rows[1]["id"] not in twin["negative_ids"]  # the same second view: the same place, never a negative
 
 
-def test_a_place_shard_whose_embeddings_lack_one_of_its_places_names_the_folder_and_the_place(tmp_path):
-    """The mixed strategy's shards read their places' vectors from the round's embeddings folder; a place with no
-    vector there (the folder changed after the round started) stops the shard, naming the folder and a place."""
-    from hardneg.config import IndexConfig
+def test_the_mixed_index_stage_names_a_place_without_embedding_and_a_shard_must_match_the_committed_index(tmp_path):
+    """The mixed round's index stage (``place_index``) reads its places' vectors from the round's embeddings folder:
+    a place with no vector there (the folder changed after the round started) stops it, naming the folder and the
+    place, and nothing is committed. A committed index is what the shards load, by their rows: a shard over other
+    rows (the places changed after it was built) is refused."""
+    from hardneg.config import IndexConfig, RunConfig
     from hardneg.errors import StorageError
     from hardneg.pipelines.embed import embedding_array
-    from hardneg.config import RunConfig
-    from hardneg.pipelines.place_shards import PlaceShard, place_files, write_places
+    from hardneg.pipelines.place_shards import PlaceShard, place_files, place_index, write_places
 
     corpus = write_jsonl(tmp_path / "places.jsonl", [{"id": name, "text": name * 2, "lat": float(i), "lon": float(i)}
                                                      for i, name in enumerate("abc")])
+    cfg = RunConfig(corpus={"path": corpus}, index={"query_batch_size": 2})
     here = storage.resolve(str(tmp_path / "round"))
-    write_places(RunConfig(corpus={"path": corpus}, index={"query_batch_size": 2}), here)
+    write_places(cfg, here)
     files = place_files(here)
     assert [rows for _, rows in files] == [2, 1]
-    embeddings = storage.prepare_output(storage.resolve(str(tmp_path / "embeddings")))
-    storage.write_parquet(pa.table({"id": ["a", "c"], "embedding": embedding_array(np.eye(2, dtype=np.float32), "float32")}),
-                          embeddings.join("part-00000.parquet"))
-    storage.commit(embeddings, {"kind": "embeddings", "rows": 2})
-    similarity = {"first": embeddings.url, "second": None, "cfg": IndexConfig()}
-    with pytest.raises(StorageError, match=r"embeddings: 1 places have no embedding .*e\.g\. id 'b'"):
-        PlaceShard(files, {"offset": 0, "rows": 3}, IndexConfig(backend="kdtree"), {}, similarity)
-    shard = PlaceShard(files, {"offset": 2, "rows": 1}, IndexConfig(backend="kdtree"), {}, similarity)  # its own place has one
-    assert shard.vectors(np.array([2]))[0].tolist() == [[0.0, 1.0]]
+
+    def embeddings(name, ids):
+        folder = storage.prepare_output(storage.resolve(str(tmp_path / name)))
+        vectors = np.eye(3, dtype=np.float32)[[ord(i) - ord("a") for i in ids]]
+        storage.write_parquet(pa.table({"id": ids, "embedding": embedding_array(vectors, "float32")}), folder.join("part-00000.parquet"))
+        storage.commit(folder, {"kind": "embeddings", "rows": len(ids)})
+        return {"first": folder.url, "second": None, "cfg": cfg.index, "index": here.join("index").url}
+
+    with pytest.raises(StorageError, match=r"lacking: 1 places have no embedding .*e\.g\. id 'b'"):
+        place_index(cfg, here, embeddings("lacking", ["a", "c"]))
+    assert not storage.is_committed(here.join("index"))
+    similarity = embeddings("whole", ["c", "a", "b"])  # any order: the index keeps the places' own
+    manifest = place_index(cfg, here, similarity)
+    assert manifest["rows"] == 3 and manifest["rows_in"] == "places" and storage.is_committed(here.join("index"))
+    shard = PlaceShard(files, {"offset": 0, "rows": 3}, IndexConfig(backend="kdtree"), {}, similarity)
+    assert shard.vectors(np.array([2]))[0].tolist() == [[0.0, 0.0, 1.0]]
+    assert shard.similar(np.eye(3, dtype=np.float32)[[1]], 1)[1].tolist() == [[1]]  # b's vector finds b, row 1
+    with pytest.raises(StorageError, match=r"index: no shard over places rows 2\.\.2 .*delete it to rebuild"):
+        PlaceShard(files, {"offset": 2, "rows": 1}, IndexConfig(backend="kdtree"), {}, similarity)

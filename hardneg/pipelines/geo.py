@@ -9,8 +9,9 @@ process, or as Ray actors), and each task mines one file's places and writes the
 - geographic: no model and no embedding. The exact backend runs in float32 on the CPU here: fp16 cannot
   tell places a few km apart. Unless ``index.backend`` is set, the shards use a k-d tree (exact, and ~35x
   faster than the matmul on 34k places).
-- mixed (``hardneg.pipelines.mixed``): the places' views are embedded first, and the shards also hold
-  their vectors and a similarity index (``index.*``); the geographic half always uses the k-d tree.
+- mixed (``hardneg.pipelines.mixed``): the places' views are embedded first, the index stage commits a
+  similarity index over them (``index.*``, ``rounds/NNNNN/index/``), and the shards also hold their vectors
+  and their shard of that index; the geographic half always uses the k-d tree.
 
 Each task sends back its figures (``hardneg.pipelines.figures.Tally``: a histogram, sums and bounded samples),
 so without ``mine.batches`` the driver holds nothing that grows with the places. With it, the driver keeps
@@ -46,9 +47,9 @@ from hardneg import storage
 from hardneg.config import RunConfig
 from hardneg.pipelines.figures import Tally, geo_figures, mixed_figures
 from hardneg.pipelines.heldout import evaluate_places_stage, heldout_record
-from hardneg.pipelines.place_shards import place_arrays, place_files, write_places
+from hardneg.pipelines.place_shards import place_arrays, place_files, place_index, write_places
 from hardneg.pipelines.write import batch_stage, kept_rows
-from hardneg.rundir import RoundManifest, stage_timing
+from hardneg.rundir import RoundManifest, stage_timing, timing
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,12 @@ class PlaceRound:
             self.embeddings, self.similarity = embed_places(self.cfg, self.here, self.places["view_values"], stages)
 
     def index(self, stages: dict) -> None:
-        """Nothing: the mine stage's ``PlaceShard``s build their indexes over their own places."""
+        """A mixed round's similarity index, built once and committed as ``index/`` (``place_index``); the geographic
+        k-d tree over the places' 3-D points is built by each ``PlaceShard`` over its own places (cheap: 3 floats a place)."""
+        if self.mixed:
+            manifest = place_index(self.cfg, self.here, self.similarity)
+            self.similarity["index"] = self.here.join("index").url
+            stages["index"] = timing(manifest["seconds"], manifest["rows"])
 
     def mine(self, stages: dict) -> dict:
         mined_dir = self.here.join("mined")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from hardneg import storage
 from hardneg.config import IndexConfig
@@ -38,15 +39,23 @@ def build_index_dir(cfg: IndexConfig, embeddings_dir: str, out: storage.Location
     in this process: ``runs_here``), write them, commit ``out``."""
     started = time.perf_counter()
     shards = split_files(embedding_files(embeddings_dir), cfg.num_shards) or [([], 0)]
+    return commit_index(cfg, out, write_shard, [((files, cfg), offset) for files, offset in shards], embeddings_dir, started)
+
+
+def commit_index(cfg: IndexConfig, out: storage.Location, task: Callable, shards: list[tuple[tuple, int]], embeddings_dir: str,
+                 started: float, **about) -> dict:
+    """Run ``task(*args, shard_url, storage_options)`` for each shard (``shards``: ``(args, first global row)``), one
+    Ray task each (or here: ``runs_here``); each writes its shard file and returns its rows. Commit ``out``
+    with the manifest (``about``: more of it) and return it."""
     storage.prepare_output(out)
     names = [shard_name(shard, cfg.backend) for shard in range(len(shards))]
-    jobs = [(files, cfg, out.join(name).url, storage.s3_options()) for (files, _), name in zip(shards, names)]
+    jobs = [(*args, out.join(name).url, storage.s3_options()) for (args, _), name in zip(shards, names)]
     cpus, gpus = (1, 0) if runs_here() else shard_resources(len(shards), cluster_resources(), cfg.device)
-    rows = run_jobs(write_shard, jobs, num_cpus=cpus, num_gpus=gpus)
+    rows = run_jobs(task, jobs, num_cpus=cpus, num_gpus=gpus)
     manifest = {
         "kind": "index", "backend": cfg.backend, "embeddings": storage.resolve(embeddings_dir).url, "rows": sum(rows),
         "shards": [{"file": name, "offset": offset, "rows": count} for name, (_, offset), count in zip(names, shards, rows)],
-        "config": cfg.model_dump(mode="json"), "seconds": round(time.perf_counter() - started, 3),
+        "config": cfg.model_dump(mode="json"), **about, "seconds": round(time.perf_counter() - started, 3),
     }
     storage.commit(out, manifest)
     return manifest

@@ -8,10 +8,12 @@ a mixed round gives both for the same anchors, the places themselves. The round 
    places and as text (``place_shards.write_places``: a place whose text is bad is refused, or dropped and
    counted in ``dropped_places["invalid"]`` with ``corpus.drop_invalid``), is embedded with the round's
    encoder into ``rounds/NNNNN/embeddings/`` (committed, reused when the round resumes);
-2. the mine stage (``hardneg.pipelines.mine.run_tasks``, one task per file of ``rounds/NNNNN/places/``):
-   each ``PlaceShard`` holds its places' coordinates with their k-d tree and, read from the embeddings
-   folder, their vectors with a similarity index (``index.*``) in place-row order. ``mine_mixed_file``
-   mines a file's places:
+2. the index stage (``place_shards.place_index``): the similarity index (``index.*``) over the places'
+   candidate vectors, one shard per range of place rows, built by a Ray task each and committed as
+   ``rounds/NNNNN/index/`` (reused when the round resumes);
+3. the mine stage (``hardneg.pipelines.mine.run_tasks``, one task per file of ``rounds/NNNNN/places/``):
+   each ``PlaceShard`` holds its places' coordinates with their k-d tree, its shard of the index and
+   its places' vectors in place-row order. ``mine_mixed_file`` mines a file's places:
 
    - geographic part: ``geographic_negatives`` with ``num_negatives = geo_negatives``, as a geographic round;
    - similarity part: each place's embedding searched among the places' (``candidate_depth() + 1``: the

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import io
+import time
 from typing import Optional
 
 import numpy as np
@@ -34,7 +35,9 @@ from hardneg.miners import GEO_REMOVED, geographic_negatives, hash_texts, unit_v
 from hardneg.miners.geo import FLOAT32_SCORE_ERROR
 from hardneg.pipelines.figures import Tally, per_query_histogram
 from hardneg.places import prepare_places, value_name
-from hardneg.search import build_index, embedding_files, read_embeddings
+from hardneg.search import build_index, embedding_files, index_manifest, read_embeddings
+from hardneg.search.build import load_index
+from hardneg.search.stored import write_vectors
 from hardneg.search.sharded import ShardActor
 
 
@@ -136,12 +139,17 @@ class PlaceShard(ShardActor):
         self.values = table.column("view" if "view" in table.column_names else value_name(table)).combine_chunks()
         self.index = build_index(unit_vectors(self.lat, self.lon), cfg)
         self.similar_index = self.exact_index = None
-        if similarity is not None:  # the mixed miner: the places' embeddings and their own index, in place-row order
-            self.first = own_vectors(self.ids, similarity["first"])
-            self.candidates = own_vectors(self.ids, similarity["second"]) if similarity["second"] else self.first
+        if similarity is not None:  # the mixed miner: the places' embeddings and their index (``place_index``), in place-row order
+            self.similar_cfg = cfg = similarity["cfg"]
+            stored = storage.resolve(similarity["index"]).join(index_shard(similarity["index"], shard)["file"])
+            if cfg.backend in ("exact", "kdtree"):  # the shard's file is its candidates' vectors: build from them
+                self.candidates = np.load(io.BytesIO(storage.read_bytes(stored)), allow_pickle=False)
+                self.similar_index = build_index(self.candidates, cfg)
+            else:
+                self.similar_index = load_index(storage.read_bytes(stored), cfg)
+                self.candidates = own_vectors(self.ids, similarity["second"] or similarity["first"])
+            self.first = own_vectors(self.ids, similarity["first"]) if similarity["second"] else self.candidates
             self.value_hash = hash_texts(self.values.to_pylist())  # equal values: one place seen twice
-            self.similar_cfg = similarity["cfg"]
-            self.similar_index = build_index(self.candidates, self.similar_cfg)
 
     def place_facts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(lat, lon, group codes)`` of this shard's ``rows``."""
@@ -173,6 +181,44 @@ class PlaceShard(ShardActor):
         """``(first-view vectors, candidate vectors)`` of this shard's ``rows``."""
         local = np.asarray(rows, np.int64) - self.offset
         return self.first[local], self.candidates[local]
+
+
+def place_index(cfg: RunConfig, here: storage.Location, similarity: dict) -> dict:
+    """The mixed round's index stage: the similarity index over the places' candidate vectors (their second
+    view in a cross-view corpus), one shard per ``shard_ranges`` range of ``places/`` rows (the
+    ``PlaceShard``s' own), built once by a Ray task per shard and committed as ``here/index/``
+    (``hardneg.search.stored``'s layout); a committed one is read back (a resumed round)."""
+    from hardneg.pipelines.index import commit_index
+
+    out = here.join("index")
+    if storage.is_committed(out):
+        return index_manifest(out.url)
+    started = time.perf_counter()
+    files = place_files(here)
+    candidates = similarity["second"] or similarity["first"]
+    shards = shard_ranges(sum(rows for _, rows in files), cfg.index.num_shards)
+    return commit_index(cfg.index, out, write_place_shard, [((files, shard, candidates, cfg.index), shard["offset"]) for shard in shards],
+                        candidates, started, rows_in="places")
+
+
+def write_place_shard(files: list[tuple[str, int]], shard: dict, embeddings_dir: str, cfg: IndexConfig, out_url: str,
+                      storage_options: dict) -> int:
+    """One shard of ``place_index``: the vectors of its places, in place-row order, indexed and written to ``out_url``."""
+    storage.restore_options(storage_options)
+    return write_vectors(lambda: own_vectors(shard_rows(files, shard).column("id").combine_chunks(), embeddings_dir), cfg, out_url)
+
+
+def index_shard(index_dir: str, shard: dict) -> dict:
+    """The entry of ``index_dir``'s manifest for the ``PlaceShard`` over ``shard``'s rows.
+
+    Raises:
+        StorageError: the index was built over other rows (the places changed after it was built).
+    """
+    for entry in index_manifest(index_dir)["shards"]:
+        if (entry["offset"], entry["rows"]) == (shard["offset"], shard["rows"]):
+            return entry
+    raise StorageError(f"{index_dir}: no shard over places rows {shard['offset']}..{shard['offset'] + shard['rows'] - 1} "
+                       "(the index was built over other places or shards); delete it to rebuild")
 
 
 def own_vectors(ids: pa.Array, embeddings_dir: str) -> np.ndarray:

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import io
+from typing import Callable
 
 import numpy as np
 
@@ -35,7 +36,13 @@ def shard_name(shard: int, backend: str) -> str:
 def write_shard(files: list[tuple[str, int]], cfg: IndexConfig, out_url: str, storage_options: dict) -> int:
     """Build the index over the rows of ``files`` and write it to ``out_url``; returns its row count."""
     storage.restore_options(storage_options)
-    _, vectors = read_embeddings("", files)
+    return write_vectors(lambda: read_embeddings("", files)[1], cfg, out_url)
+
+
+def write_vectors(load: Callable[[], np.ndarray], cfg: IndexConfig, out_url: str) -> int:
+    """Build the index over the vectors ``load()`` returns (one shard, in its row order) and write it to
+    ``out_url``; returns its row count."""
+    vectors = load()
     rows = len(vectors)
     if cfg.backend in ("exact", "kdtree"):  # the vectors themselves: nothing to train, and no fp16 round trip
         buffer = io.BytesIO()
