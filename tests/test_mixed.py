@@ -12,7 +12,7 @@ from hardneg import storage
 from hardneg.cli import main
 from hardneg.config import MineConfig, load_config
 from hardneg.miners import drop_same_place, haversine_km, mine_geographic
-from hardneg.places import group_codes
+from hardneg.corpus import group_codes
 from hardneg.pipelines.run import round_dir, run_round
 from hardneg.search import read_embeddings
 from hardneg.summary import round_summary

@@ -227,3 +227,20 @@ def test_unsorted_candidates_are_rejected_with_the_query_named():
     assert sorted_rows.tolist() == [[1, 2], [4, 3]]
     result = mine_similarity(sorted_rows, sorted_scores, [[9], [9]], np.array([1.0, 1.0]), MineConfig(num_negatives=1))
     assert result.negative_rows.tolist() == [[1], [4]]
+
+
+def test_text_ids_and_held_out_ranks_are_blake2b_digests_stable_across_versions():
+    """One hash serves texts, pairs input's content ids and the held-out rank: 8 bytes of blake2b read big-endian.
+    A run directory made by an earlier hardneg keeps its ids (``t`` + the digest's hex) and its held-out split."""
+    import hashlib
+
+    from hardneg.config import TrainConfig
+    from hardneg.pipelines.heldout import heldout_ids
+    from hardneg.pipelines.inputs import text_id
+
+    assert text_id("the query") == "t" + hashlib.blake2b(b"the query", digest_size=8).hexdigest()
+    assert text_id(b"\x89PNG") == "t" + hashlib.blake2b(b"\x89PNG", digest_size=8).hexdigest()  # an image's bytes as they are
+    assert hash_texts(["the query"])[0] == int(hashlib.blake2b(b"the query", digest_size=8).hexdigest(), 16)
+    ids = [f"q{i}" for i in range(50)]
+    rank = {qid: hashlib.blake2b(f"7:{qid}".encode(), digest_size=8).digest() for qid in ids}
+    assert heldout_ids(ids, TrainConfig(eval_fraction=0.2, seed=7)) == set(sorted(ids, key=rank.get)[:10])

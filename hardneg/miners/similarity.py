@@ -97,7 +97,8 @@ class MiningResult:
 
 
 def hash_texts(texts: Sequence[str | bytes]) -> np.ndarray:
-    """Stable 64-bit hashes of texts (blake2b), for ``corpus_text_hash`` and ``query_forbidden_hashes``.
+    """Stable 64-bit hashes of texts (blake2b, 8 bytes read big-endian: a pairs input's ``text_id`` is ``t`` and
+    their 16 hex digits), for ``corpus_text_hash``, ``query_forbidden_hashes``, repeats and the held-out rank.
 
     Example::
 
@@ -107,7 +108,7 @@ def hash_texts(texts: Sequence[str | bytes]) -> np.ndarray:
     for i, text in enumerate(texts):
         # 0 is the padding of query_forbidden_hashes, so no text hashes to it.
         data = text if isinstance(text, bytes) else text.encode("utf-8")  # an image given as bytes hashes as is
-        out[i] = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") or 1
+        out[i] = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") or 1
     return out
 
 

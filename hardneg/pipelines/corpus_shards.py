@@ -31,24 +31,12 @@ import pyarrow as pa
 
 from hardneg import storage
 from hardneg.config import CorpusConfig, IndexConfig
-from hardneg.corpus import ValidatedCorpus
+from hardneg.corpus import ValidatedCorpus, group_codes
 from hardneg.errors import StorageError
 from hardneg.miners import hash_texts
 from hardneg.pipelines.inputs import load_corpus
 from hardneg.search import ExactIndex, FaissIndex, build_index, embedding_files, read_embeddings
 from hardneg.search.sharded import ShardActor, merge_shards
-
-NO_GROUP = -1
-
-
-def group_hashes(groups: Optional[pa.Array], num_rows: int) -> np.ndarray:
-    """int64 group key per row, the same for the same group in every shard (``-1``: no group)."""
-    if groups is None:
-        return np.full(num_rows, NO_GROUP, np.int64)
-    values = groups.to_pylist()
-    keys = hash_texts([value or "" for value in values]).view(np.int64) & np.int64(0x7FFFFFFFFFFFFFFF)
-    return np.where([value is None for value in values], NO_GROUP, keys).astype(np.int64)
-
 
 def shard_files(files: list[tuple[str, int]], shard: dict) -> list[tuple[str, int]]:
     """The embedding files of an index shard (``{"offset", "rows"}``): those whose rows start inside it."""
@@ -118,7 +106,7 @@ class CorpusShard(ShardActor):
         self.texts = table.column("text").combine_chunks()
         self.text_hash = hash_texts(self.texts.to_pylist())
         groups = table.column("group").combine_chunks() if "group" in table.column_names else None
-        self.groups = group_hashes(groups, table.num_rows)
+        self.groups = group_codes(groups, table.num_rows)
 
     def find(self, ids: np.ndarray) -> np.ndarray:
         """The global row of each id (``-1``: not in this shard)."""

@@ -80,7 +80,7 @@ class PlaceRound:
         if self.mixed:
             from hardneg.pipelines.mixed import embed_places
 
-            self.embeddings, self.similarity = embed_places(self.cfg, self.here, self.places["view_values"], stages)
+            self.embeddings, self.similarity = embed_places(self.cfg, self.here, stages)
 
     def index(self, stages: dict) -> None:
         """A mixed round's similarity index, built once and committed as ``index/`` (``place_index``); the geographic

@@ -30,7 +30,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Optional
 
@@ -41,7 +40,9 @@ import pyarrow.compute as pc
 
 from hardneg import storage
 from hardneg.config import RunConfig, TrainConfig
-from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
+from hardneg.miners import hash_texts
+from hardneg.pipelines.embed import embed_or_reuse
+from hardneg.pipelines.place_shards import place_targets
 from hardneg.ray_runtime import run_jobs
 from hardneg.rundir import stage_timing
 from hardneg.search import embedding_files, open_index, read_embeddings
@@ -52,8 +53,8 @@ PLACE_CUTOFFS = (1, 5, 10)  # recall@k of the held-out places (and train.eval_k)
 
 def heldout_ids(query_ids: list[str], train_cfg: TrainConfig) -> set[str]:
     """The held-out query ids of a run (see the module docstring for the rule)."""
-    ranked = sorted(query_ids, key=lambda qid: _rank_key(qid, train_cfg.seed))
-    return set(ranked[:_heldout_count(len(query_ids), train_cfg)])
+    ranked = np.argsort(rank_keys(query_ids, train_cfg.seed), kind="stable")[:_heldout_count(len(query_ids), train_cfg)]
+    return {query_ids[i] for i in ranked}
 
 
 def _heldout_count(total: int, train_cfg: TrainConfig) -> int:
@@ -63,9 +64,9 @@ def _heldout_count(total: int, train_cfg: TrainConfig) -> int:
     return max(1, round(train_cfg.eval_fraction * total))
 
 
-def _rank_key(query_id: str, seed: int) -> int:
-    """Where a query ranks in the split: 64 bits of blake2b of ``seed:query_id``, read big-endian (the bytes' order)."""
-    return int.from_bytes(hashlib.blake2b(f"{seed}:{query_id}".encode(), digest_size=8).digest(), "big")
+def rank_keys(query_ids, seed: int) -> np.ndarray:
+    """Where each query ranks in the split: ``hash_texts`` of ``seed:query_id``."""
+    return hash_texts([f"{seed}:{query_id}" for query_id in query_ids])
 
 
 def heldout_ids_of(queries_url: str, train_cfg: TrainConfig, column: str = "query_id") -> frozenset[str]:
@@ -87,7 +88,7 @@ def _ids_of(loc: storage.Location, column: str) -> list:
 
 def _rank_cut(files: list[storage.Location], column: str, train_cfg: TrainConfig) -> tuple[list[np.ndarray], Optional[int]]:
     """The rank keys of each file's ids, and the largest key held out (None: none is)."""
-    keys = [np.array([_rank_key(qid, train_cfg.seed) for qid in _ids_of(loc, column)], np.uint64) for loc in files]
+    keys = [rank_keys(_ids_of(loc, column), train_cfg.seed) for loc in files]
     count = _heldout_count(sum(len(k) for k in keys), train_cfg)
     return keys, (np.partition(np.concatenate(keys), count - 1)[count - 1] if count else None)
 
@@ -171,26 +172,6 @@ def evaluate_places_stage(cfg: RunConfig, here: storage.Location, heldout: Optio
     stages["eval"] = stage_timing(started, heldout)
 
 
-def place_view_targets(cfg: RunConfig, here: storage.Location) -> list[EmbedTarget]:
-    """The embed stage's targets for both views of the held-out places in ``heldout/places/`` (committed by
-    ``place_shards.write_places``): ``heldout/text_embeddings``, the first view with the query prompt, and
-    ``heldout/view_embeddings``, with the corpus prompt. Their own embed run: the places' ids are strings
-    here, and one Ray Data run cannot mix them with a corpus file's integer ids."""
-    folder = here.join("heldout")
-    places_dir = folder.join("places")
-    about = storage.read_manifest(places_dir)
-    # A place the miner took is evaluated if it can be embedded: one whose first view is missing is dropped, not fatal.
-    base = {"path": places_dir.url, "id_column": "id", "drop_invalid": True}
-    first = cfg.corpus.model_copy(update={**base, "text_column": "text", "image_column": "image"})
-    # The view column is the image column when the views are images, else the text column; the text column of
-    # image views names a column the parts lack (a corpus of images has no "text", a text one no "image").
-    absent = "image" if about["values"] == "text" else "text"
-    second = cfg.corpus.model_copy(update={**base, **({"text_column": absent, "image_column": "view"} if about["view_values"] == "image" else
-                                                      {"text_column": "view", "image_column": "image"})})
-    return [EmbedTarget(folder.join("text_embeddings").url, first, prefix=cfg.model.query_prompt),
-            EmbedTarget(folder.join("view_embeddings").url, second, prefix=cfg.model.corpus_prompt, view=True)]
-
-
 def evaluate_places(cfg: RunConfig, here: storage.Location, model_path: Optional[str] = None) -> dict:
     """Recall@1/5/10 (and @``train.eval_k``) of first view -> ``view`` retrieval among the held-out places
     (``here/heldout/places/``), with the
@@ -202,7 +183,9 @@ def evaluate_places(cfg: RunConfig, here: storage.Location, model_path: Optional
     started = time.perf_counter()
     if model_path is not None:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path})})
-    text, _ = embed_or_reuse(cfg, place_view_targets(cfg, here))
+    folder = here.join("heldout")
+    text, _ = embed_or_reuse(cfg, place_targets(cfg, folder.join("places"), folder.join("text_embeddings").url,
+                                                folder.join("view_embeddings").url))
     held = storage.read_manifest(here.join("heldout", "places"))
     about = {"model": text["model"], "views": f"{held['values']} -> {held['view_values']}",
              "embed_seconds": time.perf_counter() - started}

@@ -25,7 +25,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from hardneg.config import CorpusConfig, RunConfig
 from hardneg.corpus import MAX_REPORTED, SeenHashes, ValidatedCorpus, contains, hash_ids, refuse_float_ids, text_problems, validate_corpus
 from hardneg.errors import InputError
 from hardneg.images import image_problems
+from hardneg.miners import hash_texts
 from hardneg.ray_runtime import run_jobs
 
 logger = logging.getLogger(__name__)
@@ -81,12 +81,7 @@ class Inputs:
 def text_id(text: str | bytes) -> str:
     """A content id for a text (or an image's path or bytes): ``t`` + 16 hex digits of blake2b (what pairs input
     uses as corpus ids)."""
-    return f"t{_digest(text):016x}"
-
-
-def _digest(text: str | bytes) -> int:
-    """64 bits of blake2b of the text (or an image's bytes): its ``text_id`` as a number."""
-    return int.from_bytes(hashlib.blake2b(text if isinstance(text, bytes) else text.encode("utf-8"), digest_size=8).digest(), "big")
+    return _ids(hash_texts([text]))[0]
 
 
 def prepare_inputs(cfg: RunConfig, run_dir: storage.Location) -> Inputs:
@@ -303,11 +298,6 @@ class PairsFiles:
         return pa.array(_ids(self.query_digests), pa.string())
 
 
-def _digests(texts: list) -> np.ndarray:
-    """``text_id``'s 64 bits of each text, as uint64."""
-    return np.array([_digest(text) for text in texts], np.uint64)
-
-
 def _ids(digests) -> list[str]:
     """``text_id``s of 64-bit digests (an array or a list of ints)."""
     return [f"t{d:016x}" for d in (digests.tolist() if isinstance(digests, np.ndarray) else digests)]
@@ -348,7 +338,7 @@ def _from_pairs(cfg: RunConfig, corpus_out: Optional[storage.Location] = None, q
                 continue
             anchor_values, positive_values = (_as_given(table.column(column)) for column in columns)
             anchors, positives = anchor_values.to_pylist(), positive_values.to_pylist()
-            anchor_digests, positive_digests = _digests(anchors), _digests(positives)
+            anchor_digests, positive_digests = hash_texts(anchors), hash_texts(positives)
             new = seen.first_new(positive_digests)
             ids = pa.array(_ids(positive_digests[new]), pa.string())
             hashes.append(hash_ids(ids))
@@ -375,7 +365,7 @@ def _from_pairs(cfg: RunConfig, corpus_out: Optional[storage.Location] = None, q
             for loc, drop in zip(extra.files, extra.drop_rows):
                 table = _valid_rows(loc, drop, [cfg.corpus.id_column, value])
                 values = _as_given(table.column(value))
-                new = seen.first_new(_digests(values.to_pylist()))
+                new = seen.first_new(hash_texts(values.to_pylist()))
                 ids = table.column(cfg.corpus.id_column).cast(pa.string()).take(pa.array(new, pa.int64()))
                 hashes.append(hash_ids(ids))
                 if writes:

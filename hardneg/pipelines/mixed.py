@@ -6,8 +6,9 @@ a mixed round gives both for the same anchors, the places themselves. The round 
 
 1. ``embed_places``: the places corpus (``id``, ``text``, ``lat``, ``lon``, optional ``group``), validated as
    places and as text (``place_shards.write_places``: a place whose text is bad is refused, or dropped and
-   counted in ``dropped_places["invalid"]`` with ``corpus.drop_invalid``), is embedded with the round's
-   encoder into ``rounds/NNNNN/embeddings/`` (committed, reused when the round resumes);
+   counted in ``dropped_places["invalid"]`` with ``corpus.drop_invalid``) and written to ``rounds/NNNNN/places/``,
+   is embedded from there (``place_shards.place_targets``, the rule the held-out eval uses too) with the
+   round's encoder into ``rounds/NNNNN/embeddings/`` (committed, reused when the round resumes);
 2. the index stage (``place_shards.place_index``): the similarity index (``index.*``) over the places'
    candidate vectors, one shard per range of place rows, built by a Ray task each and committed as
    ``rounds/NNNNN/index/`` (reused when the round resumes);
@@ -50,48 +51,30 @@ Example::
 
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 
 from hardneg import storage
-from hardneg.config import CorpusConfig, RunConfig
-from hardneg.corpus import validate_corpus
+from hardneg.config import RunConfig
 from hardneg.miners import FILTERS, GEO_REMOVED, GeoResult, drop_same_place, haversine_km, merge_negatives, mine_similarity
-from hardneg.pipelines.embed import EmbedTarget, embed_or_reuse
+from hardneg.pipelines.embed import embed_or_reuse
 from hardneg.pipelines.figures import SOURCES, Tally, per_query_histogram
-from hardneg.pipelines.place_shards import geo_stats, geographic_half, pool_arrays, task_places, write_place_rows
+from hardneg.pipelines.place_shards import geo_stats, geographic_half, place_targets, pool_arrays, task_places, write_place_rows
 from hardneg.rundir import timing
 from hardneg.search import recall_at_k
 
 
-def embed_places(cfg: RunConfig, here: storage.Location, view_values: Optional[str], stages: dict) -> tuple[dict, dict]:
-    """Embed the places' views (``embeddings/``, and ``view_embeddings/`` in a cross-view corpus: ``view_values``,
-    what its second views are, ``"text"`` or ``"image"``); returns the embeddings' manifest and the
-    ``PlaceShard``s' ``similarity`` argument (the shards read the vectors). The places stage checked the views
-    as the corpus rules do, so every place of ``places/`` has its vectors."""
-    corpus = validate_corpus(cfg.corpus)
+def embed_places(cfg: RunConfig, here: storage.Location, stages: dict) -> tuple[dict, dict]:
+    """Embed the views of the round's committed ``places/`` (``place_targets``: ``embeddings/``, and
+    ``view_embeddings/`` in a cross-view corpus); returns the embeddings' manifest and the ``PlaceShard``s'
+    ``similarity`` argument (the shards read the vectors). The places stage checked the views as the corpus
+    rules do, so every place of ``places/`` has its vectors; held-out places are not in it, so not embedded."""
     embeddings_dir, view_dir = here.join("embeddings"), here.join("view_embeddings")
-    cross_view = view_values is not None
-    targets = [EmbedTarget(embeddings_dir.url, cfg.corpus, corpus, prefix=cfg.model.query_prompt if cross_view else "")]
-    if cross_view:  # candidates are the places' second views: a place needs both embedded
-        targets.append(EmbedTarget(view_dir.url, _view_corpus(cfg.corpus, corpus.modality, view_values), prefix=cfg.model.corpus_prompt,
-                                   view=True))
+    targets = place_targets(cfg, here.join("places"), embeddings_dir.url, view_dir.url)
     embedded = embed_or_reuse(cfg, targets)
     stages["embed"] = timing(max(e["seconds"] for e in embedded), sum(e["rows"] for e in embedded))
-    similarity = {"first": embeddings_dir.url, "second": view_dir.url if cross_view else None, "cfg": cfg.index}
+    similarity = {"first": embeddings_dir.url, "second": view_dir.url if len(targets) > 1 else None, "cfg": cfg.index}
     return embedded[0], similarity
-
-
-def _view_corpus(corpus_cfg: CorpusConfig, modality: str, view_values: str) -> CorpusConfig:
-    """The corpus read for its second views: ``corpus.view_column`` as the text (or, in a corpus of images, the
-    image) column, so the embed stage embeds it as it embeds the first; a text corpus's image views
-    (``corpus.view_image_column``) as its image column, with a text column its files lack (``view_column``)."""
-    if modality == "image":
-        return corpus_cfg.model_copy(update={"image_column": corpus_cfg.view_column})
-    if view_values == "image":
-        return corpus_cfg.model_copy(update={"image_column": corpus_cfg.view_image_column, "text_column": corpus_cfg.view_column})
-    return corpus_cfg.model_copy(update={"text_column": corpus_cfg.view_column})
 
 
 def mine_mixed_file(plan, shards, scorer, task: int) -> dict:

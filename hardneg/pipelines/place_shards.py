@@ -85,6 +85,28 @@ def write_places(cfg: RunConfig, here: storage.Location, holdout: bool = False, 
     return manifest
 
 
+def place_targets(cfg: RunConfig, places_dir: storage.Location, first_out: str, view_out: str) -> list:
+    """The embed stage's targets (``EmbedTarget``) for a committed places folder (``write_places``' parts): the
+    first views into ``first_out`` and, in a cross-view folder, the second views into ``view_out`` (with the
+    model's view encoder), the first with the query prompt and the second with the corpus prompt. The parts'
+    ids are strings, so both go in one embed run."""
+    from hardneg.pipelines.embed import EmbedTarget
+
+    about = storage.read_manifest(places_dir)
+    # A place whose view cannot be embedded is dropped, not fatal (the places stage checked them already).
+    base = {"path": places_dir.url, "id_column": "id", "drop_invalid": True}
+    first = cfg.corpus.model_copy(update={**base, "text_column": "text", "image_column": "image"})
+    if not about["cross_view"]:
+        return [EmbedTarget(first_out, first)]
+    # The view column is the image column when the views are images, else the text column; the text column of
+    # image views names a column the parts lack (a corpus of images has no "text", a text one no "image").
+    absent = "image" if about["values"] == "text" else "text"
+    second = cfg.corpus.model_copy(update={**base, **({"text_column": absent, "image_column": "view"} if about["view_values"] == "image" else
+                                                      {"text_column": "view", "image_column": "image"})})
+    return [EmbedTarget(first_out, first, prefix=cfg.model.query_prompt),
+            EmbedTarget(view_out, second, prefix=cfg.model.corpus_prompt, view=True)]
+
+
 def place_files(here: storage.Location) -> list[tuple[str, int]]:
     """``[(url, rows), ...]`` of a round's committed ``places/``, in row order."""
     return embedding_files(here.join("places").url)
