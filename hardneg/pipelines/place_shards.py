@@ -162,13 +162,13 @@ class PlaceShard(ShardActor):
         self.index = build_index(unit_vectors(self.lat, self.lon), cfg)
         self.similar_index = self.exact_index = None
         if similarity is not None:  # the mixed miner: the places' embeddings and their index (``place_index``), in place-row order
-            self.similar_cfg = cfg = similarity["cfg"]
+            self.similar_cfg = similar = similarity["cfg"]
             stored = storage.resolve(similarity["index"]).join(index_shard(similarity["index"], shard)["file"])
-            if cfg.backend in ("exact", "kdtree"):  # the shard's file is its candidates' vectors: build from them
+            if similar.backend in ("exact", "kdtree"):  # the shard's file is its candidates' vectors: build from them
                 self.candidates = np.load(io.BytesIO(storage.read_bytes(stored)), allow_pickle=False)
-                self.similar_index = build_index(self.candidates, cfg)
+                self.similar_index = build_index(self.candidates, similar)
             else:
-                self.similar_index = load_index(storage.read_bytes(stored), cfg)
+                self.similar_index = load_index(storage.read_bytes(stored), similar)
                 self.candidates = own_vectors(self.ids, similarity["second"] or similarity["first"])
             self.first = own_vectors(self.ids, similarity["first"]) if similarity["second"] else self.candidates
             self.value_hash = hash_texts(self.values.to_pylist())  # equal values: one place seen twice
