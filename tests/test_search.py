@@ -209,3 +209,16 @@ def test_exact_search_over_embedding_files_equals_in_memory_exact(tmp_path):
     want = exact_search(queries, corpus, 7)
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_allclose(got[0], want[0], atol=1e-6)
+
+
+def test_exact_search_keeps_the_lowest_rows_of_scores_tied_at_the_kth_in_every_chunk():
+    """Integer vectors make exact, plentiful ties: within each chunk and across chunks the rows kept are the
+    lowest of those tied at the k-th score, as a stable sort by (score, row) keeps them."""
+    rng = np.random.default_rng(5)
+    corpus = rng.integers(-2, 3, size=(500, 8)).astype(np.float32)
+    queries = rng.integers(-2, 3, size=(60, 8)).astype(np.float32)
+    for k, chunk in ((7, 64), (1, 500), (40, 37), (500, 128)):
+        scores, rows = exact_search(queries, corpus, k, chunk_size=chunk)
+        want_scores, want_rows = brute(queries, corpus, k)
+        np.testing.assert_array_equal(rows, want_rows)
+        np.testing.assert_array_equal(scores, want_scores)

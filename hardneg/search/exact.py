@@ -77,12 +77,26 @@ class ExactIndex(Index):
 
     @staticmethod
     def _chunk_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """torch.topk, except that rows with ties across the k-th score keep the lowest indices (a stable sort)."""
-        top_scores, top_rows = torch.topk(scores, k, dim=1)
-        tied = ((scores >= top_scores[:, -1:]).sum(dim=1) > k).nonzero().flatten()
+        """The ``k`` best of each row as ``torch.topk`` finds them, except that when scores tie at the k-th, the
+        lowest indices among the tied are kept (what a stable sort keeps); the order within is left to the caller.
+
+        A tie at the boundary shows as equal k-th and (k+1)-th scores, so only those rows are redone: the ones
+        above the k-th score, then the first of the tied by index (a running count), with no full sort."""
+        wide = min(k + 1, scores.shape[1])
+        top_scores, top_rows = torch.topk(scores, wide, dim=1)
+        if wide == k:  # the whole chunk is kept
+            return top_scores, top_rows
+        tied = (top_scores[:, k] == top_scores[:, k - 1]).nonzero().flatten()
+        top_scores, top_rows = top_scores[:, :k], top_rows[:, :k]
         if len(tied):
-            sorted_scores, sorted_rows = torch.sort(scores[tied], dim=1, descending=True, stable=True)
-            top_scores[tied], top_rows[tied] = sorted_scores[:, :k], sorted_rows[:, :k]
+            candidates = scores[tied]
+            kth = top_scores[tied, k - 1:k]
+            above = candidates > kth
+            equal = candidates == kth
+            wanted = k - above.sum(dim=1, keepdim=True, dtype=torch.int32)
+            keep = above | (equal & (torch.cumsum(equal, dim=1, dtype=torch.int32) <= wanted))
+            rows = keep.nonzero()[:, 1].view(len(tied), k)  # exactly k a row, in index order
+            top_rows[tied], top_scores[tied] = rows, torch.gather(candidates, 1, rows)
         return top_scores, top_rows
 
     def to_bytes(self) -> bytes:
