@@ -53,6 +53,7 @@ PLACE_CUTOFFS = (1, 5, 10)  # recall@k of the held-out places (and train.eval_k)
 
 def heldout_ids(query_ids: list[str], train_cfg: TrainConfig) -> set[str]:
     """The held-out query ids of a run (see the module docstring for the rule)."""
+    query_ids = list(query_ids)
     ranked = np.argsort(rank_keys(query_ids, train_cfg.seed), kind="stable")[:_heldout_count(len(query_ids), train_cfg)]
     return {query_ids[i] for i in ranked}
 
