@@ -546,14 +546,17 @@ def test_pairs_of_texts_and_images_mine_either_way_with_a_dual_model_and_mixed_k
     encoder = Encoder.load(clip_path)
     images, texts = encoder.encode_images([row["image"] for row in tiles]), encoder.encode(captions)
 
+    def mine(run: str, pairs: str) -> list[dict]:
+        """The door, then the round in process: its mined rows."""
+        cfg = parse_config({"run_dir": str(tmp_path / run), "model": {"path": clip_path}, "queries": {"path": pairs},
+                            "mine": {"num_negatives": 3}})
+        check_round(cfg)
+        with in_process(cfg):
+            return storage.read_table(run_round(cfg)["outputs"]["mined"]).to_pylist()
+
     pairs = write_jsonl(tmp_path / "text_image.jsonl", [{"anchor": c, "positive_image": row["image"]} for c, row in zip(captions, tiles)])
-    cfg = parse_config({"run_dir": str(tmp_path / "t2i"), "model": {"path": clip_path}, "queries": {"path": pairs},
-                        "mine": {"num_negatives": 3}})
-    check_round(cfg)
-    with in_process(cfg):
-        manifest = run_round(cfg)
-    mined = storage.read_table(manifest["outputs"]["mined"]).to_pylist()
-    assert len(mined) == 16 and storage.read_manifest(round_dir(cfg.run_dir, 0).join("embeddings"))["modality"] == "image"
+    mined = mine("t2i", pairs)
+    assert len(mined) == 16 and storage.read_manifest(round_dir(str(tmp_path / "t2i"), 0).join("embeddings"))["modality"] == "image"
     for row, text in zip(sorted(mined, key=lambda r: captions.index(r["query"])), texts):
         i = captions.index(row["query"])
         assert row["positive"] == tiles[i]["image"] and row["positive_id"] == text_id(tiles[i]["image"])
@@ -563,12 +566,7 @@ def test_pairs_of_texts_and_images_mine_either_way_with_a_dual_model_and_mixed_k
     png = [open(row["image"], "rb").read() for row in tiles]
     parquet = str(tmp_path / "image_text.parquet")
     pq.write_table(pa.table({"anchor_image": png, "positive": captions}), parquet)
-    cfg = parse_config({"run_dir": str(tmp_path / "i2t"), "model": {"path": clip_path}, "queries": {"path": parquet},
-                        "mine": {"num_negatives": 3}})
-    check_round(cfg)
-    with in_process(cfg):
-        manifest = run_round(cfg)
-    mined = storage.read_table(manifest["outputs"]["mined"]).to_pylist()
+    mined = mine("i2t", parquet)
     assert len(mined) == 16
     for row in mined:
         i = png.index(row["query"])  # the query is the image's own bytes
