@@ -115,13 +115,13 @@ def place_files(here: storage.Location) -> list[tuple[str, int]]:
 def place_arrays(here: storage.Location) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Group codes, ``lat`` and ``lon`` (degrees) of every place of a round's ``places/``, in row order: what the
     batch stage composes from (``write.batch_stage``; docs/scaling.md: what stays global)."""
-    table = pa.concat_tables([storage.read_table_file(storage.resolve(url), ["group_code", "lat", "lon"]) for url, _ in place_files(here)])
+    table = pa.concat_tables([read_places(url, ["group_code", "lat", "lon"]) for url, _ in place_files(here)])
     return tuple(table.column(name).to_numpy() for name in ("group_code", "lat", "lon"))
 
 
-def read_places(url: str) -> pa.Table:
-    """One file of a places folder."""
-    return storage.read_table_file(storage.resolve(url))
+def read_places(url: str, columns: Optional[list[str]] = None) -> pa.Table:
+    """One file of a places folder (only ``columns`` when given)."""
+    return storage.read_table_file(storage.resolve(url), columns)
 
 
 def shard_ranges(total: int, num_shards: int) -> list[dict]:
@@ -130,16 +130,17 @@ def shard_ranges(total: int, num_shards: int) -> list[dict]:
     return [{"offset": lo, "rows": hi - lo} for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo] or [{"offset": 0, "rows": 0}]
 
 
-def shard_rows(files: list[tuple[str, int]], shard: dict) -> pa.Table:
-    """The rows of ``shard`` (``{"offset", "rows"}``), read from the files of a places folder that hold them."""
+def shard_rows(files: list[tuple[str, int]], shard: dict, columns: Optional[list[str]] = None) -> pa.Table:
+    """The rows of ``shard`` (``{"offset", "rows"}``), read from the files of a places folder that hold them (only
+    ``columns`` when given)."""
     pieces, start = [], 0
     lo, hi = shard["offset"], shard["offset"] + shard["rows"]
     for url, rows in files:
         if start < hi and start + rows > lo:
             first = max(lo, start)
-            pieces.append(read_places(url).slice(first - start, min(hi, start + rows) - first))
+            pieces.append(read_places(url, columns).slice(first - start, min(hi, start + rows) - first))
         start += rows
-    return pa.concat_tables(pieces) if pieces else read_places(files[0][0]).slice(0, 0)
+    return pa.concat_tables(pieces) if pieces else read_places(files[0][0], columns).slice(0, 0)
 
 
 class PlaceShard(ShardActor):
@@ -227,7 +228,7 @@ def write_place_shard(files: list[tuple[str, int]], shard: dict, embeddings_dir:
                       storage_options: dict) -> int:
     """One shard of ``place_index``: the vectors of its places, in place-row order, indexed and written to ``out_url``."""
     storage.restore_options(storage_options)
-    return write_vectors(lambda: own_vectors(shard_rows(files, shard).column("id").combine_chunks(), embeddings_dir), cfg, out_url)
+    return write_vectors(lambda: own_vectors(shard_rows(files, shard, ["id"]).column("id").combine_chunks(), embeddings_dir), cfg, out_url)
 
 
 def index_shard(index_dir: str, shard: dict) -> dict:
