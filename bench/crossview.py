@@ -8,15 +8,17 @@ Every arm trains the packaged all-MiniLM-L6-v2 with hardneg's loop (``train_loop
 epochs and steps, symmetric InfoNCE over the batch with a learnable temperature, no explicit
 negatives (the other pairs of the batch are the negatives, as in Sample4Geo):
 
-- ``random``: rows in random order, cut into batches;
+- ``random``: rows in random order, cut into batches (re-mined every epoch like the other arms, so
+  every arm restarts its learning-rate schedule at the same steps, though its batches ignore the round);
 - ``gps``: whole batches composed around each place's GPS neighbours, re-composed every epoch;
 - ``gps+dss``: GPS batches for ``--gps-epochs``, then batches around each place's nearest places by
   the newest checkpoint's embeddings (dynamic similarity sampling: the place's view A against the
   other places' view B, as Sample4Geo ranks queries against references), re-mined every epoch.
 
 Reported per arm: held-out recall@1 and @10 of view A -> view B among the held-out places with the
-arm's last checkpoint, and how hard its batches are: the mean base-model cosine of a view A with the
-other places' views B in its batch (the in-batch negatives), over the last round trained on.
+arm's last checkpoint, and how hard its batches are: the mean cosine of a view A with the other
+places' views B in its batch (the in-batch negatives), over the last round trained on, by two rulers
+the same for every arm: the base model, and the random arm's last checkpoint.
 
     python bench/crossview.py --places 4000 --heldout 1000 --epochs 2 --gps-epochs 1 --steps 50
 """
@@ -50,9 +52,8 @@ def arm_config(arm: str, places: str, run_dir: str, args) -> dict:
     train = {"epochs": args.epochs, "batch_size": args.batch_size, "max_steps_per_epoch": args.steps, "negatives_per_row": 0,
              "symmetric": True, "learnable_scale": True, "learning_rate": args.learning_rate, "remine_every": 1}
     mine = {"miner": "geographic", "num_negatives": args.neighbours, "min_km": 5, "max_km": 20000, "sampling_strategy": "top",
-            "batches": arm != "random", "composed_batch_size": args.batch_size}
-    if arm == "random":
-        train["remine_every"] = 0
+            "batches": arm != "random", "composed_batch_size": args.batch_size,
+            "near_neighbours": args.near_neighbours, "random_neighbours": args.random_neighbours}
     if arm == "gps+dss":
         train["gps_epochs"] = args.gps_epochs
     return {"run_dir": run_dir, "corpus": {"path": places}, "mine": mine, "train": train, "ray": {"num_cpus": 2}}
@@ -60,36 +61,36 @@ def arm_config(arm: str, places: str, run_dir: str, args) -> dict:
 
 def arm_train(arm: str, places: str, heldout: str, run_dir: str, args) -> dict:
     from hardneg.config import parse_config
-    from hardneg.encoder import Encoder, default_model_path
+    from hardneg.encoder import Encoder
     from hardneg.pipelines.loop import train_loop
     from hardneg.pipelines.remine import run_state
     from hardneg.ray_runtime import init_ray
-    from hardneg import storage
     from hardneg.rundir import round_dir
 
     cfg = parse_config(arm_config(arm, places, run_dir, args))
     init_ray(num_cpus=2)
     blocks = train_loop(cfg)
     state = run_state(cfg.run_dir)
-    last = state.rounds[-1] if arm != "random" else state.rounds[0]
+    last = state.rounds[-1]
     source = "batches" if arm != "random" else "mined"
-    table = storage.read_table(round_dir(cfg.run_dir, last.index).join(source).url).to_pandas()
-    if arm == "random":
-        table["batch_id"] = np.arange(len(table)) // args.batch_size
-    base = Encoder.load(default_model_path())
-    hardness = batch_hardness(base, table)
     held = [json.loads(line) for line in open(heldout)]
-    trained = Encoder.load(blocks[-1].path)
     return {"arm": arm, "rounds": [r.manifest["miner"] for r in state.rounds], "steps": blocks[-1].step,
-            **recall(trained, held), "batch_negative_cosine": hardness}
+            **recall(Encoder.load(blocks[-1].path), held), "checkpoint": blocks[-1].path,
+            "last_batches": round_dir(cfg.run_dir, last.index).join(source).url}
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def batch_hardness(encoder, table) -> float:
-    """Mean cosine (base model) of each row's view A with the other rows' views B of its batch."""
+def batch_hardness(encoder, url: str, batch_size: int) -> float:
+    """Mean cosine (by ``encoder``) of each row's view A with the other rows' views B of its batch: the batches
+    committed at ``url`` (``batch_id``), or, for a table without batches (the random arm), its rows cut in order."""
+    from hardneg import storage
+
+    table = storage.read_table(url).to_pandas()
+    if "batch_id" not in table:
+        table["batch_id"] = np.arange(len(table)) // batch_size
     a = unit(encoder.encode(table["query"].tolist()))
     b = unit(encoder.encode(table["positive"].tolist()))
     total = count = 0.0
@@ -119,6 +120,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="steps per epoch, every arm")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--neighbours", type=int, default=8, help="neighbours mined per place (the batch composer's pool)")
+    parser.add_argument("--near-neighbours", type=int, default=None,
+                        help="Sample4Geo's sampler: a batch takes its anchor's nearest this many of the pool ...")
+    parser.add_argument("--random-neighbours", type=int, default=0, help="... plus this many drawn from the rest of the pool")
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
@@ -138,14 +142,21 @@ def main() -> None:
         from hardneg.encoder import Encoder, default_model_path
 
         results = [{"arm": "base model (no training)", **recall(Encoder.load(default_model_path()), rows[args.places:])}]
-        passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("arm", "data", "run_dir")]
+        passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("arm", "data", "run_dir") and v is not None]
         for arm in ARMS:
             results.append(run_arm([sys.executable, os.path.abspath(__file__), *passthrough, "--arm", arm, "--data", tmp,
                                     "--run-dir", os.path.join(tmp, arm.replace("+", "-"))]))
+        # How hard each arm's last batches are, by two rulers the same for every arm: the base model, and the random
+        # arm's trained encoder (the base model barely tells the other-script names apart, so it sees little).
+        rulers = {"base": Encoder.load(default_model_path()), "trained": Encoder.load(results[1]["checkpoint"])}
+        for result in results[1:]:
+            for name, ruler in rulers.items():
+                result[f"cosine_{name}"] = batch_hardness(ruler, result["last_batches"], args.batch_size)
     print(f"\n{args.places:,} train places, {args.heldout:,} held out; {args.epochs} epochs x {args.steps} steps of "
           f"{args.batch_size}; gps+dss: GPS for {args.gps_epochs} epoch(s)\n")
     print(markdown_table(results, [("arm", "arm", "s"), ("recall@1", "held-out R@1", ".3f"), ("recall@10", "held-out R@10", ".3f"),
-                                   ("batch_negative_cosine", "in-batch negative cosine", ".3f"), ("wall_s", "wall s", ".0f"),
+                                   ("cosine_base", "in-batch negative cosine, base", ".3f"),
+                                   ("cosine_trained", "in-batch negative cosine, trained", ".3f"), ("wall_s", "wall s", ".0f"),
                                    ("peak_rss_mb", "peak RSS MB", ",.0f")]))
 
 
