@@ -20,7 +20,7 @@ arm's last checkpoint, and how hard its batches are: the mean cosine of a view A
 places' views B in its batch (the in-batch negatives), over the last round trained on, by two rulers
 the same for every arm: the base model, and the random arm's last checkpoint.
 
-    python bench/crossview.py --places 4000 --heldout 1000 --epochs 2 --gps-epochs 1 --steps 50
+    python bench/crossview.py --places 3000 --heldout 2000 --epochs 4 --gps-epochs 1 --steps 80 --neighbours 31   # the defaults
 """
 
 from __future__ import annotations
@@ -113,13 +113,13 @@ def recall(encoder, held: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--places", type=int, default=4000)
-    parser.add_argument("--heldout", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--places", type=int, default=3000)
+    parser.add_argument("--heldout", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--gps-epochs", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=50, help="steps per epoch, every arm")
+    parser.add_argument("--steps", type=int, default=80, help="steps per epoch, every arm")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--neighbours", type=int, default=8, help="neighbours mined per place (the batch composer's pool)")
+    parser.add_argument("--neighbours", type=int, default=31, help="neighbours mined per place (the batch composer's pool)")
     parser.add_argument("--near-neighbours", type=int, default=None,
                         help="Sample4Geo's sampler: a batch takes its anchor's nearest this many of the pool ...")
     parser.add_argument("--random-neighbours", type=int, default=0, help="... plus this many drawn from the rest of the pool")
